@@ -1,4 +1,3 @@
-import type { z } from 'zod';
 import type { ChannelListener, FrameChannel } from './channel.ts';
 import type { Contract, Params, Result } from './contract.ts';
 import { RpcCode, RpcError } from './errors.ts';
