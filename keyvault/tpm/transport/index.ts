@@ -1,0 +1,7 @@
+export { type TpmTransport, TpmTransportError, type TransportErrorCode } from './transport.ts';
+export {
+  type SwtpmAddress,
+  type SwtpmTransport,
+  SwtpmControl,
+  connectSwtpm,
+} from './swtpm-socket.ts';

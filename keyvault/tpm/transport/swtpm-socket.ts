@@ -1,0 +1,205 @@
+import { type Socket, createConnection } from 'node:net';
+import {
+  MAX_RESPONSE_BYTES,
+  TPM_HEADER_BYTES,
+  type TpmTransport,
+  TpmTransportError,
+} from './transport.ts';
+
+/**
+ * The swtpm socket interface: a data channel carrying raw TPM command and response bytes, and
+ * a control channel (swtpm's CMD_* protocol: a big-endian u32 command, a u32 result first in
+ * the reply). Commands are serialised: a TPM handles one at a time.
+ */
+export interface SwtpmAddress {
+  host: string;
+  port: number;
+  ctrlPort: number;
+}
+
+export const SwtpmControl = {
+  Init: 0x02,
+  Shutdown: 0x03,
+  SetLocality: 0x05,
+} as const;
+
+export interface SwtpmTransport extends TpmTransport {
+  /** Sends a control command; returns the result code swtpm answered (0 is success). */
+  control(command: number, payload?: Uint8Array): Promise<number>;
+}
+
+export async function connectSwtpm(
+  address: SwtpmAddress,
+  options: { timeoutMs?: number } = {},
+): Promise<SwtpmTransport> {
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const description = `swtpm ${address.host}:${address.port}`;
+  const socket = await open(address.host, address.port, description, timeoutMs);
+  let queue: Promise<unknown> = Promise.resolve();
+  let closed = false;
+
+  const exchange = (command: Uint8Array): Promise<Uint8Array> =>
+    new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let length = 0;
+      let expected = -1;
+      const finish = (error?: Error, response?: Uint8Array): void => {
+        clearTimeout(timer);
+        socket.off('data', onData);
+        socket.off('close', onClose);
+        if (error) reject(error);
+        else resolve(response ?? new Uint8Array());
+      };
+      const onData = (chunk: Buffer): void => {
+        chunks.push(chunk);
+        length += chunk.length;
+        if (expected < 0 && length >= TPM_HEADER_BYTES) {
+          const head = Buffer.concat(chunks);
+          expected = head.readUInt32BE(2);
+          if (expected < TPM_HEADER_BYTES || expected > MAX_RESPONSE_BYTES) {
+            socket.destroy();
+            finish(
+              new TpmTransportError(
+                'TPM_BAD_RESPONSE',
+                `${description}: response header claims ${expected} bytes`,
+              ),
+            );
+            return;
+          }
+        }
+        if (expected >= 0 && length >= expected) {
+          const all = Buffer.concat(chunks);
+          if (length > expected) {
+            socket.destroy();
+            finish(
+              new TpmTransportError(
+                'TPM_BAD_RESPONSE',
+                `${description}: ${length - expected} unexpected trailing bytes`,
+              ),
+            );
+            return;
+          }
+          finish(undefined, new Uint8Array(all));
+        }
+      };
+      const onClose = (): void => {
+        finish(
+          new TpmTransportError(
+            'TPM_UNREACHABLE',
+            `${description}: connection closed during a command`,
+          ),
+        );
+      };
+      const timer = setTimeout(() => {
+        socket.destroy();
+        finish(
+          new TpmTransportError(
+            'TPM_TIMEOUT',
+            `${description}: no response within ${timeoutMs} ms`,
+          ),
+        );
+      }, timeoutMs);
+      socket.on('data', onData);
+      socket.once('close', onClose);
+      socket.write(command);
+    });
+
+  return {
+    description,
+    send(command) {
+      if (closed || socket.destroyed) {
+        return Promise.reject(
+          new TpmTransportError('TPM_CLOSED', `${description}: transport is closed`),
+        );
+      }
+      const next = queue.then(() => exchange(command));
+      queue = next.catch(() => undefined);
+      return next;
+    },
+    async control(command, payload = new Uint8Array()) {
+      const ctrl = await open(
+        address.host,
+        address.ctrlPort,
+        `swtpm control ${address.host}:${address.ctrlPort}`,
+        timeoutMs,
+      );
+      try {
+        const request = Buffer.alloc(4 + payload.length);
+        request.writeUInt32BE(command, 0);
+        request.set(payload, 4);
+        const reply = await readAtLeast(ctrl, request, 4, timeoutMs);
+        return reply.readUInt32BE(0);
+      } finally {
+        ctrl.destroy();
+      }
+    },
+    close() {
+      closed = true;
+      return new Promise((resolve) => {
+        if (socket.destroyed) {
+          resolve();
+          return;
+        }
+        socket.once('close', () => {
+          resolve();
+        });
+        socket.end();
+        setTimeout(() => socket.destroy(), 1000).unref();
+      });
+    },
+  };
+}
+
+function open(host: string, port: number, description: string, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection({ host, port, timeout: timeoutMs });
+    socket.once('connect', () => {
+      socket.setTimeout(0);
+      socket.off('error', onError);
+      socket.on('error', () => socket.destroy());
+      resolve(socket);
+    });
+    const onError = (e: NodeJS.ErrnoException): void => {
+      reject(
+        new TpmTransportError(
+          'TPM_UNREACHABLE',
+          `${description}: ${e.code ?? 'connection failed'}`,
+        ),
+      );
+    };
+    socket.once('error', onError);
+    socket.once('timeout', () => {
+      socket.destroy();
+      reject(new TpmTransportError('TPM_TIMEOUT', `${description}: connect timed out`));
+    });
+  });
+}
+
+function readAtLeast(
+  socket: Socket,
+  request: Buffer,
+  n: number,
+  timeoutMs: number,
+): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const timer = setTimeout(() => {
+      reject(new TpmTransportError('TPM_TIMEOUT', 'swtpm control: no reply'));
+    }, timeoutMs);
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      total += chunk.length;
+      if (total >= n) {
+        clearTimeout(timer);
+        resolve(Buffer.concat(chunks));
+      }
+    });
+    socket.once('close', () => {
+      clearTimeout(timer);
+      if (total < n)
+        reject(new TpmTransportError('TPM_BAD_RESPONSE', 'swtpm control: short reply'));
+    });
+    socket.write(request);
+  });
+}
