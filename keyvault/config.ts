@@ -1,0 +1,64 @@
+import { z } from 'zod';
+
+/**
+ * The vault's configuration file (JSON), validated at start-up. Secrets (PINs, auth values)
+ * are never in this file's values or in argv: only the name of a file or an environment
+ * variable that holds them.
+ */
+const secretSource = z
+  .union([
+    z.object({ file: z.string().min(1) }).strict(),
+    z.object({ env: z.string().regex(/^[A-Z_][A-Z0-9_]*$/) }).strict(),
+  ])
+  .describe('where a PIN or auth value comes from: {"file": path} or {"env": NAME}');
+
+const pcrIndex = z.number().int().min(0).max(23);
+
+export const tpmConfig = z
+  .object({
+    backend: z.literal('tpm'),
+    /** Sealed blobs and public areas live here (nothing secret in clear). */
+    stateDir: z.string().min(1),
+    transport: z.union([
+      z.object({ device: z.string().min(1) }).strict(),
+      z
+        .object({
+          swtpm: z
+            .object({ host: z.string(), port: z.number().int(), ctrlPort: z.number().int() })
+            .strict(),
+        })
+        .strict(),
+    ]),
+    /** PCRs (SHA-256 bank) the store key and the cross-signing seed are sealed to. */
+    pcrs: z.array(pcrIndex).min(1).max(24),
+    /** NV index of the anti-rollback counter (owner range 0x01000000-0x01bfffff). */
+    nvCounterIndex: z.number().int().min(0x01000000).max(0x01bfffff).default(0x01a0cafe),
+  })
+  .strict();
+
+export const pkcs11Config = z
+  .object({
+    backend: z.literal('pkcs11'),
+    stateDir: z.string().min(1),
+    module: z.string().min(1),
+    /** RFC 7512 URI naming the token, e.g. "pkcs11:token=mte". */
+    token: z.string().startsWith('pkcs11:'),
+    pin: secretSource,
+  })
+  .strict();
+
+export const devConfig = z
+  .object({
+    backend: z.literal('dev'),
+    stateDir: z.string().min(1),
+    /** Must be true: the dev backend keeps keys in software, protected by nothing. */
+    allowInsecureDevBackend: z.literal(true),
+  })
+  .strict();
+
+export const vaultConfig = z.discriminatedUnion('backend', [tpmConfig, pkcs11Config, devConfig]);
+export type VaultConfig = z.infer<typeof vaultConfig>;
+export type TpmConfig = z.infer<typeof tpmConfig>;
+export type Pkcs11Config = z.infer<typeof pkcs11Config>;
+export type DevConfig = z.infer<typeof devConfig>;
+export type SecretSource = z.infer<typeof secretSource>;

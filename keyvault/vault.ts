@@ -1,0 +1,137 @@
+/**
+ * The vault interface: everything the endpoint may ask of key hardware, and nothing more
+ * (issue 3). Backends: `tpm` (keyvault/tpm), `pkcs11` (keyvault/pkcs11), `dev` (keyvault/dev).
+ * The endpoint reaches a vault only through the RPC contract in keyvault/contract.ts.
+ */
+import { RpcError } from './rpc/index.ts';
+
+/** Signing purposes, each fixed at provisioning to one key and one algorithm. */
+export const SIGNING_PURPOSES = ['cross-signing-master', 'x509-identity'] as const;
+export type SigningPurpose = (typeof SIGNING_PURPOSES)[number];
+
+export const PURPOSE_ALGORITHM = {
+  /** Ed25519 (pure), as Matrix cross-signing needs. */
+  'cross-signing-master': 'ed25519',
+  /** RSASSA-PSS, SHA-512, MGF1-SHA-512, salt length 64 (what the X.509 identity code accepts). */
+  'x509-identity': 'rsa-pss-sha512',
+} as const satisfies Record<SigningPurpose, string>;
+
+export type BackendName = 'tpm' | 'pkcs11' | 'dev';
+
+export interface PublicKeyInfo {
+  purpose: SigningPurpose;
+  algorithm: (typeof PURPOSE_ALGORITHM)[SigningPurpose];
+  /** SubjectPublicKeyInfo, DER: loads with node:crypto createPublicKey({ format: 'der', type: 'spki' }). */
+  spki: Uint8Array;
+}
+
+export interface PcrSelection {
+  hash: 'sha256';
+  pcrs: number[];
+}
+
+export interface Quote {
+  /** The raw TPMS_ATTEST bytes the signature covers. */
+  attest: Uint8Array;
+  /** The raw TPMT_SIGNATURE (ECDSA P-256, SHA-256). */
+  signature: Uint8Array;
+  /** The selected PCR values, ascending by index, as the TPM reported them. */
+  pcrValues: { pcr: number; digest: Uint8Array }[];
+}
+
+export interface AttestationIdentity {
+  /** The AK's TPMT_PUBLIC (restricted ECC P-256 signing key), marshalled. */
+  akPublic: Uint8Array;
+  /** The AK's Name (nameAlg || H(TPMT_PUBLIC)). */
+  akName: Uint8Array;
+  /** DER EK certificate, where the TPM has one. */
+  ekCertificate?: Uint8Array;
+}
+
+export interface VaultStatus {
+  backend: BackendName;
+  /** TPM manufacturer/firmware, token label/serial/model, or "software". */
+  identity: string;
+  /** Mechanisms or algorithms found that the vault needs, and any that are missing. */
+  capabilities: { found: string[]; missing: string[] };
+  provisioned: {
+    storeKey: boolean;
+    counter: boolean;
+    purposes: SigningPurpose[];
+    attestationKey: boolean;
+  };
+  /** How strong the anti-rollback counter is, in a sentence (weaker on PKCS#11). */
+  counterGuarantee: string;
+  /** Warnings a user must see (the dev backend is insecure, etc.). */
+  warnings: string[];
+}
+
+export interface ProvisionReport {
+  created: string[];
+  /** What already existed and was kept (init never replaces existing keys). */
+  kept: string[];
+}
+
+export interface DoctorCheck {
+  check: string;
+  ok: boolean;
+  /** On failure: what to fix, in a sentence. */
+  detail: string;
+}
+
+export interface Vault {
+  readonly backend: BackendName;
+  /** The 32-byte store key. Released once per vault lifetime; a second call is refused. */
+  storeKey(): Promise<Uint8Array>;
+  counterRead(): Promise<bigint>;
+  /** Increments and returns the new value. */
+  counterIncrement(): Promise<bigint>;
+  publicKey(purpose: SigningPurpose): Promise<PublicKeyInfo>;
+  /** Signs `message` (not a digest) with the purpose's key and algorithm. */
+  sign(purpose: SigningPurpose, message: Uint8Array): Promise<Uint8Array>;
+  /** TPM only; other backends throw VAULT_NOT_SUPPORTED. */
+  quote(qualifyingData: Uint8Array, selection: PcrSelection): Promise<Quote>;
+  attestationIdentity(): Promise<AttestationIdentity>;
+  random(n: number): Promise<Uint8Array>;
+  status(): Promise<VaultStatus>;
+  close(): Promise<void>;
+}
+
+/** What provisioning tools need beyond the endpoint's interface. */
+export interface VaultBackend extends Vault {
+  /** Generates/seals whatever is missing; idempotent; never replaces existing keys. */
+  provision(): Promise<ProvisionReport>;
+  /** Checks the hardware can do everything the configuration needs. */
+  doctor(): Promise<DoctorCheck[]>;
+}
+
+export const VaultCode = {
+  NotProvisioned: 'VAULT_NOT_PROVISIONED',
+  StoreKeyReleased: 'VAULT_STORE_KEY_ALREADY_RELEASED',
+  /** The TPM refused to unseal: PCR values differ from the sealing policy. */
+  PolicyMismatch: 'VAULT_POLICY_MISMATCH',
+  /** A sealed blob or key does not belong to this TPM/token, or was altered. */
+  ForeignOrTampered: 'VAULT_FOREIGN_OR_TAMPERED',
+  WrongPin: 'VAULT_WRONG_PIN',
+  PinLocked: 'VAULT_PIN_LOCKED',
+  TokenNotFound: 'VAULT_TOKEN_NOT_FOUND',
+  MechanismMissing: 'VAULT_MECHANISM_MISSING',
+  Unreachable: 'VAULT_HARDWARE_UNREACHABLE',
+  NotSupported: 'VAULT_NOT_SUPPORTED',
+  BadRequest: 'VAULT_BAD_REQUEST',
+  HardwareError: 'VAULT_HARDWARE_ERROR',
+  InsecureRefused: 'VAULT_INSECURE_BACKEND_REFUSED',
+  Config: 'VAULT_CONFIG',
+} as const;
+export type VaultErrorCode = (typeof VaultCode)[keyof typeof VaultCode];
+
+/**
+ * A vault failure with a code. It extends RpcError so the code crosses the RPC unchanged.
+ * Messages must never contain PINs, auth values, key material or plaintext.
+ */
+export class VaultError extends RpcError {
+  constructor(code: VaultErrorCode, message: string) {
+    super(code, message);
+    this.name = 'VaultError';
+  }
+}
