@@ -1,0 +1,213 @@
+import pkcs11js from 'pkcs11js';
+import type { Pkcs11Config } from '../config.ts';
+import {
+  SIGNING_PURPOSES,
+  VaultCode,
+  VaultError,
+  type AttestationIdentity,
+  type DoctorCheck,
+  type ProvisionReport,
+  type PublicKeyInfo,
+  type Quote,
+  type SigningPurpose,
+  type VaultBackend,
+  type VaultStatus,
+} from '../vault.ts';
+import { COUNTER_GUARANTEE, incrementCounter, readCounter } from './counter.ts';
+import { doctorChecks } from './doctor.ts';
+import { requireMechanisms } from './mechanisms.ts';
+import { LABELS, PURPOSE_LABEL, findOne } from './objects.ts';
+import { checkTokenSerial, findKek, provision } from './provision.ts';
+import type { TokenConnection } from './session.ts';
+import { checkPurpose, publicKey, sign } from './signing.ts';
+import { kekMissing, unsealStoreKey } from './store-key.ts';
+import { readStoreKeyFile } from './store-key-file.ts';
+
+const MAX_RANDOM_BYTES = 1024;
+
+const NO_ATTESTATION =
+  'a PKCS#11 token cannot produce TPM quotes or hold an attestation key; use the tpm backend for remote attestation';
+
+/**
+ * The vault on a PKCS#11 token. Calls are serialised: the counter is read-modify-write, and a
+ * reconnect must not race another call on the same session.
+ */
+export class Pkcs11Vault implements VaultBackend {
+  readonly backend = 'pkcs11' as const;
+  readonly #conn: TokenConnection;
+  readonly #config: Pkcs11Config;
+  #storeKeyReleased = false;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(conn: TokenConnection, config: Pkcs11Config) {
+    this.#conn = conn;
+    this.#config = config;
+  }
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.#queue.then(fn);
+    this.#queue = result.catch(() => undefined);
+    return result;
+  }
+
+  storeKey(): Promise<Uint8Array> {
+    return this.#serial(async () => {
+      if (this.#storeKeyReleased) {
+        throw new VaultError(
+          VaultCode.StoreKeyReleased,
+          'the store key was already released in this vault lifetime',
+        );
+      }
+      const file = await readStoreKeyFile(this.#config.stateDir);
+      if (!file) {
+        throw new VaultError(
+          VaultCode.NotProvisioned,
+          `no store-key file in ${this.#config.stateDir}; run provision`,
+        );
+      }
+      checkTokenSerial(file.tokenSerial, this.#conn.identity.serial);
+      const key = await this.#conn.run('decrypting the store key', (p11, session) => {
+        const kek = findKek(p11, session);
+        if (!kek) throw kekMissing(this.#config.stateDir);
+        return unsealStoreKey(p11, session, kek, file);
+      });
+      this.#storeKeyReleased = true;
+      return key;
+    });
+  }
+
+  counterRead(): Promise<bigint> {
+    return this.#serial(() =>
+      this.#conn.run('reading the counter', (p11, session) => {
+        const value = readCounter(p11, session);
+        if (value === undefined) {
+          throw new VaultError(
+            VaultCode.NotProvisioned,
+            'the counter does not exist; run provision',
+          );
+        }
+        return value;
+      }),
+    );
+  }
+
+  counterIncrement(): Promise<bigint> {
+    return this.#serial(() => this.#conn.run('incrementing the counter', incrementCounter));
+  }
+
+  publicKey(purpose: SigningPurpose): Promise<PublicKeyInfo> {
+    return this.#serial(async () => {
+      const checked = checkPurpose(purpose);
+      return this.#conn.run('reading a public key', (p11, session) =>
+        publicKey(p11, session, checked),
+      );
+    });
+  }
+
+  sign(purpose: SigningPurpose, message: Uint8Array): Promise<Uint8Array> {
+    return this.#serial(async () => {
+      const checked = checkPurpose(purpose);
+      requireMechanisms(this.#conn.mechanisms);
+      return this.#conn.run('signing', (p11, session) => sign(p11, session, checked, message));
+    });
+  }
+
+  quote(): Promise<Quote> {
+    return Promise.reject(new VaultError(VaultCode.NotSupported, NO_ATTESTATION));
+  }
+
+  attestationIdentity(): Promise<AttestationIdentity> {
+    return Promise.reject(new VaultError(VaultCode.NotSupported, NO_ATTESTATION));
+  }
+
+  random(n: number): Promise<Uint8Array> {
+    return this.#serial(async () => {
+      if (!Number.isInteger(n) || n < 1 || n > MAX_RANDOM_BYTES) {
+        throw new VaultError(
+          VaultCode.BadRequest,
+          `random: n must be an integer from 1 to ${MAX_RANDOM_BYTES}`,
+        );
+      }
+      return this.#conn.run('generating random bytes', (p11, session) => {
+        return new Uint8Array(p11.C_GenerateRandom(session, Buffer.alloc(n)));
+      });
+    });
+  }
+
+  provision(): Promise<ProvisionReport> {
+    return this.#serial(async () => {
+      requireMechanisms(this.#conn.mechanisms);
+      return this.#conn.run('provisioning', (p11, session) =>
+        provision(p11, session, this.#conn.identity.serial, this.#config.stateDir),
+      );
+    });
+  }
+
+  status(): Promise<VaultStatus> {
+    return this.#serial(async () => {
+      const { identity, mechanisms } = this.#conn;
+      const warnings: string[] = [];
+      const onToken = await this.#conn.run('reading status', (p11, session) => {
+        const has = (cls: number, label: string) => findOne(p11, session, cls, label) !== undefined;
+        return {
+          kek: has(pkcs11js.CKO_SECRET_KEY, LABELS.storeKek),
+          counter: readCounter(p11, session) !== undefined,
+          purposes: SIGNING_PURPOSES.filter(
+            (p) =>
+              has(pkcs11js.CKO_PRIVATE_KEY, PURPOSE_LABEL[p]) &&
+              has(pkcs11js.CKO_PUBLIC_KEY, PURPOSE_LABEL[p]),
+          ),
+        };
+      });
+      let storeKeyFile = false;
+      try {
+        const file = await readStoreKeyFile(this.#config.stateDir);
+        storeKeyFile = file !== undefined;
+        if (file && file.tokenSerial !== identity.serial) {
+          warnings.push('the store-key file belongs to another token (its serial differs)');
+        }
+      } catch (e) {
+        warnings.push(e instanceof VaultError ? e.message : 'the store-key file cannot be read');
+      }
+      if (identity.manufacturer.startsWith('SoftHSM')) {
+        warnings.push(
+          'SoftHSM2 is a software token: its keys are files in its token directory, protected only by the PIN and file permissions',
+        );
+      }
+      warnings.push(
+        'the anti-rollback counter is weaker than a TPM NV counter (see counterGuarantee)',
+      );
+      if (mechanisms.missing.length > 0) {
+        warnings.push(`the token lacks ${mechanisms.missing.join(', ')}`);
+      }
+      const flags = await this.#conn.tokenFlags();
+      if ((flags & pkcs11js.CKF_USER_PIN_COUNT_LOW) !== 0) {
+        warnings.push('the token reports a low PIN retry count: wrong PINs were entered');
+      }
+      return {
+        backend: 'pkcs11' as const,
+        identity: `token "${identity.label}" (${identity.manufacturer} ${identity.model}, serial ${identity.serial})`,
+        capabilities: { found: mechanisms.found, missing: mechanisms.missing },
+        provisioned: {
+          storeKey: onToken.kek && storeKeyFile,
+          counter: onToken.counter,
+          purposes: onToken.purposes,
+          attestationKey: false,
+        },
+        counterGuarantee: COUNTER_GUARANTEE,
+        warnings,
+      };
+    });
+  }
+
+  doctor(): Promise<DoctorCheck[]> {
+    return this.#serial(() => doctorChecks(this.#conn, this.#config.stateDir));
+  }
+
+  close(): Promise<void> {
+    return this.#serial(() => {
+      this.#conn.close();
+      return Promise.resolve();
+    });
+  }
+}

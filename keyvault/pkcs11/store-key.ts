@@ -1,0 +1,89 @@
+import pkcs11js, { type AesGCM, type Mechanism, type PKCS11 } from 'pkcs11js';
+import { VaultCode, VaultError } from '../vault.ts';
+import { ckrOf } from './errors.ts';
+import { CKM_AES_GCM } from './mechanisms.ts';
+import { storeKeyAad, type StoreKeyFile } from './store-key-file.ts';
+
+type Handle = Buffer;
+
+const STORE_KEY_BYTES = 32;
+const TAG_BYTES = 16;
+
+/** AES-GCM, 96-bit IV, 128-bit tag. The v240 params set ulIvBits, which the older type leaves unset. */
+function gcm(iv: Uint8Array, aad: Buffer): Mechanism {
+  const parameter: AesGCM = {
+    type: pkcs11js.CK_PARAMS_AES_GCM_v240,
+    iv: Buffer.from(iv),
+    aad,
+    ivBits: 96,
+    tagBits: 128,
+  };
+  return { mechanism: CKM_AES_GCM, parameter };
+}
+
+/** Makes a fresh store key with the token's RNG and encrypts it under the KEK. */
+export function sealNewStoreKey(
+  p11: PKCS11,
+  session: Handle,
+  kek: Handle,
+  tokenSerial: string,
+): StoreKeyFile {
+  const storeKey = p11.C_GenerateRandom(session, Buffer.alloc(STORE_KEY_BYTES));
+  try {
+    const iv = p11.C_GenerateRandom(session, Buffer.alloc(12));
+    p11.C_EncryptInit(session, gcm(iv, storeKeyAad(tokenSerial)), kek);
+    const ciphertext = p11.C_Encrypt(session, storeKey, Buffer.alloc(STORE_KEY_BYTES + TAG_BYTES));
+    return { tokenSerial, iv, ciphertext: Buffer.from(ciphertext) };
+  } finally {
+    storeKey.fill(0);
+  }
+}
+
+/**
+ * Decrypts the store key. A failed tag check is reported as tampering: SoftHSM 2.6 answers a
+ * bad tag with CKR_GENERAL_ERROR rather than CKR_ENCRYPTED_DATA_INVALID, so both count.
+ */
+export function unsealStoreKey(
+  p11: PKCS11,
+  session: Handle,
+  kek: Handle,
+  file: StoreKeyFile,
+): Uint8Array {
+  const out = Buffer.alloc(STORE_KEY_BYTES + TAG_BYTES);
+  try {
+    p11.C_DecryptInit(session, gcm(file.iv, storeKeyAad(file.tokenSerial)), kek);
+    let plain: Buffer;
+    try {
+      plain = p11.C_Decrypt(session, Buffer.from(file.ciphertext), out);
+    } catch (e) {
+      const code = ckrOf(e);
+      if (
+        code === pkcs11js.CKR_ENCRYPTED_DATA_INVALID ||
+        code === pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE ||
+        code === pkcs11js.CKR_GENERAL_ERROR
+      ) {
+        throw new VaultError(
+          VaultCode.ForeignOrTampered,
+          "the store-key file does not decrypt under this token's KEK: it was altered or belongs to another token",
+        );
+      }
+      throw e;
+    }
+    if (plain.length !== STORE_KEY_BYTES) {
+      throw new VaultError(
+        VaultCode.ForeignOrTampered,
+        'the decrypted store key has the wrong length',
+      );
+    }
+    return new Uint8Array(plain);
+  } finally {
+    out.fill(0);
+  }
+}
+
+export function kekMissing(stateDir: string): VaultError {
+  return new VaultError(
+    VaultCode.ForeignOrTampered,
+    `a store-key file exists in ${stateDir} but the token has no mte-store-kek: the token was re-initialised or the file belongs elsewhere, and the store key cannot be recovered here`,
+  );
+}
