@@ -23,9 +23,11 @@ export function bytes(options: { maxBytes: number }) {
   const maxChars = Math.ceil(options.maxBytes / 3) * 4;
   return z.codec(
     z.base64().max(maxChars),
-    z.instanceof(Uint8Array).refine((b) => b.length <= options.maxBytes, {
-      message: `at most ${options.maxBytes} bytes`,
-    }),
+    z
+      .custom<Uint8Array>((v) => v instanceof Uint8Array, 'expected bytes')
+      .refine((b) => b.length <= options.maxBytes, {
+        message: `at most ${options.maxBytes} bytes`,
+      }),
     {
       decode: (b64) => new Uint8Array(Buffer.from(b64, 'base64')),
       encode: (buf) => Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength).toString('base64'),

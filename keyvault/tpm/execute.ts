@@ -1,0 +1,180 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { TPM_ST, TPMA_SESSION } from './constants.ts';
+import { DIGEST_BYTES, cfb, hmac, sha256 } from './kdf.ts';
+import { Reader, Writer } from './marshal.ts';
+import { TpmError } from './rc.ts';
+import type { Session } from './session.ts';
+import { type TpmTransport, TpmTransportError } from './transport/index.ts';
+
+/**
+ * One execute path for every command (after go-tpm's "direct" API): a command is plain data
+ * (handles with their Names, marshalled parameters, how to parse the answer); this function
+ * adds the sessions, encrypts the first parameter for decrypt sessions, computes and checks
+ * HMACs over cpHash/rpHash, and decrypts the first response parameter for encrypt sessions.
+ */
+export interface HandleArg {
+  handle: number;
+  /** The entity's Name, which cpHash covers; defaults to the handle itself (hierarchies, PCRs, sessions). */
+  name?: Uint8Array;
+}
+
+export interface Command<R> {
+  name: string;
+  code: number;
+  handles: HandleArg[];
+  /** How many of the leading handles need an authorization. */
+  authHandles: number;
+  params: Uint8Array;
+  /** Whether the first command/response parameter is a TPM2B that a session may encrypt. */
+  encryptsCommand?: boolean;
+  encryptsResponse?: boolean;
+  responseHandles?: number;
+  parse(response: { handles: number[]; params: Reader }): R;
+}
+
+export interface Authorization {
+  session: Session;
+  /** The authorized entity's authValue (empty for all our objects). */
+  authValue?: Uint8Array;
+}
+
+export function handleName(handle: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(handle >>> 0);
+  return b;
+}
+
+export async function execute<R>(
+  tpm: TpmTransport,
+  cmd: Command<R>,
+  auths: Authorization[] = [],
+  extraSessions: Session[] = [],
+): Promise<R> {
+  if (auths.length !== cmd.authHandles) {
+    throw new Error(
+      `TPM2_${cmd.name} needs ${cmd.authHandles} authorization(s), got ${auths.length}`,
+    );
+  }
+  const all: Authorization[] = [...auths, ...extraSessions.map((session) => ({ session }))];
+  for (const a of all) {
+    if (a.session.kind !== 'password') a.session.nonceCaller = randomBytes(DIGEST_BYTES);
+  }
+  const decryptIndex = all.findIndex((a) => a.session.attributes & TPMA_SESSION.decrypt);
+  const encryptIndex = all.findIndex((a) => a.session.attributes & TPMA_SESSION.encrypt);
+  if (decryptIndex >= 0 && !cmd.encryptsCommand)
+    throw new Error(`TPM2_${cmd.name} has no parameter to encrypt`);
+  if (encryptIndex >= 0 && !cmd.encryptsResponse)
+    throw new Error(`TPM2_${cmd.name} has no response parameter to encrypt`);
+
+  let params: Buffer = Buffer.from(cmd.params);
+  if (decryptIndex >= 0) {
+    const a = all[decryptIndex] as Authorization;
+    params = transformFirst(params, (plain) =>
+      cfb('encrypt', sessionValue(a), a.session.nonceCaller, a.session.nonceTPM, plain),
+    );
+  }
+
+  const names = cmd.handles.map((h) => Buffer.from(h.name ?? handleName(h.handle)));
+  const cpHash = sha256(handleName(cmd.code), ...names, params);
+
+  const authArea = new Writer();
+  all.forEach((a, i) => {
+    const s = a.session;
+    let mac: Uint8Array;
+    if (s.kind === 'password') {
+      mac = a.authValue ?? new Uint8Array();
+    } else {
+      const extra: Uint8Array[] = [];
+      // The first session's HMAC also covers the nonces of separate decrypt/encrypt sessions.
+      if (i === 0 && decryptIndex > 0)
+        extra.push((all[decryptIndex] as Authorization).session.nonceTPM);
+      if (i === 0 && encryptIndex > 0 && encryptIndex !== decryptIndex) {
+        extra.push((all[encryptIndex] as Authorization).session.nonceTPM);
+      }
+      mac = hmac(
+        hmacKey(a),
+        cpHash,
+        s.nonceCaller,
+        s.nonceTPM,
+        ...extra,
+        Buffer.from([s.attributes]),
+      );
+    }
+    authArea.u32(s.handle).tpm2b(s.nonceCaller).u8(s.attributes).tpm2b(mac);
+  });
+
+  const body = new Writer();
+  for (const h of cmd.handles) body.u32(h.handle);
+  if (all.length > 0) body.u32(authArea.length).bytes(authArea.done());
+  body.bytes(params);
+  const bodyBytes = body.done();
+  const command = new Writer()
+    .u16(all.length > 0 ? TPM_ST.SESSIONS : TPM_ST.NO_SESSIONS)
+    .u32(10 + bodyBytes.length)
+    .u32(cmd.code)
+    .bytes(bodyBytes)
+    .done();
+
+  const response = new Reader(await tpm.send(command));
+  const tag = response.u16();
+  response.u32(); // size: the transport already framed the response by it
+  const rc = response.u32();
+  if (rc !== 0) throw new TpmError(cmd.name, rc);
+
+  const handles: number[] = [];
+  for (let i = 0; i < (cmd.responseHandles ?? 0); i++) handles.push(response.u32());
+  let rparams: Buffer;
+  if (tag === TPM_ST.SESSIONS) {
+    rparams = response.bytes(response.u32());
+    const rpHash = sha256(handleName(0), handleName(cmd.code), rparams);
+    for (const a of all) {
+      const s = a.session;
+      const nonceTPM = response.tpm2b();
+      const attributes = response.u8();
+      const mac = response.tpm2b();
+      if (s.kind === 'password') continue;
+      s.nonceTPM = nonceTPM;
+      const expected = hmac(
+        hmacKey(a),
+        rpHash,
+        s.nonceTPM,
+        s.nonceCaller,
+        Buffer.from([attributes]),
+      );
+      if (mac.length !== expected.length || !timingSafeEqual(mac, expected)) {
+        throw new TpmTransportError(
+          'TPM_BAD_RESPONSE',
+          `TPM2_${cmd.name}: the response HMAC does not verify: the answer was altered or is not from this TPM`,
+        );
+      }
+    }
+  } else {
+    rparams = response.rest();
+  }
+  if (encryptIndex >= 0) {
+    const a = all[encryptIndex] as Authorization;
+    rparams = transformFirst(rparams, (secret) =>
+      cfb('decrypt', sessionValue(a), a.session.nonceTPM, a.session.nonceCaller, secret),
+    );
+  }
+  return cmd.parse({ handles, params: new Reader(rparams) });
+}
+
+function hmacKey(a: Authorization): Buffer {
+  return a.session.includeAuth
+    ? Buffer.concat([a.session.sessionKey, a.authValue ?? new Uint8Array()])
+    : a.session.sessionKey;
+}
+
+/** sessionKey || authValue: the key material for parameter encryption. */
+function sessionValue(a: Authorization): Buffer {
+  return hmacKey(a);
+}
+
+/** Applies `f` to the contents of the leading TPM2B of `params`. */
+function transformFirst(params: Buffer, f: (inner: Buffer) => Buffer): Buffer {
+  const size = params.readUInt16BE(0);
+  const out = Buffer.from(params);
+  f(params.subarray(2, 2 + size)).copy(out, 2);
+  return out;
+}

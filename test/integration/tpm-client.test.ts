@@ -1,0 +1,215 @@
+import { execFile } from 'node:child_process';
+import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  TPM_RH,
+  TpmClient,
+  TpmError,
+  type TpmTransport,
+  akTemplate,
+  commands,
+  passwordSession,
+  pcrPolicyDigest,
+  rsaPssTemplate,
+  parsePublic,
+  sealTemplate,
+} from '../../keyvault/tpm/index.ts';
+import { startSwtpm } from '../fixtures/index.ts';
+import { useFixture } from '../fixtures/lifecycle.ts';
+
+const run = promisify(execFile);
+const tpmA = useFixture(() => startSwtpm());
+const tpmB = useFixture(() => startSwtpm());
+const POLICY_PCR = 16; // resettable, extendable: stands in for the boot measurements
+
+/** Records every byte that crosses the "bus", to show what an observer would see. */
+function recording(inner: TpmTransport): TpmTransport & { wire: Buffer[] } {
+  const wire: Buffer[] = [];
+  return {
+    wire,
+    description: inner.description,
+    async send(command) {
+      wire.push(Buffer.from(command));
+      const rsp = await inner.send(command);
+      wire.push(Buffer.from(rsp));
+      return rsp;
+    },
+    close: () => inner.close(),
+  };
+}
+
+let dir: string;
+let a: TpmClient;
+let wire: Buffer[];
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mte-tpm-'));
+  const t = recording(await tpmA().connect());
+  wire = t.wire;
+  a = new TpmClient(t);
+});
+afterAll(async () => {
+  await a.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function sealToPcr(client: TpmClient, secret: Buffer) {
+  const values = await client.pcrRead([POLICY_PCR]);
+  const policy = pcrPolicyDigest(
+    [POLICY_PCR],
+    values.map((v) => v.digest),
+  );
+  return client.withSrk((srk) => client.seal(srk, secret, sealTemplate(policy)));
+}
+
+describe('our TPM 2.0 client against swtpm', () => {
+  it('seals and unseals under a PCR policy, and the secret never crosses the bus in clear', async () => {
+    const secret = randomBytes(32);
+    wire.length = 0;
+    const blobs = await sealToPcr(a, secret);
+    const back = await a.withSrk((srk) => a.unseal(srk, blobs, [POLICY_PCR]));
+    expect(back.equals(secret)).toBe(true);
+    expect(wire.length).toBeGreaterThan(10);
+    for (const frame of wire) expect(frame.includes(secret)).toBe(false);
+    expect(await a.transientHandles()).toEqual([]);
+    expect(await a.loadedSessions()).toEqual([]);
+  });
+
+  it('refuses to unseal after the policy PCR is extended, with a readable error', async () => {
+    const blobs = await sealToPcr(a, randomBytes(32));
+    await a.pcrExtend(POLICY_PCR, createHash('sha256').update('a different boot').digest());
+    const error = await a
+      .withSrk((srk) => a.unseal(srk, blobs, [POLICY_PCR]))
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(TpmError);
+    expect((error as TpmError).message).toMatch(
+      /TPM2_Unseal: POLICY_FAIL: a policy check failed \(session 1\)/,
+    );
+    expect(await a.transientHandles()).toEqual([]);
+    expect(await a.loadedSessions()).toEqual([]);
+  });
+
+  it('a sealed blob copied to a second, fresh TPM does not load there', async () => {
+    const blobs = await sealToPcr(a, randomBytes(32));
+    const b = new TpmClient(await tpmB().connect());
+    try {
+      const error = await b
+        .withSrk((srk) => b.unseal(srk, blobs, [POLICY_PCR]))
+        .catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(TpmError);
+      expect((error as TpmError).command).toBe('Load');
+      expect(await b.transientHandles()).toEqual([]);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('quotes PCRs with a restricted P-256 key, verified by tpm2_checkquote; a wrong nonce fails', async () => {
+    const nonce = randomBytes(32);
+    const { quote, akPublic } = await a.withPrimary(
+      TPM_RH.ENDORSEMENT,
+      akTemplate(),
+      async (ak) => ({
+        akPublic: ak.public.raw,
+        quote: await a.run(
+          commands.quote({ handle: ak.handle, name: ak.name }, nonce, [0, POLICY_PCR]),
+          [{ session: passwordSession() }],
+        ),
+      }),
+    );
+    const size = Buffer.alloc(2);
+    size.writeUInt16BE(akPublic.length);
+    await writeFile(join(dir, 'ak.pub'), Buffer.concat([size, akPublic]));
+    await writeFile(join(dir, 'quote.msg'), quote.attest);
+    await writeFile(join(dir, 'quote.sig'), quote.signature);
+    const args = [
+      '-u',
+      join(dir, 'ak.pub'),
+      '-m',
+      join(dir, 'quote.msg'),
+      '-s',
+      join(dir, 'quote.sig'),
+      '-g',
+      'sha256',
+    ];
+    await expect(
+      run('tpm2_checkquote', [...args, '-q', nonce.toString('hex')]),
+    ).resolves.toBeDefined();
+    await expect(
+      run('tpm2_checkquote', [...args, '-q', randomBytes(32).toString('hex')]),
+    ).rejects.toThrow();
+    expect(quote.attest.readUInt32BE(0)).toBe(0xff544347);
+  });
+
+  it('signs with RSASSA-PSS/SHA-512 (salt 64) in the TPM; openssl verifies it', async () => {
+    const message = Buffer.from('{"canonical":"json of a master key"}');
+    const { signature, pub } = await a.withSrk(async (srk) => {
+      const blobs = await a.createKey(srk, rsaPssTemplate(2048));
+      const digest = createHash('sha512').update(message).digest();
+      return {
+        pub: blobs.public,
+        signature: await a.withLoaded(srk, blobs, (key) =>
+          a.run(commands.signRsaPss(key, digest), [{ session: passwordSession() }]),
+        ),
+      };
+    });
+    const rsa = parsePublic(pub).rsa;
+    expect(rsa?.bits).toBe(2048);
+    const e = Buffer.alloc(3);
+    e.writeUIntBE(rsa?.exponent ?? 0, 0, 3);
+    const key = createPublicKey({
+      key: { kty: 'RSA', n: rsa?.modulus.toString('base64url') ?? '', e: e.toString('base64url') },
+      format: 'jwk',
+    });
+    expect(verify('sha512', message, { key, padding: 6, saltLength: 64 }, signature)).toBe(true);
+    await writeFile(join(dir, 'rsa.pem'), key.export({ type: 'spki', format: 'pem' }));
+    await writeFile(join(dir, 'msg.bin'), message);
+    await writeFile(join(dir, 'sig.bin'), signature);
+    const openssl = [
+      'dgst',
+      '-sha512',
+      '-sigopt',
+      'rsa_padding_mode:pss',
+      '-sigopt',
+      'rsa_pss_saltlen:64',
+      '-sigopt',
+      'rsa_mgf1_md:sha512',
+      '-verify',
+      join(dir, 'rsa.pem'),
+      '-signature',
+      join(dir, 'sig.bin'),
+    ];
+    await expect(run('openssl', [...openssl, join(dir, 'msg.bin')])).resolves.toMatchObject({
+      stdout: 'Verified OK\n',
+    });
+    await writeFile(join(dir, 'msg2.bin'), Buffer.concat([message, Buffer.from(' ')]));
+    await expect(run('openssl', [...openssl, join(dir, 'msg2.bin')])).rejects.toMatchObject({
+      stdout: expect.stringContaining('Verification failure') as unknown,
+    });
+  });
+
+  it('keeps an NV counter that tpm2_nvread reads the same', async () => {
+    // swtpm serves one connection at a time: tpm2-tools gets its turn when ours is closed.
+    const index = 0x01a0cafe;
+    const c = new TpmClient(await tpmB().connect());
+    let after: bigint;
+    try {
+      expect(await c.defineCounter(index)).toBe('created');
+      expect(await c.defineCounter(index)).toBe('exists');
+      const before = await c.counterRead(index);
+      await c.counterIncrement(index);
+      after = await c.counterRead(index);
+      expect(after).toBe(before + 1n);
+    } finally {
+      await c.close();
+    }
+    const { stdout } = await run('tpm2_nvread', ['-C', 'o', '-s', '8', `0x${index.toString(16)}`], {
+      env: { ...process.env, TPM2TOOLS_TCTI: tpmB().tcti },
+      encoding: 'buffer',
+    });
+    expect(stdout.readBigUInt64BE(0)).toBe(after);
+  });
+});
