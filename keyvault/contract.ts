@@ -1,0 +1,108 @@
+import { z } from 'zod';
+import { bytes, defineContract, noParams } from './rpc/index.ts';
+import { PURPOSE_ALGORITHM, SIGNING_PURPOSES } from './vault.ts';
+
+/**
+ * The vault's RPC contract: what the endpoint may ask of the keyvault compartment, and nothing
+ * more. provision and doctor are deliberately absent: they are local admin operations
+ * (keyvault/main.ts), never something a possibly compromised endpoint may trigger.
+ */
+
+/** JSON has no 64-bit integers, so counters travel as decimal strings and arrive as bigint. */
+const counter = z.codec(
+  z.string().regex(/^(0|[1-9][0-9]{0,19})$/, 'expected a non-negative decimal integer'),
+  z
+    .bigint()
+    .min(0n)
+    .max(2n ** 64n - 1n),
+  { decode: (s) => BigInt(s), encode: (n) => n.toString() },
+);
+
+/** bytes(), typed as the Vault interface's Uint8Array (over any buffer, a Buffer slice say). */
+const bin = (maxBytes: number): z.ZodCodec<z.ZodBase64, z.ZodType<Uint8Array>> =>
+  bytes({ maxBytes });
+
+const purpose = z.enum(SIGNING_PURPOSES);
+const algorithm = z.enum(Object.values(PURPOSE_ALGORITHM));
+const pcr = z.number().int().min(0).max(23);
+const label = z.string().max(512);
+
+export const MAX_SIGN_MESSAGE_BYTES = 64 * 1024;
+
+export const vaultContract = defineContract({
+  storeKey: {
+    params: noParams,
+    result: bin(32).refine((b) => b.length === 32, 'expected 32 bytes'),
+  },
+  counterRead: { params: noParams, result: counter },
+  counterIncrement: { params: noParams, result: counter },
+  publicKey: {
+    params: z.object({ purpose }).strict(),
+    result: z.object({ purpose, algorithm, spki: bin(4096) }).strict(),
+  },
+  sign: {
+    params: z.object({ purpose, message: bin(MAX_SIGN_MESSAGE_BYTES) }).strict(),
+    result: bin(1024),
+  },
+  quote: {
+    params: z
+      .object({
+        qualifyingData: bin(64),
+        selection: z
+          .object({
+            hash: z.literal('sha256'),
+            pcrs: z
+              .array(pcr)
+              .min(1)
+              .max(24)
+              .refine((a) => new Set(a).size === a.length, 'PCR indices must be unique'),
+          })
+          .strict(),
+      })
+      .strict(),
+    result: z
+      .object({
+        attest: bin(2048),
+        signature: bin(1024),
+        pcrValues: z.array(z.object({ pcr, digest: bin(64) }).strict()).max(24),
+      })
+      .strict(),
+  },
+  attestationIdentity: {
+    params: noParams,
+    result: z
+      .object({
+        akPublic: bin(2048),
+        akName: bin(66),
+        ekCertificate: bin(16 * 1024).optional(),
+      })
+      .strict(),
+  },
+  random: {
+    params: z.object({ n: z.number().int().min(1).max(1024) }).strict(),
+    result: bin(1024),
+  },
+  status: {
+    params: noParams,
+    result: z
+      .object({
+        backend: z.enum(['tpm', 'pkcs11', 'dev']),
+        identity: label,
+        capabilities: z
+          .object({ found: z.array(label).max(64), missing: z.array(label).max(64) })
+          .strict(),
+        provisioned: z
+          .object({
+            storeKey: z.boolean(),
+            counter: z.boolean(),
+            purposes: z.array(purpose).max(SIGNING_PURPOSES.length),
+            attestationKey: z.boolean(),
+          })
+          .strict(),
+        counterGuarantee: z.string().max(1024),
+        warnings: z.array(z.string().max(1024)).max(16),
+      })
+      .strict(),
+  },
+});
+export type VaultContract = typeof vaultContract;

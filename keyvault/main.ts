@@ -1,0 +1,267 @@
+/**
+ * The vault command: local admin operations (init, status, doctor) and the vault compartment
+ * process itself (serve). Run as `node keyvault/main.ts <command>`.
+ *
+ * Output rules: errors are one line `vault: <message>` on stderr, exit 1 (2 for usage), never a
+ * stack trace; secrets are never printed and never accepted in argv.
+ */
+import { fstatSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { parseArgs } from 'node:util';
+import { type VaultConfig } from './config.ts';
+import { loadVaultConfig, openVault } from './open.ts';
+import { socketChannel } from './rpc/index.ts';
+import { serveVault } from './server.ts';
+import type { DoctorCheck, VaultBackend, VaultStatus } from './vault.ts';
+
+const COMMANDS = {
+  init: 'provision what is missing (store key, counter, signing keys); never replaces a key',
+  status: 'show the backend, what is provisioned, and any warnings',
+  doctor: 'check the hardware can do what the config needs; exit 1 if a check fails',
+  serve: 'run the vault compartment: serve the vault RPC on file descriptor 3',
+} as const;
+type Command = keyof typeof COMMANDS;
+
+const NO_SECRETS = `There is no --pin option, on purpose: argv is visible to every user on the machine.
+PINs and auth values come from a file or an environment variable named in the config.`;
+
+const HELP = `Usage: node keyvault/main.ts <command> --config FILE [--json]
+
+The keyvault compartment: the only process that touches the TPM or HSM.
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, what]) => `  ${name.padEnd(8)}${what}`)
+  .join('\n')}
+
+Options:
+  --config FILE  the vault config (JSON; see keyvault/config.ts)
+  --json         machine-readable output (init, status, doctor)
+  -h, --help     this help; "<command> --help" for one command
+
+${NO_SECRETS}
+
+Exit status: 0 ok, 1 failure, 2 usage error.
+`;
+
+const COMMAND_HELP: Record<Command, string> = {
+  init: `Usage: node keyvault/main.ts init --config FILE [--json]
+
+Creates whatever is missing: the store key, the anti-rollback counter, the signing keys
+(cross-signing-master: Ed25519; x509-identity: RSA-PSS SHA-512). Existing keys are kept,
+never replaced, so running it again is safe. Prints what was created and what was kept.
+
+${NO_SECRETS}
+`,
+  status: `Usage: node keyvault/main.ts status --config FILE [--json]
+
+Shows the backend, its identity (TPM vendor, token, or "software"), what is provisioned,
+how strong the counter is, and any warnings. --json prints the status object.
+`,
+  doctor: `Usage: node keyvault/main.ts doctor --config FILE [--json]
+
+Checks that the hardware and the state directory can do everything the config needs.
+Exits 1 if any check fails; each failure says what to fix.
+`,
+  serve: `Usage: node keyvault/main.ts serve --config FILE
+
+Runs the vault compartment. It listens on nothing: it serves the vault RPC on file
+descriptor 3, a socketpair its launcher (keyvault/spawn.ts, deploy/) passes in, so the
+endpoint holding the other end is its only client. When that channel closes, the vault
+closes and exits 0.
+
+${NO_SECRETS}
+`,
+};
+
+class UsageError extends Error {}
+
+type Invocation =
+  { command: 'help'; text: string } | { command: Command; config: string; json: boolean };
+
+function parse(argv: string[]): Invocation {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        config: { type: 'string' },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (e) {
+    // parseArgs names the option, never its value; drop its hint about positionals.
+    throw new UsageError((e as Error).message.split('. ')[0] ?? 'bad arguments');
+  }
+  const { values, positionals } = parsed;
+  const [name, ...extra] = positionals;
+  if (name === undefined) {
+    if (values.help) return { command: 'help', text: HELP };
+    throw new UsageError('no command given (try --help)');
+  }
+  if (name === 'help') {
+    const topic = extra[0];
+    if (topic !== undefined && !isCommand(topic)) throw new UsageError('help: unknown command');
+    return { command: 'help', text: topic ? COMMAND_HELP[topic] : HELP };
+  }
+  if (!isCommand(name)) {
+    // Echo only what looks like a command name: a mistyped secret must not reach a log.
+    const shown = /^[a-z][a-z-]{0,19}$/.test(name) ? ` "${name}"` : '';
+    throw new UsageError(`unknown command${shown} (commands: ${Object.keys(COMMANDS).join(', ')})`);
+  }
+  if (values.help) return { command: 'help', text: COMMAND_HELP[name] };
+  if (extra.length > 0) throw new UsageError(`${name}: unexpected extra arguments`);
+  if (values.config === undefined) throw new UsageError(`${name}: --config FILE is required`);
+  if (name === 'serve' && values.json) throw new UsageError('serve: --json is not an option here');
+  return { command: name, config: values.config, json: values.json };
+}
+
+function isCommand(name: string): name is Command {
+  return Object.hasOwn(COMMANDS, name);
+}
+
+async function run(argv: string[]): Promise<number> {
+  const invocation = parse(argv);
+  if (invocation.command === 'help') {
+    process.stdout.write(invocation.text);
+    return 0;
+  }
+  const config = await loadVaultConfig(invocation.config);
+  if (invocation.command === 'serve') return serve(config);
+  const vault = await openVault(config);
+  try {
+    switch (invocation.command) {
+      case 'init':
+        return await init(vault, invocation.json);
+      case 'status':
+        return await status(vault, invocation.json);
+      case 'doctor':
+        return await doctor(vault, invocation.json);
+    }
+  } finally {
+    await vault.close();
+  }
+}
+
+async function init(vault: VaultBackend, json: boolean): Promise<number> {
+  const report = await vault.provision();
+  if (json) {
+    print(JSON.stringify({ backend: vault.backend, ...report }));
+    return 0;
+  }
+  for (const what of report.created) print(`created  ${what}`);
+  for (const what of report.kept) print(`kept     ${what}`);
+  if (report.created.length === 0) print('nothing to do: everything was already provisioned');
+  return 0;
+}
+
+async function status(vault: VaultBackend, json: boolean): Promise<number> {
+  const s = await vault.status();
+  if (json) {
+    print(JSON.stringify(s));
+    return 0;
+  }
+  printTable(statusRows(s));
+  return 0;
+}
+
+function statusRows(s: VaultStatus): [string, string][] {
+  const yesNo = (b: boolean) => (b ? 'provisioned' : 'missing');
+  const list = (items: string[]) => (items.length > 0 ? items.join(', ') : 'none');
+  return [
+    ['backend', s.backend],
+    ['identity', s.identity],
+    ['store key', yesNo(s.provisioned.storeKey)],
+    ['counter', yesNo(s.provisioned.counter)],
+    ['signing keys', list(s.provisioned.purposes)],
+    ['attestation key', yesNo(s.provisioned.attestationKey)],
+    ['capabilities', list(s.capabilities.found)],
+    ['missing', list(s.capabilities.missing)],
+    ['counter guarantee', s.counterGuarantee],
+    ...s.warnings.map((w): [string, string] => ['WARNING', w]),
+  ];
+}
+
+async function doctor(vault: VaultBackend, json: boolean): Promise<number> {
+  const checks: DoctorCheck[] = await vault.doctor();
+  const ok = checks.every((c) => c.ok);
+  if (json) {
+    print(JSON.stringify({ ok, checks }));
+  } else {
+    printTable(
+      checks.map((c) => [c.ok ? 'ok' : 'FAIL', c.ok ? c.check : `${c.check}: ${c.detail}`]),
+    );
+  }
+  return ok ? 0 : 1;
+}
+
+/** The compartment process: one channel (fd 3), one vault, exit when the channel closes. */
+async function serve(config: VaultConfig): Promise<number> {
+  let isSocket = false;
+  try {
+    isSocket = fstatSync(3).isSocket();
+  } catch {
+    // fd 3 not open: reported below.
+  }
+  if (!isSocket) {
+    throw new Error(
+      'serve needs its channel on file descriptor 3 (a socketpair from its launcher); it listens on nothing itself',
+    );
+  }
+  const vault = await openVault(config);
+  const socket = new Socket({ fd: 3, readable: true, writable: true });
+  const connection = serveVault(socketChannel(socket), vault, {
+    // Local diagnostics only; the peer sees INTERNAL. No stack: it may hold values.
+    onError: (e, { method }) => {
+      warn(`internal error in ${method ?? 'a request'}: ${oneLine(e)}`);
+    },
+  });
+  const stop = () => {
+    connection.close();
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  await connection.closed;
+  await vault.close();
+  return 0;
+}
+
+function printTable(rows: [string, string][]): void {
+  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
+  for (const [k, v] of rows) print(`${k.padEnd(width)}${v}`);
+}
+
+function print(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function warn(line: string): void {
+  process.stderr.write(`vault: ${line}\n`);
+}
+
+function oneLine(e: unknown): string {
+  const message = e instanceof Error ? e.message : 'unexpected failure';
+  return message.replace(/\s*\n\s*/g, ' ').slice(0, 500);
+}
+
+/** Last resort: whatever escapes still ends as one line, not a stack trace. */
+function die(e: unknown): never {
+  warn(oneLine(e));
+  process.exit(e instanceof UsageError ? 2 : 1);
+}
+
+process.on('uncaughtException', die);
+process.on('unhandledRejection', die);
+
+run(process.argv.slice(2)).then(
+  (code) => {
+    // Explicit: a backend's leftover handle must not keep a finished command alive.
+    process.exit(code);
+  },
+  (e: unknown) => {
+    die(e);
+  },
+);

@@ -1,0 +1,36 @@
+import { vaultContract } from './contract.ts';
+import {
+  type FrameChannel,
+  type ServerConnection,
+  type ServerOptions,
+  serve,
+} from './rpc/index.ts';
+import type { Vault } from './vault.ts';
+
+/**
+ * Serves the vault contract on one channel (the endpoint's). Params arrive validated by the
+ * contract; a VaultError reaches the peer with its code, any other exception only as INTERNAL
+ * (rpc/server.ts), so a bug cannot carry key material across the boundary.
+ */
+export function serveVault(
+  channel: FrameChannel,
+  vault: Vault,
+  options: ServerOptions = {},
+): ServerConnection {
+  return serve(
+    channel,
+    vaultContract,
+    {
+      storeKey: () => vault.storeKey(),
+      counterRead: () => vault.counterRead(),
+      counterIncrement: () => vault.counterIncrement(),
+      publicKey: ({ purpose }) => vault.publicKey(purpose),
+      sign: ({ purpose, message }) => vault.sign(purpose, message),
+      quote: ({ qualifyingData, selection }) => vault.quote(qualifyingData, selection),
+      attestationIdentity: () => vault.attestationIdentity(),
+      random: ({ n }) => vault.random(n),
+      status: () => vault.status(),
+    },
+    options,
+  );
+}
