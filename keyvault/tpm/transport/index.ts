@@ -5,3 +5,4 @@ export {
   SwtpmControl,
   connectSwtpm,
 } from './swtpm-socket.ts';
+export { openTpmDevice } from './device.ts';

@@ -1,0 +1,288 @@
+import { execFile } from 'node:child_process';
+import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TpmConfig } from '../../keyvault/config.ts';
+import { openTpmVault } from '../../keyvault/tpm/backend.ts';
+import { TpmClient, parsePublic } from '../../keyvault/tpm/index.ts';
+import type { VaultBackend } from '../../keyvault/vault.ts';
+import { type Swtpm, startSwtpm } from '../fixtures/index.ts';
+import { useFixture } from '../fixtures/lifecycle.ts';
+
+const run = promisify(execFile);
+const tpm = useFixture(() => startSwtpm());
+const other = useFixture(() => startSwtpm());
+const PCR = 16;
+const COUNTER = 0x01a0cafe;
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mte-tpm-vault-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function config(t: Swtpm, stateDir = join(dir, 'state')): TpmConfig {
+  return {
+    backend: 'tpm',
+    stateDir,
+    transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
+    pcrs: [PCR],
+    nvCounterIndex: COUNTER,
+  };
+}
+
+/** Opens the vault, runs `use`, and always closes it (swtpm serves one connection at a time). */
+async function withVault<T>(cfg: TpmConfig, use: (v: VaultBackend) => Promise<T>): Promise<T> {
+  const v = await openTpmVault(cfg);
+  try {
+    return await use(v);
+  } finally {
+    await v.close();
+  }
+}
+
+async function extendPolicyPcr(t: Swtpm): Promise<void> {
+  const c = new TpmClient(await t.connect());
+  try {
+    await c.pcrExtend(PCR, createHash('sha256').update(randomBytes(8)).digest());
+  } finally {
+    await c.close();
+  }
+}
+
+function errorOf(p: Promise<unknown>): Promise<unknown> {
+  return p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+}
+
+describe('the TPM vault backend on swtpm', () => {
+  let firstKey: Uint8Array;
+  let spkis: Uint8Array[];
+
+  it('provisions everything once, and a re-run keeps every key', async () => {
+    const first = await withVault(config(tpm()), (v) => v.provision());
+    expect(first.created).toHaveLength(5);
+    const again = await withVault(config(tpm()), (v) => v.provision());
+    expect(again.created).toEqual([]);
+    expect(again.kept).toHaveLength(5);
+    const status = await withVault(config(tpm()), (v) => v.status());
+    expect(status).toMatchObject({
+      backend: 'tpm',
+      provisioned: {
+        storeKey: true,
+        counter: true,
+        purposes: ['cross-signing-master', 'x509-identity'],
+        attestationKey: true,
+      },
+      capabilities: { missing: [] },
+    });
+    expect(status.identity).toMatch(/^IBM/);
+  });
+
+  it('releases the same 32-byte store key once per vault lifetime', async () => {
+    await withVault(config(tpm()), async (v) => {
+      firstKey = await v.storeKey();
+      expect(firstKey).toHaveLength(32);
+      await expect(v.storeKey()).rejects.toMatchObject({
+        code: 'VAULT_STORE_KEY_ALREADY_RELEASED',
+      });
+    });
+    const again = await withVault(config(tpm()), (v) => v.storeKey());
+    expect(Buffer.from(again).equals(Buffer.from(firstKey))).toBe(true);
+  });
+
+  it('signs Ed25519 (node:crypto verifies) and RSA-PSS SHA-512 salt 64 (openssl verifies); keys survive re-provisioning', async () => {
+    const message = Buffer.from(
+      '{"keys":{"ed25519:abc":"xyz"},"usage":["master"],"user_id":"@a:b"}',
+    );
+    await withVault(config(tpm()), async (v) => {
+      const ed = await v.publicKey('cross-signing-master');
+      const rsa = await v.publicKey('x509-identity');
+      spkis = [ed.spki, rsa.spki];
+      const edKey = createPublicKey({ key: Buffer.from(ed.spki), format: 'der', type: 'spki' });
+      const edSig = await v.sign('cross-signing-master', message);
+      expect(verify(null, message, edKey, edSig)).toBe(true);
+      expect(verify(null, Buffer.concat([message, Buffer.from('!')]), edKey, edSig)).toBe(false);
+
+      const rsaSig = await v.sign('x509-identity', message);
+      const pem = createPublicKey({
+        key: Buffer.from(rsa.spki),
+        format: 'der',
+        type: 'spki',
+      }).export({ type: 'spki', format: 'pem' });
+      await writeFile(join(dir, 'x509.pem'), pem);
+      await writeFile(join(dir, 'msg'), message);
+      await writeFile(join(dir, 'sig'), rsaSig);
+      const { stdout } = await run('openssl', [
+        'dgst',
+        '-sha512',
+        '-sigopt',
+        'rsa_padding_mode:pss',
+        '-sigopt',
+        'rsa_pss_saltlen:64',
+        '-sigopt',
+        'rsa_mgf1_md:sha512',
+        '-verify',
+        join(dir, 'x509.pem'),
+        '-signature',
+        join(dir, 'sig'),
+        join(dir, 'msg'),
+      ]);
+      expect(stdout).toBe('Verified OK\n');
+      await expect(v.sign('nope' as 'x509-identity', message)).rejects.toMatchObject({
+        code: 'VAULT_BAD_REQUEST',
+      });
+    });
+    await withVault(config(tpm()), (v) => v.provision());
+    await withVault(config(tpm()), async (v) => {
+      expect(Buffer.from((await v.publicKey('cross-signing-master')).spki)).toEqual(
+        Buffer.from(spkis[0] ?? []),
+      );
+      expect(Buffer.from((await v.publicKey('x509-identity')).spki)).toEqual(
+        Buffer.from(spkis[1] ?? []),
+      );
+    });
+  });
+
+  it('quotes with the attestation key; tpm2_checkquote verifies the quote and rejects a wrong nonce', async () => {
+    const nonce = randomBytes(32);
+    const { quote, id } = await withVault(config(tpm()), async (v) => ({
+      quote: await v.quote(nonce, { hash: 'sha256', pcrs: [PCR, 0] }),
+      id: await v.attestationIdentity(),
+    }));
+    const size = Buffer.alloc(2);
+    size.writeUInt16BE(id.akPublic.length);
+    await writeFile(join(dir, 'ak.pub'), Buffer.concat([size, id.akPublic]));
+    await writeFile(join(dir, 'q.msg'), quote.attest);
+    await writeFile(join(dir, 'q.sig'), quote.signature);
+    const args = [
+      '-u',
+      join(dir, 'ak.pub'),
+      '-m',
+      join(dir, 'q.msg'),
+      '-s',
+      join(dir, 'q.sig'),
+      '-g',
+      'sha256',
+      '-q',
+    ];
+    await expect(run('tpm2_checkquote', [...args, nonce.toString('hex')])).resolves.toBeDefined();
+    await expect(
+      run('tpm2_checkquote', [...args, randomBytes(32).toString('hex')]),
+    ).rejects.toThrow();
+    expect(quote.pcrValues.map((p) => p.pcr)).toEqual([0, PCR]);
+    expect(parsePublic(id.akPublic).ecc?.curve).toBe(3);
+  });
+
+  it('counts strictly upwards across vault and TPM restarts, as tpm2_nvread sees it', async () => {
+    const seen: bigint[] = [];
+    for (let i = 0; i < 3; i++) {
+      seen.push(await withVault(config(tpm()), (v) => v.counterIncrement()));
+      if (i === 1) await tpm().restart();
+    }
+    expect(seen[1]).toBeGreaterThan(seen[0] ?? 0n);
+    expect(seen[2]).toBeGreaterThan(seen[1] ?? 0n);
+    const { stdout } = await run(
+      'tpm2_nvread',
+      ['-C', 'o', '-s', '8', `0x${COUNTER.toString(16)}`],
+      {
+        env: { ...process.env, TPM2TOOLS_TCTI: tpm().tcti },
+        encoding: 'buffer',
+      },
+    );
+    expect(stdout.readBigUInt64BE(0)).toBe(seen[2]);
+    expect(await withVault(config(tpm()), (v) => v.counterRead())).toBe(seen[2]);
+  });
+
+  it('refuses to unseal after a policy PCR changes; doctor says why; a reboot restores it', async () => {
+    await extendPolicyPcr(tpm());
+    const error = await errorOf(withVault(config(tpm()), (v) => v.storeKey()));
+    expect(error).toMatchObject({ code: 'VAULT_POLICY_MISMATCH' });
+    expect((error as Error).message).toMatch(/PCR values differ/);
+    const checks = await withVault(config(tpm()), (v) => v.doctor());
+    expect(checks.find((c) => c.check.startsWith('sealing policy'))).toMatchObject({ ok: false });
+    await tpm().restart(); // PCRs back to their boot values
+    const key = await withVault(config(tpm()), (v) => v.storeKey());
+    expect(Buffer.from(key).equals(Buffer.from(firstKey))).toBe(true);
+  });
+
+  it('a copied state directory is useless next to another TPM', async () => {
+    const copy = join(dir, 'copied');
+    await cp(join(dir, 'state'), copy, { recursive: true });
+    const cfg = config(other(), copy);
+    for (const attempt of [
+      (v: VaultBackend) => v.storeKey(),
+      (v: VaultBackend) => v.sign('cross-signing-master', Buffer.from('x')),
+      (v: VaultBackend) => v.sign('x509-identity', Buffer.from('x')),
+      (v: VaultBackend) => v.quote(randomBytes(8), { hash: 'sha256', pcrs: [0] }),
+      (v: VaultBackend) => v.provision(),
+    ]) {
+      expect(await errorOf(withVault(cfg, attempt))).toMatchObject({
+        code: 'VAULT_FOREIGN_OR_TAMPERED',
+      });
+    }
+  });
+
+  it('a tampered sealed blob is refused with a typed error', async () => {
+    const tampered = join(dir, 'tampered');
+    await cp(join(dir, 'state'), tampered, { recursive: true });
+    const file = join(tampered, 'tpm-vault.json');
+    const state = JSON.parse(await readFile(file, 'utf8')) as { storeKey: { private: string } };
+    const priv = Buffer.from(state.storeKey.private, 'base64');
+    priv[priv.length - 1] = (priv[priv.length - 1] ?? 0) ^ 1;
+    state.storeKey.private = priv.toString('base64');
+    await writeFile(file, JSON.stringify(state));
+    expect(await errorOf(withVault(config(tpm(), tampered), (v) => v.storeKey()))).toMatchObject({
+      code: 'VAULT_FOREIGN_OR_TAMPERED',
+    });
+    await writeFile(file, '{"version": 2}');
+    expect(await errorOf(withVault(config(tpm(), tampered), (v) => v.storeKey()))).toMatchObject({
+      code: 'VAULT_FOREIGN_OR_TAMPERED',
+    });
+  });
+
+  it('a TPM that is not there is a typed error, not a crash', async () => {
+    const cfg: TpmConfig = {
+      ...config(tpm()),
+      transport: { swtpm: { host: '127.0.0.1', port: 1, ctrlPort: 2 } },
+    };
+    expect(await errorOf(openTpmVault(cfg))).toMatchObject({ code: 'VAULT_HARDWARE_UNREACHABLE' });
+  });
+
+  it('runs 1,000 consecutive operations without leaking a handle', async () => {
+    await withVault(config(tpm()), async (v) => {
+      for (let i = 0; i < 1000; i++) {
+        switch (i % 5) {
+          case 0:
+            await v.random(16);
+            break;
+          case 1:
+            await v.counterRead();
+            break;
+          case 2:
+            await v.quote(randomBytes(16), { hash: 'sha256', pcrs: [PCR] });
+            break;
+          case 3:
+            await v.sign('x509-identity', Buffer.from(`m${i}`));
+            break;
+          default:
+            await v.publicKey('x509-identity');
+        }
+      }
+    });
+    const c = new TpmClient(await tpm().connect());
+    try {
+      expect(await c.transientHandles()).toEqual([]);
+      expect(await c.loadedSessions()).toEqual([]);
+    } finally {
+      await c.close();
+    }
+  }, 600_000);
+});
