@@ -8,7 +8,11 @@ import { VaultCode, VaultError } from '../vault.ts';
  * passed on: callers get a code and a readable CKR name only.
  */
 
-const ckrNames = new Map<number, string>();
+const ckrNames = new Map<number, string>([
+  // PKCS#11 2.40/3.0 values pkcs11js has no names for.
+  [0x1b, 'CKR_ACTION_PROHIBITED'],
+  [0x140, 'CKR_CURVE_NOT_SUPPORTED'],
+]);
 for (const [name, value] of Object.entries(pkcs11js)) {
   if (name.startsWith('CKR_') && typeof value === 'number' && !ckrNames.has(value)) {
     ckrNames.set(value, name);
