@@ -12,7 +12,6 @@ export {
   type SecretSource,
   vaultConfig,
 } from './config.ts';
-export { readSecret } from './secret.ts';
 export { vaultContract, type VaultContract, MAX_SIGN_MESSAGE_BYTES } from './contract.ts';
 export { RemoteVault, vaultClient } from './client.ts';
 export { serveVault } from './server.ts';

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
-import { type Pkcs11Config, type VaultConfig, vaultConfig } from './config.ts';
+import { type VaultConfig, vaultConfig } from './config.ts';
 import { DEV_REFUSED } from './dev/messages.ts';
 import { VaultCode, VaultError, type VaultBackend } from './vault.ts';
 
@@ -77,8 +77,6 @@ function describedAt(backend: unknown, path: PropertyKey[]): string | undefined 
   return description?.includes(': ') ? description.slice(description.indexOf(': ') + 2) : undefined;
 }
 
-const PKCS11_MODULE: string = './pkcs11/index.ts';
-
 /**
  * Opens the configured backend. Each backend is imported only when chosen, so a TPM config
  * never loads pkcs11js's native module and the dev backend cannot be reached by accident.
@@ -90,11 +88,7 @@ export async function openVault(config: VaultConfig): Promise<VaultBackend> {
       return openTpmVault(config);
     }
     case 'pkcs11': {
-      // keyvault/pkcs11 is being written in parallel; a computed specifier keeps tsc from
-      // resolving it before it lands.
-      const { openPkcs11Vault } = (await import(PKCS11_MODULE)) as {
-        openPkcs11Vault: (c: Pkcs11Config) => Promise<VaultBackend>;
-      };
+      const { openPkcs11Vault } = await import('./pkcs11/index.ts');
       return openPkcs11Vault(config);
     }
     case 'dev': {

@@ -3,7 +3,7 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type RemoteVault, vaultClient } from './client.ts';
-import { RpcCode, RpcError, socketChannel } from './rpc/index.ts';
+import { type ClientOptions, RpcCode, RpcError, socketChannel } from './rpc/index.ts';
 
 const MAIN = join(import.meta.dirname, 'main.ts');
 
@@ -24,7 +24,7 @@ export interface SpawnedVault {
  */
 export async function spawnVault(
   configPath: string,
-  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+  options: { env?: NodeJS.ProcessEnv; client?: ClientOptions } = {},
 ): Promise<SpawnedVault> {
   const child = spawn(process.execPath, [MAIN, 'serve', '--config', configPath], {
     stdio: ['ignore', 'inherit', 'pipe', 'pipe'],
@@ -60,9 +60,7 @@ export async function spawnVault(
   };
 
   try {
-    const vault = await vaultClient(socketChannel(fd3), {
-      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
-    });
+    const vault = await vaultClient(socketChannel(fd3), options.client);
     return { vault, process: child, exited, stop };
   } catch (e) {
     await stop(1000);

@@ -1,7 +1,8 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
-import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { z } from 'zod';
+import { writeFileAtomic } from '../atomic-file.ts';
 import { describeIssues } from '../rpc/envelope.ts';
 import { type SigningPurpose, VaultCode, VaultError } from '../vault.ts';
 
@@ -135,37 +136,18 @@ export function checkKeys(stateDir: string, state: DevState): void {
   }
 }
 
-/**
- * Replaces the state file atomically: a crash leaves either the old file or the new one, never
- * a torn one, which matters most for the counter (it must never go backwards).
- */
+/** Replaces the state file atomically: the counter must never tear or go backwards. */
 export async function writeState(stateDir: string, state: DevState): Promise<void> {
   const path = statePath(stateDir);
-  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
   const text = Buffer.from(JSON.stringify(stateSchema.encode(state), null, 2) + '\n', 'utf8');
   try {
-    const file = await open(tmp, 'wx', 0o600);
-    try {
-      await file.writeFile(text);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(tmp, path);
+    await writeFileAtomic(path, text, { mode: 0o600, replace: true });
   } catch (e) {
-    await unlink(tmp).catch(() => undefined);
     throw new VaultError(
       VaultCode.HardwareError,
       `cannot write the dev vault state file ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
     );
   } finally {
     text.fill(0);
-  }
-  // The rename is durable only once the directory entry is on disk.
-  const dir = await open(dirname(path), 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
   }
 }

@@ -1,9 +1,10 @@
 import { constants, createPublicKey, verify } from 'node:crypto';
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type RemoteVault, vaultClient } from '../../keyvault/client.ts';
 import { openDevVault } from '../../keyvault/dev/index.ts';
+import { STATE_FILE } from '../../keyvault/dev/state.ts';
 import { type FrameChannel, RpcCode, inProcessPair } from '../../keyvault/rpc/index.ts';
 import { serveVault } from '../../keyvault/server.ts';
 import {
@@ -101,7 +102,10 @@ describe('the vault over RPC, with the dev backend', () => {
 
   it('passes vault error codes through as VaultError', async () => {
     const key = await remote.storeKey();
-    expect(key).toHaveLength(32);
+    const state = JSON.parse(await readFile(join(root, 'state', STATE_FILE), 'utf8')) as {
+      storeKey: string;
+    };
+    expect(Buffer.from(key).toString('base64')).toBe(state.storeKey);
     const again = await remote.storeKey().catch((e: unknown) => e);
     expect(again).toBeInstanceOf(VaultError);
     expect(again).toMatchObject({ code: VaultCode.StoreKeyReleased });
