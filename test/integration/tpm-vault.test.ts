@@ -217,13 +217,14 @@ describe('the TPM vault backend on swtpm', () => {
     const copy = join(dir, 'copied');
     await cp(join(dir, 'state'), copy, { recursive: true });
     const cfg = config(other(), copy);
-    for (const attempt of [
+    const attempts: ((v: VaultBackend) => Promise<unknown>)[] = [
       (v: VaultBackend) => v.storeKey(),
       (v: VaultBackend) => v.sign('cross-signing-master', Buffer.from('x')),
       (v: VaultBackend) => v.sign('x509-identity', Buffer.from('x')),
       (v: VaultBackend) => v.quote(randomBytes(8), { hash: 'sha256', pcrs: [0] }),
       (v: VaultBackend) => v.provision(),
-    ]) {
+    ];
+    for (const attempt of attempts) {
       expect(await errorOf(withVault(cfg, attempt))).toMatchObject({
         code: 'VAULT_FOREIGN_OR_TAMPERED',
       });
