@@ -1,7 +1,7 @@
-import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, unlink } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { writeFileAtomic } from '../atomic-file.ts';
 import { VaultCode, VaultError } from '../vault.ts';
 
 /**
@@ -77,9 +77,7 @@ export async function readStoreKeyFile(stateDir: string): Promise<StoreKeyFile |
  * Returns false when a store-key file was already there.
  */
 export async function writeStoreKeyFile(stateDir: string, file: StoreKeyFile): Promise<boolean> {
-  await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const path = join(stateDir, STORE_KEY_FILE);
-  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
   const body = JSON.stringify(
     {
       version: 1,
@@ -92,26 +90,9 @@ export async function writeStoreKeyFile(stateDir: string, file: StoreKeyFile): P
     null,
     2,
   );
-  const handle = await open(tmp, 'wx', 0o600);
   try {
-    await handle.writeFile(`${body}\n`);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    await link(tmp, path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    return await writeFileAtomic(path, `${body}\n`, { replace: false });
+  } catch {
     throw new VaultError(VaultCode.Config, `cannot write ${path}`);
-  } finally {
-    await unlink(tmp).catch(() => undefined);
   }
-  const dir = await open(stateDir, 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-  return true;
 }
