@@ -40,6 +40,8 @@ import { TpmTransportError, connectSwtpm, openTpmDevice } from './transport/inde
 const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 /** 2048 bits: the RSA size every TPM 2.0 supports (3072 is optional in the PC Client profile). */
 const X509_RSA_BITS = 2048;
+/** Where TCG's EK credential profile puts EK certificates: RSA-2048, ECC P-256, ECC P-384. */
+const EK_CERT_INDICES = [0x01c00002, 0x01c0000a, 0x01c00016];
 const NEEDED_ALGS: [number, string][] = [
   [TPM_ALG.ECC, 'ECC'],
   [TPM_ALG.RSA, 'RSA'],
@@ -182,14 +184,19 @@ class TpmVault implements VaultBackend {
   }
 
   async attestationIdentity(): Promise<AttestationIdentity> {
-    return guard('reading the attestation key', () =>
-      this.#tpm.withPrimary(TPM_RH.ENDORSEMENT, akTemplate(), (ak) =>
+    const ak = await guard('reading the attestation key', () =>
+      this.#tpm.withPrimary(TPM_RH.ENDORSEMENT, akTemplate(), (key) =>
         Promise.resolve({
-          akPublic: new Uint8Array(ak.public.raw),
-          akName: new Uint8Array(ak.name),
+          akPublic: new Uint8Array(key.public.raw),
+          akName: new Uint8Array(key.name),
         }),
       ),
     );
+    for (const index of EK_CERT_INDICES) {
+      const cert = await guard('reading the EK certificate', () => this.#tpm.nvReadAll(index));
+      if (cert && cert.length > 0) return { ...ak, ekCertificate: new Uint8Array(trimDer(cert)) };
+    }
+    return ak;
   }
 
   async random(n: number): Promise<Uint8Array> {
@@ -469,6 +476,16 @@ function checkPurpose(purpose: string): asserts purpose is SigningPurpose {
   if (!(SIGNING_PURPOSES as readonly string[]).includes(purpose)) {
     throw new VaultError(VaultCode.BadRequest, `unknown signing purpose "${purpose.slice(0, 40)}"`);
   }
+}
+
+/** NV indices are often larger than the certificate: keep the DER SEQUENCE, drop the padding. */
+function trimDer(nv: Buffer): Buffer {
+  if (nv[0] !== 0x30) return nv;
+  const first = nv[1] ?? 0;
+  if (first < 0x80) return nv.subarray(0, 2 + first);
+  const octets = first & 0x7f;
+  const length = nv.subarray(2, 2 + octets).reduce((n, b) => n * 256 + b, 0);
+  return nv.subarray(0, Math.min(nv.length, 2 + octets + length));
 }
 
 function rsaSpki(publicRaw: Buffer): Uint8Array {

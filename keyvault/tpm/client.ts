@@ -232,6 +232,30 @@ export class TpmClient {
     return value.readBigUInt64BE(0);
   }
 
+  /**
+   * Reads a whole NV index (owner-authorized, in chunks a TPM accepts), or undefined when the
+   * index is not defined.
+   */
+  async nvReadAll(index: number): Promise<Buffer | undefined> {
+    let pub;
+    try {
+      pub = await this.run(cmd.nvReadPublic(index));
+    } catch (e) {
+      if (e instanceof TpmError && e.base === RC.HANDLE) return undefined;
+      throw e;
+    }
+    const chunks: Buffer[] = [];
+    for (let offset = 0; offset < pub.dataSize; offset += 512) {
+      const size = Math.min(512, pub.dataSize - offset);
+      chunks.push(
+        await this.run(cmd.nvRead(TPM_RH.OWNER, { handle: index, name: pub.name }, size, offset), [
+          { session: passwordSession() },
+        ]),
+      );
+    }
+    return Buffer.concat(chunks);
+  }
+
   close(): Promise<void> {
     return this.transport.close();
   }

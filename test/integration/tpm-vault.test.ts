@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -267,4 +267,24 @@ describe('the TPM vault backend on swtpm', () => {
       await c.close();
     }
   }, 600_000);
+});
+
+describe('the EK certificate, where the TPM has one', () => {
+  const manufactured = useFixture(() => startSwtpm({ ekCertificate: true }));
+
+  it('comes with the attestation identity, issued by the manufacturer CA', async () => {
+    const cfg = config(manufactured(), join(dir, 'ek-state'));
+    await withVault(cfg, (v) => v.provision());
+    const id = await withVault(cfg, (v) => v.attestationIdentity());
+    expect(id.ekCertificate).toBeDefined();
+    const cert = new X509Certificate(Buffer.from(id.ekCertificate ?? []));
+    const issuer = new X509Certificate(manufactured().ekIssuer ?? '');
+    expect(cert.verify(issuer.publicKey)).toBe(true);
+    expect(cert.checkIssued(issuer)).toBe(true);
+  });
+
+  it('is absent, not invented, on a TPM without one', async () => {
+    const id = await withVault(config(tpm()), (v) => v.attestationIdentity());
+    expect(id.ekCertificate).toBeUndefined();
+  });
 });
