@@ -22,7 +22,8 @@ import {
   VaultError,
   type VaultStatus,
 } from '../vault.ts';
-import { TpmClient } from './client.ts';
+import { serialized } from '../serialized.ts';
+import { NvCounterError, TpmClient } from './client.ts';
 import * as cmd from './commands.ts';
 import { TPM_ALG, TPM_CAP, TPM_RH } from './constants.ts';
 import { RC, TpmError } from './rc.ts';
@@ -68,7 +69,7 @@ export async function openTpmVault(config: TpmConfig): Promise<VaultBackend> {
   );
   const tpm = new TpmClient(transport);
   await guard('TPM2_Startup', () => tpm.startup());
-  return new TpmVault(tpm, config);
+  return serialized(new TpmVault(tpm, config));
 }
 
 class TpmVault implements VaultBackend {
@@ -90,16 +91,22 @@ class TpmVault implements VaultBackend {
         'the store key was already released in this vault lifetime',
       );
     }
-    const state = await this.#provisioned('storeKey');
-    const key = await this.#unseal(
-      state,
-      toBlobs(state.storeKey as NonNullable<TpmState['storeKey']>),
-      'store key',
-    );
+    // Claimed before the first await, so two calls racing cannot both get the key.
     this.#storeKeyReleased = true;
-    const copy = new Uint8Array(key);
-    key.fill(0);
-    return copy;
+    try {
+      const state = await this.#provisioned('storeKey');
+      const key = await this.#unseal(
+        state,
+        toBlobs(state.storeKey as NonNullable<TpmState['storeKey']>),
+        'store key',
+      );
+      const copy = new Uint8Array(key);
+      key.fill(0);
+      return copy;
+    } catch (e) {
+      this.#storeKeyReleased = false;
+      throw e;
+    }
   }
 
   async counterRead(): Promise<bigint> {
@@ -517,6 +524,12 @@ async function guard<T>(doing: string, run: () => Promise<T>): Promise<T> {
           ? VaultCode.Unreachable
           : VaultCode.HardwareError,
         `${doing}: ${e.message}`,
+      );
+    }
+    if (e instanceof NvCounterError) {
+      throw new VaultError(
+        VaultCode.ForeignOrTampered,
+        `${doing}: ${e.message}; someone replaced the anti-rollback counter`,
       );
     }
     if (e instanceof TpmError) {

@@ -3,7 +3,7 @@ import { HT_TRANSIENT, TPM_CAP, TPM_PT, TPM_RH, TPMA_NV, TPMA_SESSION } from './
 import { type Authorization, type Command, type HandleArg, execute } from './execute.ts';
 import { RC, TpmError } from './rc.ts';
 import { type Session, passwordSession, saltedSessionRequest } from './session.ts';
-import { type CreatedObject, type KeyBlobs } from './commands.ts';
+import { type CreatedObject, type KeyBlobs, type NvPublic } from './commands.ts';
 import { srkTemplate } from './structures.ts';
 import type { TpmTransport } from './transport/index.ts';
 
@@ -196,11 +196,15 @@ export class TpmClient {
 
   /** An NV counter owned by the owner hierarchy; incremented once so it can be read. */
   async defineCounter(index: number): Promise<'created' | 'exists'> {
+    let existing;
     try {
-      await this.run(cmd.nvReadPublic(index));
-      return 'exists';
+      existing = await this.run(cmd.nvReadPublic(index));
     } catch (e) {
       if (!(e instanceof TpmError && e.base === RC.HANDLE)) throw e;
+    }
+    if (existing) {
+      checkCounter(existing);
+      return 'exists';
     }
     // Not ORDERLY: an orderly counter may lose increments on an unclean shutdown.
     const attributes =
@@ -219,6 +223,7 @@ export class TpmClient {
 
   async counterIncrement(index: number): Promise<void> {
     const pub = await this.run(cmd.nvReadPublic(index));
+    checkCounter(pub);
     await this.run(cmd.nvIncrement(TPM_RH.OWNER, { handle: index, name: pub.name }), [
       { session: passwordSession() },
     ]);
@@ -226,6 +231,7 @@ export class TpmClient {
 
   async counterRead(index: number): Promise<bigint> {
     const pub = await this.run(cmd.nvReadPublic(index));
+    checkCounter(pub);
     const value = await this.run(cmd.nvRead(TPM_RH.OWNER, { handle: index, name: pub.name }, 8), [
       { session: passwordSession() },
     ]);
@@ -258,5 +264,26 @@ export class TpmClient {
 
   close(): Promise<void> {
     return this.transport.close();
+  }
+}
+
+/**
+ * An anti-rollback counter must be a TPM counter index: only those are guaranteed never to go
+ * down (a new one starts at the highest value any counter on this TPM has had). Someone who
+ * deleted ours and put an ordinary index holding a chosen value in its place is caught here.
+ */
+export function checkCounter(pub: NvPublic): void {
+  const type = (pub.attributes >> 4) & 0xf;
+  if (type !== 1 || pub.attributes & TPMA_NV.ORDERLY || pub.dataSize !== 8) {
+    throw new NvCounterError(
+      `NV index 0x${pub.index.toString(16)} is not a non-orderly 8-byte counter (attributes 0x${pub.attributes.toString(16)})`,
+    );
+  }
+}
+
+export class NvCounterError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NvCounterError';
   }
 }

@@ -1,6 +1,6 @@
 import { TPM_ALG, TPM_CC, TPM_RH, TPM_ST } from './constants.ts';
 import { type Command, type HandleArg, handleName } from './execute.ts';
-import { type Reader, Writer } from './marshal.ts';
+import { Reader, Writer } from './marshal.ts';
 import {
   type PublicArea,
   objectName,
@@ -275,13 +275,18 @@ export function nvReadPublic(index: number): Command<NvPublic> {
     params: Buffer.alloc(0),
     parse: ({ params: p }) => {
       const pub = p.tpm2b();
-      const r = new (p.constructor as new (b: Uint8Array) => Reader)(pub);
+      const r = new Reader(pub);
       const idx = r.u32();
-      r.u16();
+      const nameAlg = r.u16();
       const attributes = r.u32();
       r.tpm2b();
       const dataSize = r.u16();
-      return { index: idx, attributes, dataSize, name: p.tpm2b() };
+      const name = p.tpm2b();
+      // The Name is what sessions bind to: it must be the hash of the public area we were shown.
+      if (idx !== index || (nameAlg === TPM_ALG.SHA256 && !name.equals(objectName(pub)))) {
+        throw new Error('TPM2_NV_ReadPublic: the returned Name does not match the public area');
+      }
+      return { index: idx, attributes, dataSize, name };
     },
   };
 }
@@ -342,7 +347,8 @@ export function getCapability(
     handles: [],
     authHandles: 0,
     params: new Writer().u32(capability).u32(property).u32(count).done(),
-    parse: ({ params: p }) => ({ more: p.u8() !== 0, data: p }),
+    // A copy: execute() zeroises its buffers once parse returns.
+    parse: ({ params: p }) => ({ more: p.u8() !== 0, data: new Reader(p.rest()) }),
   };
 }
 

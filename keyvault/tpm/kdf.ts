@@ -76,7 +76,9 @@ export function cfb(
     direction === 'encrypt'
       ? createCipheriv('aes-128-cfb', key, iv)
       : createDecipheriv('aes-128-cfb', key, iv);
-  const out = Buffer.concat([cipher.update(data), cipher.final()]);
+  const parts = [cipher.update(data), cipher.final()];
+  const out = Buffer.concat(parts);
+  for (const part of parts) part.fill(0);
   keyIv.fill(0);
   return out;
 }

@@ -288,3 +288,22 @@ describe('the EK certificate, where the TPM has one', () => {
     expect(id.ekCertificate).toBeUndefined();
   });
 });
+
+describe('the TPM vault under concurrent requests', () => {
+  it('releases the store key to exactly one of many racing calls, and serves concurrent signs', async () => {
+    const v = await openTpmVault(config(tpm()));
+    try {
+      const results = await Promise.allSettled(Array.from({ length: 5 }, () => v.storeKey()));
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+      for (const r of results.filter((x) => x.status === 'rejected')) {
+        expect(r.reason).toMatchObject({ code: 'VAULT_STORE_KEY_ALREADY_RELEASED' });
+      }
+      const sigs = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => v.sign('x509-identity', Buffer.from(`m${i}`))),
+      );
+      expect(sigs).toHaveLength(6);
+    } finally {
+      await v.close();
+    }
+  });
+});
