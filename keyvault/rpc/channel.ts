@@ -20,6 +20,9 @@ export interface ChannelListener {
   close(): void;
 }
 
+/** Bytes of unread output after which a socket channel stops reading its peer's input. */
+export const WRITE_BUFFER_LIMIT = 4 * 1024 * 1024;
+
 export interface ChannelOptions {
   maxFrameBytes?: number;
 }
@@ -66,6 +69,12 @@ export function socketChannel(socket: Socket, options: ChannelOptions = {}): Fra
     send(payload) {
       if (closed || socket.destroyed || !socket.writable) return;
       socket.write(encodeFrame(payload));
+      // A peer that sends requests but never reads the answers must not make us buffer them
+      // without bound: stop reading its requests until it has taken what we wrote.
+      if (socket.writableLength > WRITE_BUFFER_LIMIT && !socket.isPaused()) {
+        socket.pause();
+        socket.once('drain', () => socket.resume());
+      }
     },
     attach(l) {
       listener = l;

@@ -93,11 +93,17 @@ export function serve<C extends Contract>(
         );
       }, handlerTimeoutMs);
     });
+    // The slot stays taken until the handler itself settles, not when we stop waiting for it:
+    // otherwise a peer could pile up work that outlives its timeouts.
+    const work = Promise.resolve().then(() =>
+      handler(parsed.data, { method, signal: abort.signal }),
+    );
+    const release = (): void => {
+      running.delete(abort);
+    };
+    work.then(release, release);
     try {
-      const result = await Promise.race([
-        handler(parsed.data, { method, signal: abort.signal }),
-        deadline,
-      ]);
+      const result = await Promise.race([work, deadline]);
       const encoded = spec.result.safeEncode(result);
       if (!encoded.success) {
         onError(
@@ -122,7 +128,6 @@ export function serve<C extends Contract>(
     } finally {
       clearTimeout(timer);
       abort.abort();
-      running.delete(abort);
     }
   };
 

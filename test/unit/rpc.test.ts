@@ -20,6 +20,7 @@ import {
   serve,
   socketChannel,
 } from '../../keyvault/rpc/index.ts';
+import { WRITE_BUFFER_LIMIT } from '../../keyvault/rpc/channel.ts';
 
 const SECRET = 'hunter2-this-must-never-cross-the-channel';
 const MAX_FRAME = 64 * 1024;
@@ -503,5 +504,36 @@ describe('RPC over a Unix socket, stream-level faults', () => {
       /reachable by other users/,
     );
     await rm(open, { recursive: true, force: true });
+  });
+});
+
+describe('RPC resource bounds against a hostile peer', () => {
+  it('stops reading from a peer that never reads its answers, so our buffers stay bounded', async () => {
+    const socket = await connectUnix(join(dir, 'sock', 'rpc.sock'));
+    socket.pause(); // never read
+    const data = Buffer.alloc(4096, 7).toString('base64');
+    const request = (id: number): Buffer =>
+      frameOf({ v: 1, kind: 'request', id, method: 'reverse', params: { data } });
+    for (let id = 0; id < 3000; id++) socket.write(request(id)); // ~16 MiB of answers
+    await sleep(1500);
+    const server = [...serverSockets].find((s) => s.writableLength > 0);
+    const buffered = server?.writableLength ?? 0;
+    // At most the limit plus what was already in flight when reading stopped.
+    expect(buffered).toBeLessThan(WRITE_BUFFER_LIMIT + 256 * 6000);
+    socket.destroy();
+  });
+
+  it('keeps a timed-out request counted in flight until its handler really ends', async () => {
+    const [clientEnd, serverEnd] = inProcessPair();
+    serve(serverEnd, contract, handlers, { maxInFlight: 1, handlerTimeoutMs: 50 });
+    const client = createClient(clientEnd, contract);
+    await expect(client.call('delay', { ms: 400, tag: 1 })).rejects.toMatchObject({
+      code: RpcCode.Timeout,
+    });
+    await expect(client.call('echo', { text: 'too soon' })).rejects.toMatchObject({
+      code: RpcCode.Busy,
+    });
+    await sleep(450);
+    await expect(client.call('echo', { text: 'now' })).resolves.toEqual({ text: 'now' });
   });
 });
