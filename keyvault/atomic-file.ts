@@ -20,9 +20,12 @@ export async function writeFileAtomic(
   try {
     await file.writeFile(data);
     await file.sync();
-  } finally {
+  } catch (e) {
     await file.close();
+    await unlink(tmp).catch(() => undefined);
+    throw e;
   }
+  await file.close();
   try {
     if (options.replace) {
       await rename(tmp, path);

@@ -1,4 +1,4 @@
-import { readFile, stat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import type { SecretSource } from './config.ts';
 import { VaultCode, VaultError } from './vault.ts';
 
@@ -18,19 +18,29 @@ export async function readSecret(source: SecretSource, what: string): Promise<Bu
     }
     return Buffer.from(value.replace(/\r?\n$/, ''), 'utf8');
   }
-  let info;
+  // One open file handle for the checks and the read, so the file cannot be swapped between.
+  let handle;
   try {
-    info = await stat(source.file);
+    handle = await open(source.file, 'r');
   } catch {
     throw new VaultError(VaultCode.Config, `${what}: cannot read ${source.file}`);
   }
-  if ((info.mode & 0o077) !== 0) {
-    throw new VaultError(
-      VaultCode.Config,
-      `${what}: ${source.file} is readable by other users (mode ${(info.mode & 0o777).toString(8)}); chmod 600 it`,
-    );
+  let raw: Buffer;
+  try {
+    const info = await handle.stat();
+    if (typeof process.getuid === 'function' && info.uid !== process.getuid()) {
+      throw new VaultError(VaultCode.Config, `${what}: ${source.file} belongs to another user`);
+    }
+    if ((info.mode & 0o077) !== 0) {
+      throw new VaultError(
+        VaultCode.Config,
+        `${what}: ${source.file} is readable by other users (mode ${(info.mode & 0o777).toString(8)}); chmod 600 it`,
+      );
+    }
+    raw = await handle.readFile();
+  } finally {
+    await handle.close();
   }
-  const raw = await readFile(source.file);
   // A trailing newline from `echo pin > file` is not part of the PIN.
   let end = raw.length;
   while (end > 0 && (raw[end - 1] === 0x0a || raw[end - 1] === 0x0d)) end--;

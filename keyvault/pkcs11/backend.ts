@@ -62,7 +62,7 @@ export class Pkcs11Vault implements VaultBackend {
       if (!file) {
         throw new VaultError(
           VaultCode.NotProvisioned,
-          `no store-key file in ${this.#config.stateDir}; run provision`,
+          `no store-key file in ${this.#config.stateDir}; run "vault init"`,
         );
       }
       checkTokenSerial(file.tokenSerial, this.#conn.identity.serial);
@@ -83,7 +83,7 @@ export class Pkcs11Vault implements VaultBackend {
         if (value === undefined) {
           throw new VaultError(
             VaultCode.NotProvisioned,
-            'the counter does not exist; run provision',
+            'the counter does not exist; run "vault init"',
           );
         }
         return value;

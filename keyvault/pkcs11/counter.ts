@@ -47,7 +47,7 @@ export function createCounter(p11: PKCS11, session: Handle): void {
 export function incrementCounter(p11: PKCS11, session: Handle): bigint {
   const objects = counterObjects(p11, session);
   if (objects.length === 0) {
-    throw new VaultError(VaultCode.NotProvisioned, 'the counter does not exist; run provision');
+    throw new VaultError(VaultCode.NotProvisioned, 'the counter does not exist; run "vault init"');
   }
   const current = objects.map((o) => o.value).reduce((a, b) => (a > b ? a : b));
   if (current === MAX) throw new VaultError(VaultCode.HardwareError, 'the counter is exhausted');

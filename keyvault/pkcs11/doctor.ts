@@ -8,7 +8,7 @@ import { checkTokenSerial, findKek } from './provision.ts';
 import { OPEN_STAGES, TokenConnection } from './session.ts';
 import { readStoreKeyFile } from './store-key-file.ts';
 
-const RUN_PROVISION = 'missing: run provision';
+const RUN_PROVISION = 'missing: run "vault init"';
 
 /** Runs one check; a VaultError's message is the sentence on what to fix. */
 async function check(name: string, fn: () => Promise<string | undefined>): Promise<DoctorCheck> {

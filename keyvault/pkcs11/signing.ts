@@ -53,7 +53,7 @@ export function checkPurpose(purpose: unknown): SigningPurpose {
 function notProvisioned(purpose: SigningPurpose): VaultError {
   return new VaultError(
     VaultCode.NotProvisioned,
-    `no ${PURPOSE_LABEL[purpose]} key on the token; run provision`,
+    `no ${PURPOSE_LABEL[purpose]} key on the token; run "vault init"`,
   );
 }
 

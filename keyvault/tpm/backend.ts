@@ -191,13 +191,20 @@ class TpmVault implements VaultBackend {
   }
 
   async attestationIdentity(): Promise<AttestationIdentity> {
+    const state = await this.#provisioned();
     const ak = await guard('reading the attestation key', () =>
-      this.#tpm.withPrimary(TPM_RH.ENDORSEMENT, akTemplate(), (key) =>
-        Promise.resolve({
+      this.#tpm.withPrimary(TPM_RH.ENDORSEMENT, akTemplate(), (key) => {
+        if (key.name.toString('hex') !== state.akName) {
+          throw new VaultError(
+            VaultCode.ForeignOrTampered,
+            'the attestation key differs from the one provisioned: this is another TPM, or it was cleared',
+          );
+        }
+        return Promise.resolve({
           akPublic: new Uint8Array(key.public.raw),
           akName: new Uint8Array(key.name),
-        }),
-      ),
+        });
+      }),
     );
     for (const index of EK_CERT_INDICES) {
       const cert = await guard('reading the EK certificate', () => this.#tpm.nvReadAll(index));
@@ -533,7 +540,7 @@ async function guard<T>(doing: string, run: () => Promise<T>): Promise<T> {
       );
     }
     if (e instanceof TpmError) {
-      if (e.command === 'Unseal' && (e.base === RC.POLICY_FAIL || e.base === 0x128)) {
+      if (e.command === 'Unseal' && (e.base === RC.POLICY_FAIL || e.base === RC.PCR_CHANGED)) {
         throw new VaultError(
           VaultCode.PolicyMismatch,
           `${doing}: the TPM refused: the PCR values differ from those the secret was sealed to (${e.message})`,
@@ -541,7 +548,7 @@ async function guard<T>(doing: string, run: () => Promise<T>): Promise<T> {
       }
       if (
         e.command === 'Load' &&
-        (e.base === RC.INTEGRITY || e.base === 0x08b || e.base === 0x09f || e.base === 0x0a5)
+        (e.base === RC.INTEGRITY || e.base === RC.HANDLE || e.base === RC.BINDING)
       ) {
         throw new VaultError(
           VaultCode.ForeignOrTampered,

@@ -150,6 +150,7 @@ export const RC = {
   AUTH_FAIL: 0x08e,
   POLICY_FAIL: 0x09d,
   INTEGRITY: 0x09f,
+  BINDING: 0x0a5,
   OBJECT_MEMORY: 0x902,
   SESSION_MEMORY: 0x903,
 } as const;

@@ -259,7 +259,7 @@ describe('an unprovisioned token', () => {
         'object mte-x509-identity',
         'object mte-counter',
       ]);
-      for (const c of failing) expect(c.detail).toMatch(/run provision/);
+      for (const c of failing) expect(c.detail).toMatch(/run "vault init"/);
     });
   });
 });
