@@ -131,6 +131,25 @@ async function run(argv: string[]): Promise<number> {
   }
   const config = await loadVaultConfig(invocation.config);
   if (invocation.command === 'serve') return serve(config);
+  if (invocation.command === 'doctor') {
+    // A vault that will not even open is exactly when doctor matters: report, do not just fail.
+    let opened: VaultBackend;
+    try {
+      opened = await openVault(config);
+    } catch (e) {
+      const detail = e instanceof Error ? e.message : 'failed';
+      const checks: DoctorCheck[] =
+        config.backend === 'pkcs11'
+          ? await (await import('./pkcs11/index.ts')).diagnosePkcs11(config)
+          : [{ check: 'open the vault', ok: false, detail }];
+      return report(checks, invocation.json);
+    }
+    try {
+      return report(await opened.doctor(), invocation.json);
+    } finally {
+      await opened.close();
+    }
+  }
   const vault = await openVault(config);
   try {
     switch (invocation.command) {
@@ -138,8 +157,6 @@ async function run(argv: string[]): Promise<number> {
         return await init(vault, invocation.json);
       case 'status':
         return await status(vault, invocation.json);
-      case 'doctor':
-        return await doctor(vault, invocation.json);
     }
   } finally {
     await vault.close();
@@ -185,8 +202,7 @@ function statusRows(s: VaultStatus): [string, string][] {
   ];
 }
 
-async function doctor(vault: VaultBackend, json: boolean): Promise<number> {
-  const checks: DoctorCheck[] = await vault.doctor();
+function report(checks: DoctorCheck[], json: boolean): number {
   const ok = checks.every((c) => c.ok);
   if (json) {
     print(JSON.stringify({ ok, checks }));

@@ -141,4 +141,39 @@ describe.each(['tpm', 'pkcs11'] as const)('the %s vault compartment', (backend) 
     }
     expect(keys[0]).toBe(keys[1]);
   });
+
+  it('doctor reports what is wrong when the vault cannot even open', async () => {
+    const broken =
+      backend === 'tpm'
+        ? await writeConfig('tpm-broken', {
+            backend: 'tpm',
+            stateDir: 'tpm-state',
+            transport: { swtpm: { host: '127.0.0.1', port: 1, ctrlPort: 2 } },
+            pcrs: [16],
+          })
+        : await writeConfig('pkcs11-broken', {
+            backend: 'pkcs11',
+            stateDir: 'pkcs11-state',
+            module: hsm().modulePath,
+            token: `pkcs11:token=${hsm().label}`,
+            pin: { env: 'MTE_TEST_WRONG_PIN' },
+          });
+    const wrongPin = 'wrong-pin-1234';
+    const failure = await run(process.execPath, [VAULT, 'doctor', '--config', broken, '--json'], {
+      env: { ...env, MTE_TEST_WRONG_PIN: wrongPin },
+    }).then(
+      () => undefined,
+      (e: unknown) => e as { code: number; stdout: string; stderr: string },
+    );
+    expect(failure?.code).toBe(1);
+    const out = JSON.parse(failure?.stdout ?? '{}') as {
+      ok: boolean;
+      checks: { check: string; ok: boolean }[];
+    };
+    expect(out.ok).toBe(false);
+    expect(out.checks.some((c) => !c.ok)).toBe(true);
+    if (backend === 'pkcs11') expect(out.checks.some((c) => c.ok)).toBe(true); // module and token were fine
+    expect(`${failure?.stdout ?? ''}${failure?.stderr ?? ''}`).not.toContain(wrongPin);
+    expect(failure?.stderr ?? '').not.toMatch(/\n\s+at /);
+  });
 });
