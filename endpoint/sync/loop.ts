@@ -1,0 +1,106 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { CryptoEngine } from '../crypto/engine.ts';
+import type { HomeserverApi, RoomEvent, SyncResponse } from '../matrix/api.ts';
+
+export interface SyncHandlers {
+  /** Timeline events of a joined room, in order, as the server sent them (still encrypted). */
+  timeline(roomId: string, events: RoomEvent[]): Promise<void>;
+  /** State and timeline membership changes, for the room list. */
+  invited(roomId: string): Promise<void>;
+  joined(roomId: string, members: { userId: string; membership: string }[]): Promise<void>;
+  /** Persist the token only after everything before it was handled (resume point). */
+  saveSince(token: string): Promise<void>;
+}
+
+export interface SyncLogger {
+  warn(message: string): void;
+}
+
+/**
+ * The sync loop: long-polls /sync, hands each response's crypto parts to the engine first
+ * (so room keys arrive before the messages that need them), sends what the engine wants sent,
+ * then passes room changes on. A failing iteration (homeserver down, malformed response) is
+ * logged in one line and retried after a pause; the loop never dies of it.
+ */
+export class SyncLoop {
+  readonly #api: HomeserverApi;
+  readonly #engine: CryptoEngine;
+  readonly #handlers: SyncHandlers;
+  readonly #log: SyncLogger;
+  #since: string | undefined;
+  #abort = new AbortController();
+  #running: Promise<void> | undefined;
+  #waiters: (() => void)[] = [];
+  #consecutiveFailures = 0;
+
+  constructor(options: {
+    api: HomeserverApi;
+    engine: CryptoEngine;
+    handlers: SyncHandlers;
+    since?: string;
+    logger?: SyncLogger;
+  }) {
+    this.#api = options.api;
+    this.#engine = options.engine;
+    this.#handlers = options.handlers;
+    this.#since = options.since;
+    this.#log = options.logger ?? { warn: () => undefined };
+  }
+
+  start(): void {
+    this.#running ??= this.#loop();
+  }
+
+  async stop(): Promise<void> {
+    this.#abort.abort();
+    await this.#running;
+    this.#running = undefined;
+    this.#abort = new AbortController();
+  }
+
+  /** Resolves after the next sync that completes from now on. */
+  nextSync(): Promise<void> {
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  async #loop(): Promise<void> {
+    const signal = this.#abort.signal;
+    while (!signal.aborted) {
+      try {
+        const sync = await this.#api.sync({
+          ...(this.#since ? { since: this.#since, timeoutMs: 30_000 } : { timeoutMs: 0 }),
+          signal,
+        });
+        await this.#handle(sync);
+        this.#since = sync.next_batch;
+        await this.#handlers.saveSince(sync.next_batch);
+        this.#consecutiveFailures = 0;
+        for (const w of this.#waiters.splice(0)) w();
+      } catch (e) {
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- stop() aborts during the await
+        if (signal.aborted) break;
+        this.#consecutiveFailures++;
+        const delay = Math.min(30_000, 500 * 2 ** Math.min(this.#consecutiveFailures, 6));
+        this.#log.warn(
+          `sync failed (${e instanceof Error ? e.message : String(e)}); retrying in ${delay} ms`,
+        );
+        await sleep(delay, undefined, { signal }).catch(() => undefined);
+      }
+    }
+  }
+
+  async #handle(sync: SyncResponse): Promise<void> {
+    await this.#engine.receiveSync(sync);
+    await this.#engine.processOutgoing();
+    for (const roomId of Object.keys(sync.rooms?.invite ?? {}))
+      await this.#handlers.invited(roomId);
+    for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
+      const members = [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])]
+        .filter((e) => e.type === 'm.room.member' && typeof e.state_key === 'string')
+        .map((e) => ({ userId: e.state_key ?? '', membership: String(e.content.membership) }));
+      await this.#handlers.joined(roomId, members);
+      const events = room.timeline?.events ?? [];
+      if (events.length > 0) await this.#handlers.timeline(roomId, events);
+    }
+  }
+}
