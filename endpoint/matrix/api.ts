@@ -98,9 +98,23 @@ export interface HomeserverApi {
     roomId: string,
     options: { from?: string; dir: 'b' | 'f'; limit: number },
   ): Promise<MessagesPage>;
-  /** PUT /rooms/{roomId}/send/{type}/{txnId}: the same txnId is deduplicated by the server. */
-  sendEvent(roomId: string, type: string, txnId: string, content: object): Promise<string>;
-  sendToDevice(type: string, txnId: string, messages: object): Promise<void>;
+  /**
+   * PUT /rooms/{roomId}/send/{type}/{txnId}: the same txnId is deduplicated by the server.
+   * Sends retry through outages until `signal` (or the client's own signal) aborts.
+   */
+  sendEvent(
+    roomId: string,
+    type: string,
+    txnId: string,
+    content: object,
+    options?: { signal?: AbortSignal },
+  ): Promise<string>;
+  sendToDevice(
+    type: string,
+    txnId: string,
+    messages: object,
+    options?: { signal?: AbortSignal },
+  ): Promise<void>;
   /**
    * The bodies the crypto engine produces (KeysUpload, KeysQuery, KeysClaim, SignatureUpload)
    * are JSON strings it made; these pass them through and return the raw JSON response text
