@@ -159,7 +159,8 @@ export class HomeserverClient implements HomeserverApi {
     if (deviceId !== undefined && body.device_id !== deviceId) {
       throw this.#bad(endpoint, res.status, 'device_id differs from the one requested');
     }
-    if (user.startsWith('@') && body.user_id !== user) {
+    // Servers may canonicalise the case of a localpart, so compare case-insensitively.
+    if (user.startsWith('@') && body.user_id.toLowerCase() !== user.toLowerCase()) {
       throw this.#bad(endpoint, res.status, 'user_id differs from the one requested');
     }
     this.#session = {

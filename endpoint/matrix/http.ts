@@ -1,4 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
+import { type LinkedSignal, linkSignals } from './abort.ts';
 import { ClientCode, MatrixApiError, redact } from './errors.ts';
 import { errorBody } from './schemas.ts';
 
@@ -119,9 +120,17 @@ export class HttpTransport {
 
   /** Sends with retries per the request's policy; throws the last error when it gives up. */
   async request(req: HttpRequest): Promise<HttpResponse> {
-    const signal = combine([req.signal, this.#lifetime]);
+    const call = linkSignals([req.signal, this.#lifetime]);
+    try {
+      return await this.#retrying(req, call.signal);
+    } finally {
+      call.dispose();
+    }
+  }
+
+  async #retrying(req: HttpRequest, signal: AbortSignal): Promise<HttpResponse> {
     for (let attempt = 1; ; attempt++) {
-      if (signal?.aborted) throw aborted(req.endpoint);
+      if (signal.aborted) throw aborted(req.endpoint);
       let error: MatrixApiError;
       try {
         return await this.#once(req, signal);
@@ -146,22 +155,37 @@ export class HttpTransport {
 
   #delayFor(error: MatrixApiError, attempt: number): number {
     const t = this.#timing;
-    if (error.retryAfterMs !== undefined) return Math.min(error.retryAfterMs, t.maxRetryAfterMs);
     // Full jitter (AWS architecture blog): spreads many clients' retries after an outage
     // instead of having them arrive in lockstep.
     const ceiling = Math.min(t.maxDelayMs, t.baseDelayMs * 2 ** Math.min(attempt - 1, 30));
-    return Math.floor(t.random() * ceiling);
+    const backoff = Math.floor(t.random() * ceiling);
+    if (error.retryAfterMs === undefined) return backoff;
+    // The server's wait is honoured, but never below our own backoff (a server answering
+    // retry_after_ms: 0 forever must not spin a sync loop) nor above the cap.
+    return Math.max(backoff, Math.min(error.retryAfterMs, t.maxRetryAfterMs));
   }
 
-  async #once(req: HttpRequest, outer: AbortSignal | undefined): Promise<HttpResponse> {
-    const timeout = AbortSignal.timeout(req.timeoutMs);
-    const signal = combine([timeout, outer]) ?? timeout;
+  async #once(req: HttpRequest, outer: AbortSignal): Promise<HttpResponse> {
+    const attempt = linkSignals([outer], req.timeoutMs);
+    try {
+      return await this.#exchange(req, outer, attempt);
+    } finally {
+      attempt.dispose();
+    }
+  }
+
+  async #exchange(
+    req: HttpRequest,
+    outer: AbortSignal,
+    attempt: LinkedSignal,
+  ): Promise<HttpResponse> {
+    const signal = attempt.signal;
     const headers: Record<string, string> = { accept: 'application/json' };
     if (req.body !== undefined) headers['content-type'] = 'application/json';
     if (req.accessToken !== undefined) headers.authorization = `Bearer ${req.accessToken}`;
     const fail = (e: unknown): MatrixApiError => {
-      if (outer?.aborted) return aborted(req.endpoint);
-      if (timeout.aborted) {
+      if (outer.aborted) return aborted(req.endpoint);
+      if (attempt.timedOut) {
         return new MatrixApiError({
           status: 0,
           errcode: ClientCode.Timeout,
@@ -204,7 +228,7 @@ export class HttpTransport {
       } catch (e) {
         // A body that is too large or cut off is simply not a Matrix error body; a timeout or
         // an abort still is what it is.
-        if (outer?.aborted || timeout.aborted) throw fail(e);
+        if (outer.aborted || attempt.timedOut) throw fail(e);
       }
       throw errorFromResponse(req, res, bytes);
     }
@@ -363,10 +387,4 @@ function withMessage(error: MatrixApiError, message: string): MatrixApiError {
     retryable: error.retryable,
     retryAfterMs: error.retryAfterMs,
   });
-}
-
-function combine(signals: (AbortSignal | undefined)[]): AbortSignal | undefined {
-  const present = signals.filter((s): s is AbortSignal => s !== undefined);
-  if (present.length <= 1) return present[0];
-  return AbortSignal.any(present);
 }

@@ -168,6 +168,13 @@ describe('HomeserverClient under faults', () => {
     expect(hs.seen).toHaveLength(1);
   });
 
+  it('never retries faster than its own backoff, whatever retry_after_ms says', async () => {
+    const hs = await serve([json(429, { errcode: 'M_LIMIT_EXCEEDED', retry_after_ms: 0 }), okSync]);
+    const { timing, delays } = fastTiming();
+    await client(hs.url, { timing }).sync({});
+    expect(delays).toEqual([50]);
+  });
+
   it('does not retry 400 M_UNKNOWN', async () => {
     const hs = await serve([json(400, { errcode: 'M_UNKNOWN', error: 'nope' }), okSync]);
     const { timing, delays } = fastTiming();
@@ -224,7 +231,7 @@ describe('HomeserverClient under faults', () => {
     const abortedAt = Date.now();
     controller.abort();
     const error = await failure(syncing);
-    expect(Date.now() - abortedAt).toBeLessThan(200);
+    expect(Date.now() - abortedAt).toBeLessThan(1_000);
     expect(error).toMatchObject({ status: 0, errcode: 'ABORTED', retryable: false });
   });
 
@@ -237,7 +244,7 @@ describe('HomeserverClient under faults', () => {
     const abortedAt = Date.now();
     lifetime.abort();
     await expect(failure(syncing)).resolves.toMatchObject({ errcode: 'ABORTED' });
-    expect(Date.now() - abortedAt).toBeLessThan(200);
+    expect(Date.now() - abortedAt).toBeLessThan(1_000);
     await expect(failure(c.members('!r:hs'))).resolves.toMatchObject({ errcode: 'ABORTED' });
   });
 
@@ -395,6 +402,9 @@ describe('HomeserverClient requests', () => {
       status: 0,
     });
     expect(hs.seen).toHaveLength(1);
+    const prefixed = client(`${hs.url}/matrix/`);
+    await prefixed.sendEvent('!r:hs', 'm.x', 't', {});
+    expect(hs.seen[1]?.url).toBe('/matrix/_matrix/client/v3/rooms/!r%3Ahs/send/m.x/t');
   });
 
   it('checks pass-through bodies are JSON objects and returns the raw response text', async () => {
