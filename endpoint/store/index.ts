@@ -1,0 +1,16 @@
+/**
+ * The endpoint's sealed durable store (DESIGN.md §5): the wasm OlmMachine's IndexedDB, and
+ * the endpoint's own state, kept in memory and made durable by an encrypted journal and
+ * snapshots bound to the vault's monotonic counter.
+ */
+export {
+  openDurableStore,
+  type DurableStore,
+  type DurableStoreOptions,
+  type DurableStoreStats,
+} from './durable-store.ts';
+export { APP_STATE_DATABASE, type AppState, type AppStateChanges } from './app-state.ts';
+export { type EpochStep, type StoreCounter, type StoreLogger } from './epochs.ts';
+export { StoreCode, StoreError, isStoreError, type StoreErrorCode } from './errors.ts';
+export { openDatabase, requestResult, transactionDone, deleteDatabase } from './idb-promise.ts';
+export type * from './idb-types.ts';
