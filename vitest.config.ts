@@ -9,7 +9,7 @@ export default defineConfig({
     pool: 'forks',
     maxWorkers: 2,
     // matrix-js-sdk pins some child loggers to DEBUG; their lines bury real failures.
-    onConsoleLog: (log) => !log.startsWith('[MatrixRTCSession'),
+    onConsoleLog: (log) => !/^(\[MatrixRTCSession|Error decrypting event)/.test(log),
     projects: [
       {
         extends: true,

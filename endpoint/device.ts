@@ -27,6 +27,8 @@ export interface EndpointOptions {
   store?: { name: string; key: Uint8Array };
   trust?: TrustSettings;
   logger?: Logger;
+  /** For the user-interactive auth of the first cross-signing upload. */
+  password?: string;
   /** Where the previous run stopped syncing (from the sealed store). */
   since?: string;
   saveSince?: (token: string) => Promise<void>;
@@ -96,8 +98,12 @@ export class Endpoint {
       ...(options.trust ? { trust: options.trust } : {}),
       ...(options.logger ? { logger: options.logger } : {}),
     });
-    // Publish our device keys before anyone needs them.
+    // Publish our device keys, and our cross-signing identity, before anyone needs them.
     await engine.processOutgoing();
+    const localpart = api.userId.slice(1).split(':')[0] ?? '';
+    await engine.ensureCrossSigning(
+      options.password === undefined ? undefined : { user: localpart, password: options.password },
+    );
     const endpoint = new Endpoint(api, engine, options);
     endpoint.#sync.start();
     return endpoint;
