@@ -1,0 +1,120 @@
+import { hkdfSync } from 'node:crypto';
+import { join } from 'node:path';
+import { z } from 'zod';
+import type { Vault } from '../keyvault/vault.ts';
+import type { Logger } from './crypto/engine.ts';
+import type { TrustSettings } from './crypto/settings.ts';
+import { Endpoint } from './device.ts';
+import { HomeserverClient } from './matrix/index.ts';
+import { Outbox } from './outbox.ts';
+import { type DurableStore, openDurableStore } from './store/index.ts';
+
+/**
+ * The endpoint compartment's core, wired to its vault: the store key from the vault opens the
+ * sealed store (refused on another machine, or when rolled back past the vault's counter),
+ * in which live the crypto engine's state, the homeserver session, the sync token and the
+ * outbox. Nothing in it is readable without the vault.
+ */
+export interface ServiceOptions {
+  vault: Vault;
+  /** Directory for the sealed store. */
+  dataDir: string;
+  homeserver: string;
+  /** For the first login only; later starts restore the sealed session. */
+  user: string;
+  password: string;
+  trust?: TrustSettings;
+  logger?: Logger;
+}
+
+const sessionSchema = z.object({
+  userId: z.string(),
+  deviceId: z.string(),
+  accessToken: z.string(),
+});
+const CRYPTO_DB = 'mte-crypto';
+
+export class EndpointService {
+  readonly endpoint: Endpoint;
+  readonly outbox: Outbox;
+  readonly store: DurableStore;
+  readonly #uninstall: () => void;
+
+  private constructor(
+    endpoint: Endpoint,
+    outbox: Outbox,
+    store: DurableStore,
+    uninstall: () => void,
+  ) {
+    this.endpoint = endpoint;
+    this.outbox = outbox;
+    this.store = store;
+    this.#uninstall = uninstall;
+  }
+
+  static async start(options: ServiceOptions): Promise<EndpointService> {
+    const log = options.logger ?? { warn: () => undefined, info: () => undefined };
+    const storeKey = await options.vault.storeKey();
+    // Two keys from one: the journal/snapshot layer and the engine's own store encryption.
+    const engineKey = new Uint8Array(
+      hkdfSync('sha256', storeKey, new Uint8Array(), 'mte-endpoint/engine-store', 32),
+    );
+    let store: DurableStore;
+    try {
+      store = await openDurableStore({
+        dir: join(options.dataDir, 'store'),
+        storeKey,
+        counter: {
+          read: () => options.vault.counterRead(),
+          increment: () => options.vault.counterIncrement(),
+        },
+        logger: log,
+      });
+    } finally {
+      storeKey.fill(0);
+    }
+    const uninstall = store.install();
+    try {
+      const state = store.appState;
+      const saved = await state.get('session', sessionSchema);
+      const api = new HomeserverClient({
+        baseUrl: options.homeserver,
+        ...(saved ? { session: saved } : {}),
+        logger: log,
+      });
+      if (!saved) {
+        const session = await api.login(options.user, options.password);
+        await state.put('session', session);
+      }
+      const since = await state.get('sync/since', z.string());
+      const endpoint = await Endpoint.start({
+        api,
+        store: { name: CRYPTO_DB, key: engineKey },
+        password: options.password,
+        ...(since ? { since } : {}),
+        saveSince: (token) => state.put('sync/since', token),
+        ...(options.trust ? { trust: options.trust } : {}),
+        logger: log,
+      });
+      engineKey.fill(0);
+      const outbox = new Outbox(
+        state,
+        (entry) => endpoint.sendText(entry.roomId, entry.body, entry.txnId),
+        log,
+      );
+      void outbox.pump(); // whatever a previous run accepted and did not get acknowledged
+      return new EndpointService(endpoint, outbox, store, uninstall);
+    } catch (e) {
+      uninstall();
+      await store.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.outbox.stop();
+    await this.endpoint.stop();
+    await this.store.close();
+    this.#uninstall();
+  }
+}
