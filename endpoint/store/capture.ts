@@ -10,11 +10,12 @@
  *   original returns, so a request that failed (ConstraintError, even when the caller
  *   prevents the abort) leaves nothing; called without it they are rollbacks and ignored.
  *   This covers put/add, delete, clear, cursor update/delete and generated keys alike.
- * - Commit: each readwrite/versionchange transaction's dispatchEvent is wrapped. fake-indexeddb
- *   fires `complete` only for a transaction without error, from `_start()` through
- *   `this.dispatchEvent`, so that call is the commit point: the effects become one journal
- *   entry (a versionchange becomes the database's whole new image), the entry is queued
- *   synchronously, and the event itself (with fake-indexeddb's internal listeners: the next
+ * - Commit: each readwrite/versionchange transaction's `_markFinished`, `_abort` and
+ *   dispatchEvent are wrapped. fake-indexeddb fires `complete` only for a transaction without
+ *   error, from `_start()` through `this.dispatchEvent`, so that call is the commit point:
+ *   the effects become one journal entry (a versionchange becomes the database's whole new
+ *   image), queued synchronously. The transaction is kept in state "committing" (not
+ *   "finished") and the event itself (with fake-indexeddb's internal listeners: the next
  *   transaction in line, the open request of an upgrade) is dispatched only once the record
  *   is fsynced. An aborted transaction never fires `complete`, so its effects are dropped.
  * - deleteDatabase: its request's `success` is delayed the same way behind a drop record.
@@ -186,9 +187,36 @@ export class Capture {
     this.#pending.set(tx._rollbackLog, pending);
     this.#open.add(tx);
     const dispatch = tx.dispatchEvent.bind(tx);
+    const markFinished = tx._markFinished.bind(tx);
+    const abort = tx._abort.bind(tx);
+    let aborting = false;
+    let held = false;
+    tx._abort = (errName) => {
+      // Nothing inside fake-indexeddb aborts a transaction past its last request; refuse it
+      // anyway, since rolling back a transaction being journaled would split memory and disk.
+      if (held) throw new DOMException('the transaction is committing', 'InvalidStateError');
+      aborting = true;
+      abort(errName);
+    };
+    tx._markFinished = () => {
+      if (aborting || tx.error) {
+        markFinished();
+        return;
+      }
+      // The commit point: `_start()` ran out of requests. Stay "committing" instead of
+      // "finished" until the record is durable, so overlapping transactions stay queued
+      // behind this one (none can read what is not on disk yet) and abort() is refused,
+      // as while a real IndexedDB commits.
+      held = true;
+      tx._state = 'committing';
+    };
+    const finish = (): void => {
+      held = false;
+      markFinished();
+    };
     tx.dispatchEvent = (event: RawEvent): boolean => {
       if (event.type === 'complete') {
-        this.#commit(tx, pending, event, dispatch);
+        this.#commit(tx, pending, event, dispatch, finish);
         return true;
       }
       if (event.type === 'abort') {
@@ -209,6 +237,7 @@ export class Capture {
     pending: PendingTransaction,
     event: RawEvent,
     dispatch: (event: RawEvent) => boolean,
+    finish: () => void,
   ): void {
     this.#open.delete(tx);
     let durable: Promise<void>;
@@ -216,6 +245,7 @@ export class Capture {
       const entry = this.#entry(tx, pending);
       pending.effects = [];
       if (entry === null) {
+        finish();
         this.#sink.settled();
         dispatch(event);
         return;
@@ -229,11 +259,14 @@ export class Capture {
     this.#sink.settled();
     durable.then(
       () => {
+        finish();
         deliver(dispatch, event);
       },
       (error: unknown) => {
-        // Too late to roll back (the transaction finished in memory); report it as aborted
-        // so the engine does not believe it is durable. The store refuses further commits.
+        // Too late to roll back (later transactions may have built on it in memory); report
+        // it as aborted so the engine does not believe it durable. The store refuses further
+        // commits until it is reopened.
+        finish();
         tx.error = failedCommit(error);
         const Event = event.constructor as RawEventConstructor;
         const abort = new Event('abort', { bubbles: true, cancelable: false });

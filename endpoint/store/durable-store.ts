@@ -25,7 +25,8 @@ import {
   type StoreLogger,
 } from './epochs.ts';
 import { StoreCode, StoreError } from './errors.ts';
-import { createPrivateFactory, idbGlobals, keyRange, type RawFactory } from './fake-internals.ts';
+import { createPrivateFactory, keyRange, type RawFactory } from './fake-internals.ts';
+import { installGlobals, uninstallGlobals } from './globals.ts';
 import type { IdbFactory, IdbKeyRangeStatic } from './idb-types.ts';
 import { JournalWriter } from './journal.ts';
 import { deriveKeys, zeroiseKeys, type StoreKeys } from './keys.ts';
@@ -84,9 +85,6 @@ export interface DurableStore {
 }
 
 const silent: StoreLogger = { warn: () => undefined, info: () => undefined };
-const GLOBAL_NAMES = ['indexedDB', 'IDBKeyRange', ...Object.keys(idbGlobals)] as const;
-/** The factory of the store whose globals are installed, if any. */
-let installedFactory: IdbFactory | null = null;
 
 interface Deferred {
   promise: Promise<void>;
@@ -134,7 +132,6 @@ class Store implements DurableStore, CaptureSink {
   #autoCompacting = false;
   #compactions = 0;
   #snapshotBytes = 0;
-  #uninstall: (() => void) | null = null;
 
   constructor(options: DurableStoreOptions, keys: StoreKeys, releaseLock: () => Promise<void>) {
     this.#keys = keys;
@@ -208,30 +205,7 @@ class Store implements DurableStore, CaptureSink {
   }
 
   install(): () => void {
-    if (installedFactory === this.indexedDB) return this.#uninstall ?? (() => undefined);
-    if (installedFactory !== null) {
-      throw new StoreError(StoreCode.BadOptions, 'another durable store is installed already');
-    }
-    const g = globalThis as Record<string, unknown>;
-    const previous = new Map(GLOBAL_NAMES.map((name) => [name, g[name]] as const));
-    const values: Record<(typeof GLOBAL_NAMES)[number], unknown> = {
-      ...idbGlobals,
-      indexedDB: this.indexedDB,
-      IDBKeyRange: this.IDBKeyRange,
-    };
-    for (const name of GLOBAL_NAMES) g[name] = values[name];
-    installedFactory = this.indexedDB;
-    const uninstall = (): void => {
-      if (installedFactory !== this.indexedDB) return;
-      for (const [name, value] of previous) {
-        if (value === undefined) Reflect.deleteProperty(g, name);
-        else g[name] = value;
-      }
-      installedFactory = null;
-      this.#uninstall = null;
-    };
-    this.#uninstall = uninstall;
-    return uninstall;
+    return installGlobals(this.indexedDB);
   }
 
   compact(): Promise<void> {
@@ -263,7 +237,7 @@ class Store implements DurableStore, CaptureSink {
 
   async close(): Promise<void> {
     if (this.#state === 'closed') return;
-    this.#uninstall?.();
+    uninstallGlobals(this.indexedDB);
     this.appState.close();
     const writer = this.#writer;
     if (writer && !this.#failure && this.#state === 'open') {

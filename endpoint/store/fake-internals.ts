@@ -9,7 +9,9 @@
  *   the transaction's `_rollbackLog` as last argument; the same methods called *without* it
  *   are rollbacks (abort, or a failed index update), which never need journaling.
  * - A transaction fires `complete` from `_start()` through `this.dispatchEvent(event)`, right
- *   after `_markFinished()`, and only when it has no error; abort fires `abort` instead.
+ *   after `this._markFinished()`, and only when it has no error; `_abort()` rolls back, calls
+ *   `_markFinished()` and queues `abort`. Database.processTransactions treats every started
+ *   transaction not in state "finished" as running (so it blocks overlapping ones).
  */
 import * as fake from 'fake-indexeddb';
 import { StoreCode, StoreError } from './errors.ts';
@@ -66,6 +68,8 @@ export interface RawTransaction {
   error: unknown;
   db: { name: string; _rawDatabase: RawDatabase };
   dispatchEvent(event: RawEvent): boolean;
+  _abort(errName: string | null): void;
+  _markFinished(): void;
 }
 
 export interface RawRequest {
@@ -140,8 +144,10 @@ export function checkTransaction(tx: Partial<RawTransaction>): asserts tx is Raw
   if (
     !Array.isArray(tx._rollbackLog) ||
     typeof tx._started !== 'boolean' ||
-    typeof tx.dispatchEvent !== 'function'
+    typeof tx.dispatchEvent !== 'function' ||
+    typeof tx._abort !== 'function' ||
+    typeof tx._markFinished !== 'function'
   ) {
-    throw incompatible('FDBTransaction._rollbackLog/_started');
+    throw incompatible('FDBTransaction._rollbackLog/_started/_abort/_markFinished');
   }
 }

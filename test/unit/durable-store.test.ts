@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { cp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -203,17 +204,90 @@ describe('durable store', () => {
       failing.objectStore('kv').put('w', 'rolled-back');
       failing.objectStore('kv').add('dup', 'kept');
       await expect(failingDone).rejects.toBeDefined();
+      // A readwrite transaction that only reads changes nothing, so writes no record.
+      const reader = db.transaction('kv', 'readwrite');
+      await requestResult(reader.objectStore('kv').get('kept'));
+      await transactionDone(reader);
       expect(store.stats().journalRecords).toBe(3); // upgrade + two commits
       db.close();
+      // An upgrade that aborts leaves the version and schema as they were.
+      await expect(
+        openDatabase(store.indexedDB, 'test', 2, (upgraded, tx) => {
+          upgraded.createObjectStore('never');
+          tx.abort();
+        }),
+      ).rejects.toBeDefined();
+      expect(store.stats().journalRecords).toBe(3);
     });
     await session(dir, counter, async (store) => {
       const db = await kvDb(store);
+      expect(db.version).toBe(1);
+      expect([...db.objectStoreNames]).toEqual(['kv']);
       expect(await readAll(db)).toEqual(
         new Map<string, unknown>([
           ['committed', 'y'],
           ['kept', 1],
         ]),
       );
+      db.close();
+    });
+  });
+
+  it('fires complete only once the record of the transaction is on disk', async () => {
+    const dir = freshDir();
+    await session(dir, new MemoryCounter(), async (store) => {
+      const db = await kvDb(store);
+      const before = statSync(join(dir, 'journal')).size;
+      const tx = db.transaction('kv', 'readwrite');
+      tx.objectStore('kv').put(new Uint8Array(10_000), 'big');
+      const sizeAtComplete = await new Promise<number>((resolve) => {
+        tx.oncomplete = () => {
+          resolve(statSync(join(dir, 'journal')).size);
+        };
+      });
+      expect(sizeAtComplete).toBeGreaterThan(before + 10_000);
+      expect(sizeAtComplete).toBe(store.stats().journalBytes);
+      db.close();
+    });
+  });
+
+  it('keeps overlapping transactions queued until a commit is durable', async () => {
+    // A compaction whose counter increment we hold up blocks the journal queue, so the next
+    // commit waits for disk for as long as we like.
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const counter = new MemoryCounter();
+    let armed = false; // not while the store is created
+    const slow: StoreCounter = {
+      read: () => counter.read(),
+      increment: async () => {
+        if (armed) await gate;
+        return counter.increment();
+      },
+    };
+    await session(freshDir(), slow, async (store) => {
+      const db = await kvDb(store);
+      await put(db, { x: 1 });
+      armed = true;
+      const compaction = store.compact();
+      const events: string[] = [];
+      const writer = db.transaction('kv', 'readwrite');
+      writer.objectStore('kv').put(2, 'x');
+      writer.oncomplete = () => events.push('write complete');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      // Created while the write waits for disk: it must not see the write before it completes.
+      const reader = db.transaction('kv', 'readonly');
+      const read = requestResult(reader.objectStore('kv').get('x')).then((v) => {
+        events.push(`read ${String(v)}`);
+      });
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(events).toEqual([]);
+      expect(() => {
+        writer.abort();
+      }).toThrow();
+      release();
+      await Promise.all([compaction, read]);
+      expect(events).toEqual(['write complete', 'read 2']);
       db.close();
     });
   });
