@@ -62,7 +62,6 @@ afterAll(async () => {
 describe('crash safety of the endpoint compartment', () => {
   it(`survives kill -9 at random points, ${ROUNDS} times, losing and duplicating nothing`, async () => {
     const accepted: string[] = [];
-    const attempted: string[] = [];
     const fromBob: string[] = [];
     const stderr: string[] = [];
     let endpoint: SpawnedEndpoint = await spawnEndpoint(configPath, {
@@ -78,21 +77,21 @@ describe('crash safety of the endpoint compartment', () => {
     for (let round = 0; round < ROUNDS; round++) {
       const sends = 8 + Math.floor(Math.random() * 8);
       const killAfterMs = 50 + Math.floor(Math.random() * 600);
-      let killed = false;
+      // An object, not a local: TypeScript cannot see the timer flip it during the awaits.
+      const state = { killed: false };
       const killer = sleep(killAfterMs).then(() => {
-        killed = true;
+        state.killed = true;
         endpoint.process.kill('SIGKILL');
       });
       const bobSends = (async () => {
-        for (let i = 0; i < 3 && !killed; i++) {
+        for (let i = 0; i < 3 && !state.killed; i++) {
           const body = `bob r${round} m${i}`;
           await bob.sendText(dm, body);
           fromBob.push(body);
         }
       })();
-      for (let i = 0; i < sends && !killed; i++) {
+      for (let i = 0; i < sends && !state.killed; i++) {
         const body = `alice r${round} m${i}`;
-        attempted.push(body);
         try {
           await endpoint.client.call('sendText', { roomId: dm, body });
           accepted.push(body);
