@@ -1,35 +1,51 @@
 /**
- * The demo, the README's main command. Today it starts the local world the endpoint will run
- * in (Synapse, an swtpm TPM, a SoftHSM2 token and stock matrix-js-sdk peers), checks that each
- * really works, says so, and stops them. Later issues add the vault, the endpoint and the API.
+ * The demo, the README's main command. It starts a local Synapse and an swtpm TPM, provisions
+ * the keyvault on the TPM, launches the endpoint compartment (which launches its vault
+ * compartment), and a stock matrix-js-sdk client; then the two hold an end-to-end encrypted
+ * conversation, each message shown with its verification state. Later issues add the local
+ * API, verification and attestation.
  */
-import { parseArgs } from 'node:util';
-import pkcs11js from 'pkcs11js';
-import { connectSwtpm } from '../../keyvault/tpm/transport/index.ts';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify, parseArgs } from 'node:util';
+import type { TimelineItemWire } from '../../endpoint/contract.ts';
+import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
 import {
   StockPeer,
-  type SoftHsm,
   type Swtpm,
   type Synapse,
-  startSoftHsm,
+  repoRoot,
   startSwtpm,
   startSynapse,
 } from '../../test/fixtures/index.ts';
 
+const run = promisify(execFile);
+
 const usage = `Usage: bash deploy/demo.sh [--json] [--keep]
 
-Starts a local Synapse homeserver, an swtpm TPM 2.0 simulator and a SoftHSM2 token, checks each
-one works (two stock Matrix clients exchange an end-to-end encrypted message), then stops them.
+Starts a local Synapse homeserver and an swtpm TPM 2.0, provisions the keyvault on the TPM,
+launches the endpoint (its vault runs as a separate process), and a stock Matrix client
+(matrix-js-sdk with its Rust crypto). The two exchange end-to-end encrypted messages both
+ways; each is shown with its verification state. Then everything is stopped again.
 
   --json   print one JSON object with the results instead of progress lines
   --keep   leave everything running until Ctrl-C, to look around
   --help   this text`;
 
 interface Check {
-  component: string;
+  step: string;
   ok: boolean;
   detail: string;
   ms: number;
+}
+
+interface Line {
+  from: string;
+  body: string;
+  seenBy: string;
+  state: string;
 }
 
 async function main(): Promise<number> {
@@ -56,6 +72,7 @@ async function main(): Promise<number> {
     if (!json) process.stdout.write(`${line}\n`);
   };
   const checks: Check[] = [];
+  const conversation: Line[] = [];
   const stops: (() => Promise<void>)[] = [];
   let stopping: Promise<void> | undefined;
   const stopAll = (): Promise<void> =>
@@ -67,90 +84,156 @@ async function main(): Promise<number> {
     void stopAll().then(() => process.exit(130));
   });
 
-  const step = async <T>(component: string, run: () => Promise<[T, string]>): Promise<T> => {
+  const step = async <T>(name: string, work: () => Promise<[T, string]>): Promise<T> => {
     const started = Date.now();
-    say(`• ${component}: starting…`);
+    say(`• ${name}…`);
     try {
-      const [value, detail] = await run();
+      const [value, detail] = await work();
       const ms = Date.now() - started;
-      checks.push({ component, ok: true, detail, ms });
+      checks.push({ step: name, ok: true, detail, ms });
       say(`  ✓ ${detail} (${(ms / 1000).toFixed(1)} s)`);
       return value;
     } catch (e) {
       const detail = e instanceof Error ? (e.message.split('\n')[0] ?? 'failed') : String(e);
-      checks.push({ component, ok: false, detail, ms: Date.now() - started });
-      throw new DemoError(`${component}: ${detail}`);
+      checks.push({ step: name, ok: false, detail, ms: Date.now() - started });
+      throw new DemoError(`${name}: ${detail}`);
     }
   };
 
   try {
+    const dir = await mkdtemp(join(tmpdir(), 'mte-demo-'));
+    stops.push(() => rm(dir, { recursive: true, force: true }));
+
     const synapse = await step<Synapse>('Synapse homeserver', async () => {
       const hs = await startSynapse();
       stops.push(() => hs.stop());
-      const versions = (await (await fetch(`${hs.baseUrl}/_matrix/client/versions`)).json()) as {
-        versions?: string[];
-      };
-      return [
-        hs,
-        `serving the client-server API at ${hs.baseUrl} (spec ${versions.versions?.at(-1) ?? '?'})`,
-      ];
+      return [hs, `client-server API at ${hs.baseUrl}`];
     });
 
-    const tpm = await step<Swtpm>('TPM 2.0 (swtpm)', async () => {
+    const tpm = await step<Swtpm>('TPM 2.0 (swtpm) and the keyvault on it', async () => {
       const t = await startSwtpm();
       stops.push(() => t.stop());
-      const transport = await connectSwtpm({ host: t.host, port: t.port, ctrlPort: t.ctrlPort });
-      try {
-        const rsp = Buffer.from(
-          await transport.send(Buffer.from('80010000000c0000017b0010', 'hex')),
-        );
-        if (rsp.readUInt32BE(6) !== 0)
-          throw new Error(`TPM2_GetRandom failed with 0x${rsp.readUInt32BE(6).toString(16)}`);
-      } finally {
-        await transport.close();
-      }
+      await writeFile(
+        join(dir, 'vault.json'),
+        JSON.stringify({
+          backend: 'tpm',
+          stateDir: 'vault',
+          transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
+          pcrs: [16],
+        }),
+      );
+      const { stdout } = await run(process.execPath, [
+        join(repoRoot, 'keyvault', 'main.ts'),
+        'init',
+        '--config',
+        join(dir, 'vault.json'),
+        '--json',
+      ]);
+      const report = JSON.parse(stdout) as { created: string[] };
       return [
         t,
-        `answering TPM2 commands on 127.0.0.1:${t.port} (tpm2-tools: TPM2TOOLS_TCTI=${t.tcti})`,
+        `provisioned ${report.created.length} items: store key and Ed25519 seed sealed to PCR 16, X.509 RSA key, attestation key, NV counter`,
       ];
     });
 
-    const hsm = await step<SoftHsm>('PKCS#11 HSM (SoftHSM2)', async () => {
-      const h = await startSoftHsm({ label: 'mte-demo' });
-      stops.push(() => h.stop());
-      return [h, describeToken(h)];
-    });
+    const alice = await synapse.registerUser('alice');
+    const endpoint = await step<SpawnedEndpoint>(
+      'Endpoint compartment (launches its vault compartment)',
+      async () => {
+        await writeFile(join(dir, 'password'), alice.password, { mode: 0o600 });
+        await writeFile(
+          join(dir, 'endpoint.json'),
+          JSON.stringify({
+            homeserver: synapse.baseUrl,
+            user: alice.localpart,
+            password: { file: 'password' },
+            dataDir: 'data',
+            vaultConfig: 'vault.json',
+          }),
+        );
+        const e = await spawnEndpoint(join(dir, 'endpoint.json'));
+        stops.push(() => e.stop());
+        const status = await e.client.call('status', {});
+        return [
+          e,
+          `${status.userId}, device ${status.deviceId}; its crypto store is sealed by the TPM's store key`,
+        ];
+      },
+    );
 
-    await step('Stock Matrix clients (matrix-js-sdk, Rust crypto)', async () => {
-      const alice = await StockPeer.start(synapse.baseUrl, await synapse.registerUser('alice'));
-      stops.push(() => alice.stop());
-      const bob = await StockPeer.start(synapse.baseUrl, await synapse.registerUser('bob'));
-      stops.push(() => bob.stop());
-      const roomId = await alice.createEncryptedRoom({ invite: [bob.userId], name: 'demo' });
+    const bob = await step<StockPeer>(
+      'Stock Matrix client (matrix-js-sdk, Rust crypto)',
+      async () => {
+        const user = await synapse.registerUser('bob');
+        const peer = await StockPeer.start(synapse.baseUrl, user);
+        stops.push(() => peer.stop());
+        await peer.bootstrapCrossSigning(user.password);
+        return [
+          peer,
+          `${peer.userId}, device ${peer.deviceId}, cross-signing set up as Element does`,
+        ];
+      },
+    );
+
+    await step('An encrypted conversation, both ways', async () => {
+      const { roomId } = await endpoint.client.call('createRoom', {
+        invite: [bob.userId],
+        isDirect: true,
+      });
       await bob.acceptInvite(roomId);
-      await alice.waitForMember(roomId, bob.userId);
-      const body = 'Hello Bob, this message is end-to-end encrypted.';
-      await alice.sendText(roomId, body);
-      const got = await bob.waitForMessage(roomId, body);
-      if (!got.encrypted) throw new Error('the message arrived unencrypted');
-      return [
-        undefined,
-        `${alice.userId} → ${bob.userId}: "${got.body}" (Megolm, decrypted by bob)`,
-      ];
+      await bob.waitForMember(roomId, alice.userId);
+
+      const first = 'Hello Bob. My keys live in a TPM.';
+      await endpoint.client.call('sendText', { roomId, body: first });
+      const atBob = await bob.waitForMessage(roomId, first);
+      conversation.push({
+        from: alice.userId,
+        body: atBob.body,
+        seenBy: bob.userId,
+        state: atBob.encrypted ? 'decrypted (Megolm)' : 'NOT ENCRYPTED',
+      });
+
+      const reply = 'Hi! Decrypted here by a stock matrix-js-sdk.';
+      await bob.sendText(roomId, reply);
+      let seen: TimelineItemWire | undefined;
+      for (let i = 0; i < 120 && !seen; i++) {
+        const { items } = await endpoint.client.call('timeline', { roomId, limit: 20 });
+        seen = items.find((item) => item.body === reply);
+        if (!seen) await new Promise((r) => setTimeout(r, 250));
+      }
+      if (!seen) throw new Error('the endpoint did not receive the reply');
+      conversation.push({
+        from: bob.userId,
+        body: seen.body ?? '',
+        seenBy: alice.userId,
+        state: `decrypted; sender ${seen.verification ?? 'unknown'} (verification comes with issue 6)`,
+      });
+      for (const l of conversation) say(`    ${l.from} → ${l.seenBy}: "${l.body}"  [${l.state}]`);
+      // What the homeserver stored: ciphertext only.
+      const stored = await fetch(
+        `${synapse.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=20`,
+        { headers: { authorization: `Bearer ${bob.client.getAccessToken() ?? ''}` } },
+      );
+      const text = await stored.text();
+      if (text.includes(first) || text.includes(reply) || !text.includes('m.megolm.v1.aes-sha2')) {
+        throw new Error('the homeserver holds plaintext');
+      }
+      return [undefined, `room ${roomId}; the homeserver stored only Megolm ciphertext`];
     });
 
     if (args.keep && !json) {
       say(
-        `\nEverything is running. Synapse: ${synapse.baseUrl}  swtpm: ${tpm.tcti}  SoftHSM2: SOFTHSM2_CONF=${hsm.env.SOFTHSM2_CONF ?? ''}`,
+        `\nEverything is running. Synapse: ${synapse.baseUrl}  swtpm: TPM2TOOLS_TCTI=${tpm.tcti}`,
+      );
+      say(
+        'The endpoint answers its launcher on fd 3 (see endpoint/contract.ts); the local API for UIs comes with issue 5.',
       );
       say('Press Ctrl-C to stop.');
       await new Promise(() => undefined);
     }
     await stopAll();
-    say(
-      '\nAll components healthy; stopped them again. Next: the keyvault and the endpoint (issues 3 and 4).',
-    );
-    if (json) process.stdout.write(`${JSON.stringify({ ok: true, checks })}\n`);
+    say('\nStopped everything again.');
+    if (json) process.stdout.write(`${JSON.stringify({ ok: true, checks, conversation })}\n`);
     return 0;
   } catch (e) {
     await stopAll();
@@ -163,29 +246,9 @@ async function main(): Promise<number> {
 
 class DemoError extends Error {}
 
-/** Opens the token the way the vault will (PIN from a file, not argv) and describes it. */
-function describeToken(h: SoftHsm): string {
-  process.env.SOFTHSM2_CONF = h.env.SOFTHSM2_CONF;
-  const p11 = new pkcs11js.PKCS11();
-  p11.load(h.modulePath);
-  p11.C_Initialize();
-  try {
-    const slot = p11
-      .C_GetSlotList(true)
-      .find((s) => p11.C_GetTokenInfo(s).label.trim() === h.label);
-    if (!slot) throw new Error(`token ${h.label} not found`);
-    const info = p11.C_GetTokenInfo(slot);
-    const mechanisms = new Set(p11.C_GetMechanismList(slot));
-    const eddsa = mechanisms.has(0x1057) ? 'EdDSA' : 'no EdDSA';
-    return `token "${h.label}" (${info.model.trim()} ${info.firmwareVersion.major}.${info.firmwareVersion.minor}, ${mechanisms.size} mechanisms, ${eddsa})`;
-  } finally {
-    p11.C_Finalize();
-  }
-}
-
 // The demo prints through process.stdout only; the SDK's debug chatter (some of its child
 // loggers are pinned to DEBUG) goes nowhere.
-console.log = console.info = console.debug = () => undefined;
+console.log = console.info = console.debug = console.warn = () => undefined;
 
 // Exit explicitly: the SDK leaves timers behind after stopClient(), which would keep the
 // process alive long after everything was stopped.
