@@ -17,6 +17,17 @@ export const endpointConfig = z
     dataDir: z.string().min(1),
     /** The vault's own config file: the endpoint launches the vault compartment with it. */
     vaultConfig: z.string().min(1),
+    /**
+     * Who gets room keys and whose messages are decrypted. Defaults to MSC4153 (identity-based
+     * sharing, cross-signed-or-legacy senders); the policy issue makes this per room.
+     */
+    trust: z
+      .object({
+        sharing: z.enum(['identity-based', 'verified-devices-only', 'all-devices']),
+        decryption: z.enum(['cross-signed-or-legacy', 'cross-signed', 'untrusted']),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 export type EndpointConfig = z.infer<typeof endpointConfig>;

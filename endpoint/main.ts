@@ -59,6 +59,7 @@ async function main(argv: string[]): Promise<number> {
       homeserver: config.homeserver,
       user: config.user,
       password: password.toString('utf8'),
+      ...(config.trust ? { trust: config.trust } : {}),
       logger: log,
     });
   } finally {
