@@ -19,6 +19,8 @@ const entrySchema = z.object({
 export type OutboxEntry = z.infer<typeof entrySchema>;
 
 const PREFIX = 'outbox/';
+/** Messages the homeserver refused for good (left the room, no such room...): kept, reported. */
+const FAILED_PREFIX = 'outbox-failed/';
 
 export interface OutboxLogger {
   warn(message: string): void;
@@ -33,6 +35,7 @@ export class Outbox {
   #again = false;
   #stopped = false;
   #seq = 0;
+  readonly #abort = new AbortController();
 
   constructor(
     state: AppState,
@@ -65,8 +68,13 @@ export class Outbox {
     const keys = (await this.#state.keys()).filter((k) => k.startsWith(PREFIX)).sort();
     const entries: OutboxEntry[] = [];
     for (const k of keys) {
-      const entry = await this.#state.get(k, entrySchema);
-      if (entry) entries.push(entry);
+      try {
+        const entry = await this.#state.get(k, entrySchema);
+        if (entry) entries.push(entry);
+      } catch (e) {
+        // Written by a different version, say: skipped and reported, never blocking the rest.
+        this.#log.warn(`outbox: skipping unreadable entry ${k} (${describe(e)})`);
+      }
     }
     return entries;
   }
@@ -76,7 +84,21 @@ export class Outbox {
     return () => this.#sent.delete(listener);
   }
 
-  /** Sends what is pending, in order; one pump at a time. */
+  /** Messages the homeserver refused permanently, with the reason. */
+  async failed(): Promise<{ entry: OutboxEntry; reason: string }[]> {
+    const keys = (await this.#state.keys()).filter((k) => k.startsWith(FAILED_PREFIX)).sort();
+    const out: { entry: OutboxEntry; reason: string }[] = [];
+    for (const k of keys) {
+      const value = await this.#state.get(k, failedSchema).catch(() => undefined);
+      if (value) out.push(value);
+    }
+    return out;
+  }
+
+  /**
+   * Sends what is pending, in order; one pump at a time. It never rejects: a failure is
+   * logged, and the next enqueue or restart pumps again.
+   */
   pump(): Promise<void> {
     if (this.#pumping) {
       this.#again = true;
@@ -88,13 +110,31 @@ export class Outbox {
           this.#again = false;
           for (const entry of await this.pending()) {
             if (this.#stopped) return;
-            const eventId = await this.#sendWithRetry(entry);
-            if (eventId === undefined) return;
-            await this.#state.delete(key(entry));
-            for (const l of this.#sent) l(entry, eventId);
+            const outcome = await this.#sendWithRetry(entry);
+            if (outcome === 'stopped') return;
+            if (outcome.ok) {
+              await this.#state.delete(key(entry));
+              for (const l of this.#sent) l(entry, outcome.eventId);
+            } else {
+              // Set aside, in one transaction, so one bad message cannot block all others.
+              await this.#state.update({
+                delete: [key(entry)],
+                put: [
+                  [
+                    `${FAILED_PREFIX}${key(entry).slice(PREFIX.length)}`,
+                    { entry, reason: outcome.reason },
+                  ],
+                ],
+              });
+              this.#log.warn(
+                `outbox: ${entry.txnId} refused for good (${outcome.reason}); set aside`,
+              );
+            }
           }
           // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by enqueue during the awaits
         } while (this.#again && !this.#stopped);
+      } catch (e) {
+        this.#log.warn(`outbox: pump failed (${e instanceof Error ? e.message : String(e)})`);
       } finally {
         this.#pumping = undefined;
       }
@@ -104,23 +144,48 @@ export class Outbox {
 
   async stop(): Promise<void> {
     this.#stopped = true;
-    await this.#pumping?.catch(() => undefined);
+    this.#abort.abort();
+    await this.#pumping;
   }
 
-  async #sendWithRetry(entry: OutboxEntry): Promise<string | undefined> {
+  async #sendWithRetry(
+    entry: OutboxEntry,
+  ): Promise<{ ok: true; eventId: string } | { ok: false; reason: string } | 'stopped'> {
     for (let attempt = 0; !this.#stopped; attempt++) {
       try {
-        return await this.#send(entry);
+        return { ok: true, eventId: await this.#send(entry) };
       } catch (e) {
+        if (isPermanent(e)) return { ok: false, reason: describe(e) };
         const delay = Math.min(30_000, 250 * 2 ** Math.min(attempt, 7));
         this.#log.warn(
-          `outbox: sending ${entry.txnId} failed (${e instanceof Error ? e.message : String(e)}); retrying in ${delay} ms`,
+          `outbox: sending ${entry.txnId} failed (${describe(e)}); retrying in ${delay} ms`,
         );
-        await sleep(delay);
+        await sleep(delay, undefined, { signal: this.#abort.signal }).catch(() => undefined);
       }
     }
-    return undefined;
+    return 'stopped';
   }
+}
+
+const failedSchema = z.object({ entry: entrySchema, reason: z.string() });
+
+/** A homeserver error that retrying cannot fix (403 not in room, 404 no such room, 400). */
+function isPermanent(e: unknown): boolean {
+  return (
+    typeof e === 'object' &&
+    e !== null &&
+    'retryable' in e &&
+    e.retryable === false &&
+    'status' in e &&
+    typeof e.status === 'number' &&
+    e.status >= 400 &&
+    e.status < 500 &&
+    e.status !== 401 // an expired session: keep the message until we are logged in again
+  );
+}
+
+function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }
 
 function key(entry: OutboxEntry): string {

@@ -39,17 +39,20 @@ export class EndpointService {
   readonly outbox: Outbox;
   readonly store: DurableStore;
   readonly #uninstall: () => void;
+  readonly #lifetime: AbortController;
 
   private constructor(
     endpoint: Endpoint,
     outbox: Outbox,
     store: DurableStore,
     uninstall: () => void,
+    lifetime: AbortController,
   ) {
     this.endpoint = endpoint;
     this.outbox = outbox;
     this.store = store;
     this.#uninstall = uninstall;
+    this.#lifetime = lifetime;
   }
 
   static async start(options: ServiceOptions): Promise<EndpointService> {
@@ -74,6 +77,8 @@ export class EndpointService {
       storeKey.fill(0);
     }
     const uninstall = store.install();
+    // Aborting it ends every homeserver call and retry loop, so stop() cannot hang in an outage.
+    const lifetime = new AbortController();
     try {
       const state = store.appState;
       const saved = await state.get('session', sessionSchema);
@@ -81,6 +86,7 @@ export class EndpointService {
         baseUrl: options.homeserver,
         ...(saved ? { session: saved } : {}),
         logger: log,
+        signal: lifetime.signal,
       });
       if (!saved) {
         const session = await api.login(options.user, options.password);
@@ -96,22 +102,25 @@ export class EndpointService {
         ...(options.trust ? { trust: options.trust } : {}),
         logger: log,
       });
-      engineKey.fill(0);
       const outbox = new Outbox(
         state,
         (entry) => endpoint.sendText(entry.roomId, entry.body, entry.txnId),
         log,
       );
       void outbox.pump(); // whatever a previous run accepted and did not get acknowledged
-      return new EndpointService(endpoint, outbox, store, uninstall);
+      return new EndpointService(endpoint, outbox, store, uninstall, lifetime);
     } catch (e) {
+      lifetime.abort();
       uninstall();
       await store.close().catch(() => undefined);
       throw e;
+    } finally {
+      engineKey.fill(0);
     }
   }
 
   async stop(): Promise<void> {
+    this.#lifetime.abort();
     await this.outbox.stop();
     await this.endpoint.stop();
     await this.store.close();

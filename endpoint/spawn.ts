@@ -32,8 +32,12 @@ export async function spawnEndpoint(
     env: options.env ?? process.env,
   });
   let lastLine = '';
+  let partial = '';
   child.stderr?.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString('utf8').trim().split('\n')) {
+    // Whole lines only: a message split across chunks must reach the listener in one piece.
+    const lines = (partial + chunk.toString('utf8')).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
       lastLine = line;
       options.onStderr?.(line);
     }
@@ -60,10 +64,16 @@ export async function spawnEndpoint(
   };
   // The first answer comes once startup is complete (requests wait on the socket until then).
   const ready = client.call('status', {}, { timeoutMs: options.readyTimeoutMs ?? 120_000 });
-  const outcome = await Promise.race([
-    ready.then(() => 'ready' as const),
-    exited.then(() => 'exited' as const),
-  ]);
+  let outcome: 'ready' | 'exited';
+  try {
+    outcome = await Promise.race([
+      ready.then(() => 'ready' as const),
+      exited.then(() => 'exited' as const),
+    ]);
+  } catch (e) {
+    await stop(0); // never leave a half-started endpoint (and its vault) behind
+    throw e;
+  }
   if (outcome === 'exited') {
     await stop(0);
     throw new Error(`the endpoint exited before it was ready: ${lastLine || 'no message'}`);

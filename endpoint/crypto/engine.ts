@@ -176,10 +176,21 @@ export class CryptoEngine {
    */
   async ensureCrossSigning(
     uia: { user: string; password: string } | undefined,
-  ): Promise<'created' | 'present'> {
-    const status = await this.machine.crossSigningStatus();
-    if (status.hasMaster && status.hasSelfSigning && status.hasUserSigning) return 'present';
-    const requests = await this.machine.bootstrapCrossSigning(true);
+  ): Promise<'created' | 'present' | 'uploaded' | 'foreign'> {
+    const local = await this.machine.crossSigningStatus();
+    const haveKeys = local.hasMaster && local.hasSelfSigning && local.hasUserSigning;
+    const published = await this.#publishedMasterKey();
+    if (haveKeys && published) return 'present';
+    if (published && !haveKeys) {
+      // The account already has an identity (made by another device, e.g. Element). Replacing
+      // it would break every peer's trust in this user; this device waits to be verified.
+      this.#log.warn(
+        'crypto: this account already has a cross-signing identity; not replacing it. Verify this device from another one.',
+      );
+      return 'foreign';
+    }
+    // Keys made by an earlier run that died before the upload are uploaded, not replaced.
+    const requests = await this.machine.bootstrapCrossSigning(!haveKeys);
     const uploadKeys: unknown = requests.uploadKeysRequest;
     if (uploadKeys instanceof KeysUploadRequest) await this.#send(uploadKeys);
     await this.#api.deviceSigningUpload(
@@ -191,7 +202,18 @@ export class CryptoEngine {
       },
     );
     await this.#send(requests.uploadSignaturesRequest);
-    return 'created';
+    return haveKeys ? 'uploaded' : 'created';
+  }
+
+  /** Whether the homeserver has a master cross-signing key for our own user. */
+  async #publishedMasterKey(): Promise<boolean> {
+    const userId = this.machine.userId.toString();
+    const response = JSON.parse(
+      await this.#api.keysQuery(JSON.stringify({ device_keys: { [userId]: [] } })),
+    ) as {
+      master_keys?: Record<string, unknown>;
+    };
+    return response.master_keys?.[userId] !== undefined;
   }
 
   /** A user's devices as the crypto core knows them, with their trust. */
@@ -266,16 +288,17 @@ export class CryptoEngine {
         decryptionSettings(this.#trust),
       );
       const clear = JSON.parse(decrypted.event) as { type?: unknown; content?: unknown };
+      // Strict mode: no shield at all only for a verified sender's device. The device id is
+      // the core's, and trusted only because the strict shield says so.
+      const strict = decrypted.shieldState(true);
       const shield = decrypted.shieldState(false);
       const verification =
-        shield.color === ShieldColor.None
-          ? await this.#senderVerified(
-              decrypted.sender.toString(),
-              decrypted.senderDevice?.toString(),
-            )
-          : shield.color === ShieldColor.Red
-            ? 'warning'
+        shield.color === ShieldColor.Red
+          ? 'warning'
+          : strict.color === ShieldColor.None
+            ? 'verified'
             : 'unverified';
+      strict.free();
       const result: DecryptedMessage = {
         eventId: event.event_id,
         roomId,
@@ -291,6 +314,7 @@ export class CryptoEngine {
         verification,
         verificationMessage: shield.message ?? undefined,
       };
+      shield.free();
       decrypted.free();
       return result;
     } catch (e) {
@@ -306,18 +330,6 @@ export class CryptoEngine {
 
   close(): void {
     this.machine.close();
-  }
-
-  async #senderVerified(
-    userId: string,
-    deviceId: string | undefined,
-  ): Promise<'verified' | 'unverified'> {
-    if (!deviceId) return 'unverified';
-    const device = await this.machine.getDevice(new UserId(userId), new DeviceId(deviceId));
-    const verified =
-      device?.isCrossSigningTrusted() === true || device?.isLocallyTrusted() === true;
-    device?.free();
-    return verified ? 'verified' : 'unverified';
   }
 
   async #send(request: OutgoingRequest): Promise<void> {

@@ -269,7 +269,14 @@ export class HomeserverClient implements HomeserverApi {
 
   async members(roomId: string): Promise<Member[]> {
     const endpoint = 'GET /rooms/{roomId}/members';
-    const res = await this.#send({ endpoint, method: 'GET', path: path`/rooms/${roomId}/members` });
+    // Large rooms have large member lists: the large bound, and no one who already left.
+    const res = await this.#send({
+      endpoint,
+      method: 'GET',
+      path: path`/rooms/${roomId}/members`,
+      query: { not_membership: 'leave' },
+      maxBytes: this.#maxLargeBytes,
+    });
     return this.#validate(this.#events.members, res, endpoint).chunk.map((event) => ({
       userId: event.state_key,
       membership: event.content.membership,
