@@ -153,3 +153,38 @@ describe('our endpoint and stock matrix-js-sdk clients', () => {
     });
   });
 });
+
+describe('an account that already has a cross-signing identity', () => {
+  it('is not replaced by our endpoint logging in (peers would see an identity change)', async () => {
+    const dave = await synapse().registerUser('dave');
+    const element = await StockPeer.start(synapse().baseUrl, dave);
+    stops.push(() => element.stop());
+    await element.bootstrapCrossSigning(dave.password);
+    const masterKey = async (): Promise<unknown> => {
+      const res = await fetch(`${synapse().baseUrl}/_matrix/client/v3/keys/query`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${dave.accessToken}`,
+          'content-type': 'application/json',
+        },
+        body: JSON.stringify({ device_keys: { [dave.userId]: [] } }),
+      });
+      const body = (await res.json()) as { master_keys?: Record<string, { keys?: unknown }> };
+      return body.master_keys?.[dave.userId]?.keys;
+    };
+    const before = await masterKey();
+    expect(before).toBeDefined();
+
+    const api = new HomeserverClient({ baseUrl: synapse().baseUrl });
+    await api.login(dave.localpart, dave.password);
+    const warnings: string[] = [];
+    const ours = await Endpoint.start({
+      api,
+      password: dave.password,
+      logger: { warn: (m) => warnings.push(m), info: () => undefined },
+    });
+    stops.push(() => ours.stop());
+    expect(await masterKey()).toEqual(before);
+    expect(warnings.join(' ')).toMatch(/already has a cross-signing identity; not replacing it/);
+  });
+});
