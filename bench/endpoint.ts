@@ -14,11 +14,11 @@
  *
  *   node bench/endpoint.ts [--events N] [--json]
  */
-import { type ChildProcessWithoutNullStreams, execFile, spawn } from 'node:child_process';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { Endpoint, isDecrypted } from '../endpoint/device.ts';
 import { HomeserverClient } from '../endpoint/matrix/index.ts';
 import { type SpawnedEndpoint, spawnEndpoint } from '../endpoint/spawn.ts';
@@ -28,6 +28,7 @@ import {
   type SynapseUser,
   StockPeer,
   makeTempDir,
+  prepareCompartments,
   repoRoot,
   startSwtpm,
   startSynapse,
@@ -237,33 +238,8 @@ async function startCompartment(
   user: SynapseUser,
   stderr: string[],
 ): Promise<SpawnedEndpoint> {
-  await writeFile(join(dir, 'password'), user.password, { mode: 0o600 });
-  await writeFile(
-    join(dir, 'vault.json'),
-    JSON.stringify({
-      backend: 'tpm',
-      stateDir: 'vault',
-      transport: { swtpm: { host: tpm.host, port: tpm.port, ctrlPort: tpm.ctrlPort } },
-      pcrs: [16],
-    }),
-  );
-  await writeFile(
-    join(dir, 'endpoint.json'),
-    JSON.stringify({
-      homeserver: hs.baseUrl,
-      user: user.localpart,
-      password: { file: 'password' },
-      dataDir: 'data',
-      vaultConfig: 'vault.json',
-    }),
-  );
-  await promisify(execFile)(process.execPath, [
-    join(repoRoot, 'keyvault', 'main.ts'),
-    'init',
-    '--config',
-    join(dir, 'vault.json'),
-  ]);
-  return spawnEndpoint(join(dir, 'endpoint.json'), { onStderr: (l) => stderr.push(l) });
+  const { endpointConfig } = await prepareCompartments(dir, { homeserver: hs.baseUrl, tpm, user });
+  return spawnEndpoint(endpointConfig, { onStderr: (l) => stderr.push(l) });
 }
 
 /** The endpoint compartment's vault process (its only child), for a footnote. */

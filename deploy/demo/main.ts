@@ -5,23 +5,20 @@
  * conversation, each message shown with its verification state. Later issues add the local
  * API, verification and attestation.
  */
-import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify, parseArgs } from 'node:util';
+import { parseArgs } from 'node:util';
 import type { TimelineItemWire } from '../../endpoint/contract.ts';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
 import {
   StockPeer,
   type Swtpm,
   type Synapse,
-  repoRoot,
+  prepareCompartments,
   startSwtpm,
   startSynapse,
 } from '../../test/fixtures/index.ts';
-
-const run = promisify(execFile);
 
 const usage = `Usage: bash deploy/demo.sh [--json] [--keep]
 
@@ -110,47 +107,24 @@ async function main(): Promise<number> {
       return [hs, `client-server API at ${hs.baseUrl}`];
     });
 
+    const alice = await synapse.registerUser('alice');
     const tpm = await step<Swtpm>('TPM 2.0 (swtpm) and the keyvault on it', async () => {
       const t = await startSwtpm();
       stops.push(() => t.stop());
-      await writeFile(
-        join(dir, 'vault.json'),
-        JSON.stringify({
-          backend: 'tpm',
-          stateDir: 'vault',
-          transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
-          pcrs: [16],
-        }),
-      );
-      const { stdout } = await run(process.execPath, [
-        join(repoRoot, 'keyvault', 'main.ts'),
-        'init',
-        '--config',
-        join(dir, 'vault.json'),
-        '--json',
-      ]);
-      const report = JSON.parse(stdout) as { created: string[] };
+      const { provisioned } = await prepareCompartments(dir, {
+        homeserver: synapse.baseUrl,
+        tpm: t,
+        user: alice,
+      });
       return [
         t,
-        `provisioned ${report.created.length} items: store key and Ed25519 seed sealed to PCR 16, X.509 RSA key, attestation key, NV counter`,
+        `provisioned ${provisioned.created.length} items: store key and Ed25519 seed sealed to PCR 16, X.509 RSA key, attestation key, NV counter`,
       ];
     });
 
-    const alice = await synapse.registerUser('alice');
     const endpoint = await step<SpawnedEndpoint>(
       'Endpoint compartment (launches its vault compartment)',
       async () => {
-        await writeFile(join(dir, 'password'), alice.password, { mode: 0o600 });
-        await writeFile(
-          join(dir, 'endpoint.json'),
-          JSON.stringify({
-            homeserver: synapse.baseUrl,
-            user: alice.localpart,
-            password: { file: 'password' },
-            dataDir: 'data',
-            vaultConfig: 'vault.json',
-          }),
-        );
         const e = await spawnEndpoint(join(dir, 'endpoint.json'));
         stops.push(() => e.stop());
         const status = await e.client.call('status', {});

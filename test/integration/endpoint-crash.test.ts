@@ -1,10 +1,16 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
-import { StockPeer, type SynapseUser, startSwtpm, startSynapse } from '../fixtures/index.ts';
+import {
+  StockPeer,
+  type SynapseUser,
+  prepareCompartments,
+  startSwtpm,
+  startSynapse,
+} from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
 // kill -9 of the endpoint compartment at random points while it sends and receives, 20 times.
@@ -24,35 +30,11 @@ beforeAll(async () => {
   const bobUser = await synapse().registerUser('bob');
   bob = await StockPeer.start(synapse().baseUrl, bobUser);
   await bob.bootstrapCrossSigning(bobUser.password);
-  await writeFile(join(dir, 'password'), alice.password, { mode: 0o600 });
-  await writeFile(
-    join(dir, 'vault.json'),
-    JSON.stringify({
-      backend: 'tpm',
-      stateDir: 'vault',
-      transport: { swtpm: { host: tpm().host, port: tpm().port, ctrlPort: tpm().ctrlPort } },
-      pcrs: [16],
-    }),
-  );
-  configPath = join(dir, 'endpoint.json');
-  await writeFile(
-    configPath,
-    JSON.stringify({
-      homeserver: synapse().baseUrl,
-      user: alice.localpart,
-      password: { file: 'password' },
-      dataDir: 'data',
-      vaultConfig: 'vault.json',
-    }),
-  );
-  const { execFile } = await import('node:child_process');
-  const { promisify } = await import('node:util');
-  await promisify(execFile)(process.execPath, [
-    join(import.meta.dirname, '..', '..', 'keyvault', 'main.ts'),
-    'init',
-    '--config',
-    join(dir, 'vault.json'),
-  ]);
+  ({ endpointConfig: configPath } = await prepareCompartments(dir, {
+    homeserver: synapse().baseUrl,
+    tpm: tpm(),
+    user: alice,
+  }));
 }, 180_000);
 afterAll(async () => {
   await bob.stop();
