@@ -1,0 +1,80 @@
+/**
+ * The policy compartment's public surface, for the endpoint: load and hold the policy,
+ * authorize each UI request, map room rules to the crypto engine's trust settings, and keep the
+ * audit log. The CLI (`policy/main.ts`) manages tokens and verifies logs.
+ */
+export {
+  AUDIT_ACTIONS,
+  AUDIT_DECISIONS,
+  AuditError,
+  AuditLog,
+  GENESIS_HASH,
+  auditEntrySchema,
+  auditRecordFor,
+  auditRecordSchema,
+  canonicalJson,
+  describeBroken,
+  entryHash,
+  verifyAuditLog,
+} from './audit.ts';
+export type {
+  AuditAction,
+  AuditDecision,
+  AuditEntry,
+  AuditLogOptions,
+  AuditProblem,
+  AuditRecord,
+  BrokenEntry,
+  VerifyResult,
+} from './audit.ts';
+export {
+  Authorizer,
+  ROOM_SCOPED,
+  decryptionTrustFor,
+  hashToken,
+  roomTrust,
+  sharingStrategyFor,
+} from './evaluate.ts';
+export type {
+  AuthorizeRequest,
+  AuthorizedClient,
+  AuthorizerOptions,
+  Decision,
+  Denied,
+  DenyCode,
+  RoomTrust,
+} from './evaluate.ts';
+export { PolicyError, PolicyHolder, loadPolicyFile, parsePolicy, validatePolicy } from './load.ts';
+export type { ParseResult, PolicyProblem, ReloadResult } from './load.ts';
+export { LockError } from './lock.ts';
+export {
+  CAPABILITIES,
+  DEFAULT_RATE_LIMIT,
+  DEFAULT_ROOM_RULES,
+  EXAMPLE_POLICY,
+  ROOM_KEY_RECIPIENTS,
+  isCapability,
+  policySchema,
+} from './schema.ts';
+export type {
+  Capability,
+  Policy,
+  PolicyClient,
+  PolicyInput,
+  RoomKeyRecipients,
+  RoomRules,
+} from './schema.ts';
+export {
+  TokenError,
+  createClient,
+  generateToken,
+  listClients,
+  revokeClient,
+  tokenSha256,
+} from './tokens.ts';
+export type {
+  ClientSummary,
+  CreateClientOptions,
+  CreatedClient,
+  TokenErrorCode,
+} from './tokens.ts';
