@@ -411,33 +411,39 @@ export class AuditLog {
     this.#hash = entry.hash;
     return new Promise<AuditEntry>((resolve, reject) => {
       this.#queue.push({ line: `${canonicalJson(entry)}\n`, entry, resolve, reject });
-      this.#flushing ??= this.#flush().finally(() => {
-        this.#flushing = undefined;
-      });
+      this.#flushing ??= this.#flush();
     });
   }
 
+  /**
+   * Drains the queue. #flushing is cleared in the same synchronous step that sees the queue
+   * empty, so an append made after that always starts a new flush.
+   */
   async #flush(): Promise<void> {
-    while (this.#queue.length > 0) {
-      const batch = this.#queue.splice(0, this.#maxBatch);
-      try {
-        const data = Buffer.from(batch.map((p) => p.line).join(''), 'utf8');
-        let written = 0;
-        while (written < data.length) {
-          const { bytesWritten } = await this.#handle.write(data, written);
-          written += bytesWritten;
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.splice(0, this.#maxBatch);
+        try {
+          const data = Buffer.from(batch.map((p) => p.line).join(''), 'utf8');
+          let written = 0;
+          while (written < data.length) {
+            const { bytesWritten } = await this.#handle.write(data, written);
+            written += bytesWritten;
+          }
+          await this.#handle.datasync();
+        } catch (e) {
+          const reason = (e as NodeJS.ErrnoException).code ?? 'error';
+          this.#failed = new AuditError(
+            'AUDIT_FAILED',
+            `cannot write the audit log ${this.path} (${reason}); it is stopped`,
+          );
+          for (const p of [...batch, ...this.#queue.splice(0)]) p.reject(this.#failed);
+          return;
         }
-        await this.#handle.datasync();
-      } catch (e) {
-        const reason = (e as NodeJS.ErrnoException).code ?? 'error';
-        this.#failed = new AuditError(
-          'AUDIT_FAILED',
-          `cannot write the audit log ${this.path} (${reason}); it is stopped`,
-        );
-        for (const p of [...batch, ...this.#queue.splice(0)]) p.reject(this.#failed);
-        return;
+        for (const p of batch) p.resolve(p.entry);
       }
-      for (const p of batch) p.resolve(p.entry);
+    } finally {
+      this.#flushing = undefined;
     }
   }
 

@@ -47,7 +47,7 @@ export function parsePolicy(text: string): ParseResult {
 export function validatePolicy(json: unknown): ParseResult {
   const parsed = policySchema.safeParse(json);
   if (parsed.success) return { ok: true, policy: parsed.data };
-  return { ok: false, problems: parsed.error.issues.map(describeIssue) };
+  return { ok: false, problems: parsed.error.issues.map((i) => describeIssue(i, json)) };
 }
 
 /** `clients[0].capabilities[1]`, `rooms.overrides["!a:b"].roomKeyRecipients`. */
@@ -62,7 +62,18 @@ export function formatPath(path: readonly PropertyKey[]): string {
   return out || '(top level)';
 }
 
-function describeIssue(issue: z.core.$ZodIssue): PolicyProblem {
+/** Whether the input has anything at `path` (so "required" is said only when it has not). */
+function present(input: unknown, path: readonly PropertyKey[]): boolean {
+  let at: unknown = input;
+  for (const seg of path) {
+    if (at === null || typeof at !== 'object') return false;
+    if (!Object.hasOwn(at, seg)) return false;
+    at = (at as Record<PropertyKey, unknown>)[seg];
+  }
+  return at !== undefined;
+}
+
+function describeIssue(issue: z.core.$ZodIssue, input: unknown): PolicyProblem {
   const path = formatPath(issue.path);
   switch (issue.code) {
     case 'unrecognized_keys': {
@@ -73,7 +84,7 @@ function describeIssue(issue: z.core.$ZodIssue): PolicyProblem {
     case 'invalid_type':
       return {
         path,
-        message: issue.input === undefined ? 'required' : `expected ${issue.expected}`,
+        message: present(input, issue.path) ? `expected ${issue.expected}` : 'required',
       };
     case 'invalid_key':
       // A record key that is not a room id: say which key, as the path does for others.
