@@ -135,6 +135,15 @@ describe('audit log: appending', () => {
     await again.close();
   });
 
+  it('takes over the lock of a writer that died (kill -9)', async () => {
+    const path = await logWith(1);
+    // pid_max is at most 2^22 on Linux: this pid cannot be running.
+    await writeFile(`${path}.lock`, '4194305\n');
+    const log = await AuditLog.open(path);
+    expect(log.head.seq).toBe(1);
+    await log.close();
+  });
+
   it('refuses to continue after a last entry that does not verify', async () => {
     const path = await logWith(3);
     await rewrite(path, (ls) => [...ls.slice(0, -1), (ls.at(-1) ?? '').replace('"OK"', '"NO"')]);
