@@ -13,6 +13,7 @@ import { loadVaultConfig, openVault } from './open.ts';
 import { socketChannel } from './rpc/index.ts';
 import { serveVault } from './server.ts';
 import type { DoctorCheck, VaultBackend, VaultStatus } from './vault.ts';
+import { UsageError, oneLine, runMain } from './cli-main.ts';
 
 const COMMANDS = {
   init: 'provision what is missing (store key, counter, signing keys); never replaces a key',
@@ -73,8 +74,6 @@ closes and exits 0.
 ${NO_SECRETS}
 `,
 };
-
-class UsageError extends Error {}
 
 type Invocation =
   { command: 'help'; text: string } | { command: Command; config: string; json: boolean };
@@ -258,26 +257,4 @@ function warn(line: string): void {
   process.stderr.write(`vault: ${line}\n`);
 }
 
-function oneLine(e: unknown): string {
-  const message = e instanceof Error ? e.message : 'unexpected failure';
-  return message.replace(/\s*\n\s*/g, ' ').slice(0, 500);
-}
-
-/** Last resort: whatever escapes still ends as one line, not a stack trace. */
-function die(e: unknown): never {
-  warn(oneLine(e));
-  process.exit(e instanceof UsageError ? 2 : 1);
-}
-
-process.on('uncaughtException', die);
-process.on('unhandledRejection', die);
-
-run(process.argv.slice(2)).then(
-  (code) => {
-    // Explicit: a backend's leftover handle must not keep a finished command alive.
-    process.exit(code);
-  },
-  (e: unknown) => {
-    die(e);
-  },
-);
+runMain('vault', run);

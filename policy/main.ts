@@ -10,6 +10,7 @@ import { describeBroken, verifyAuditLog } from './audit.ts';
 import { readPolicyText, parsePolicy } from './load.ts';
 import { CAPABILITIES } from './schema.ts';
 import { createClient, listClients, revokeClient } from './tokens.ts';
+import { UsageError, runMain } from '../keyvault/cli-main.ts';
 
 const NO_SECRETS = `Tokens are printed once, by "token create", and never taken as arguments: argv is
 visible to every user on the machine. The policy file holds only their SHA-256.`;
@@ -78,8 +79,6 @@ head printed here with one recorded elsewhere.
 `,
 } as const;
 type Command = keyof typeof COMMAND_HELP;
-
-class UsageError extends Error {}
 
 interface Values {
   policy?: string | undefined;
@@ -307,25 +306,4 @@ function note(line: string): void {
   process.stderr.write(`${line}\n`);
 }
 
-function oneLine(e: unknown): string {
-  const message = e instanceof Error ? e.message : 'unexpected failure';
-  return message.replace(/\s*\n\s*/g, ' ').slice(0, 1000);
-}
-
-/** Last resort: whatever escapes still ends as one line, not a stack trace. */
-function die(e: unknown): never {
-  process.stderr.write(`policy: ${oneLine(e)}\n`);
-  process.exit(e instanceof UsageError ? 2 : 1);
-}
-
-process.on('uncaughtException', die);
-process.on('unhandledRejection', die);
-
-run(process.argv.slice(2)).then(
-  (code) => {
-    process.exit(code);
-  },
-  (e: unknown) => {
-    die(e);
-  },
-);
+runMain('policy', run);
