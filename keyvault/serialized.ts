@@ -1,12 +1,17 @@
-import type { VaultBackend } from './vault.ts';
+import { type VaultBackend, VaultCode, VaultError } from './vault.ts';
 
 /**
- * Runs a backend's operations one at a time. A TPM has a handful of object slots and one
+ * Wraps every backend (tpm, pkcs11, dev) with the rules that are the vault's, not a backend's:
+ *
+ * - The store key is released once per vault lifetime. Claimed before the first await and
+ *   given back only if the release failed, so racing callers cannot both get it.
+ * - Operations run one at a time. A TPM has a handful of object slots and one
  * command in flight: two operations interleaving their CreatePrimary/Load/Sign sequences
  * would exhaust the slots (TPM_RC_OBJECT_MEMORY) or race on state such as "store key
  * already released". Queuing also means a flood of requests waits instead of failing others.
  */
 export function serialized(inner: VaultBackend): VaultBackend {
+  let storeKeyReleased = false;
   let tail: Promise<unknown> = Promise.resolve();
   const one = <T>(run: () => Promise<T>): Promise<T> => {
     const next = tail.then(run);
@@ -15,7 +20,21 @@ export function serialized(inner: VaultBackend): VaultBackend {
   };
   return {
     backend: inner.backend,
-    storeKey: () => one(() => inner.storeKey()),
+    storeKey: () => {
+      if (storeKeyReleased) {
+        return Promise.reject(
+          new VaultError(
+            VaultCode.StoreKeyReleased,
+            'the store key was already released in this vault lifetime',
+          ),
+        );
+      }
+      storeKeyReleased = true;
+      return one(() => inner.storeKey()).catch((e: unknown) => {
+        storeKeyReleased = false;
+        throw e;
+      });
+    },
     counterRead: () => one(() => inner.counterRead()),
     counterIncrement: () => one(() => inner.counterIncrement()),
     publicKey: (purpose) => one(() => inner.publicKey(purpose)),

@@ -36,6 +36,7 @@ import {
   wipeState,
   writeState,
 } from './state.ts';
+import { serialized } from '../serialized.ts';
 
 const MAX_MESSAGE_BYTES = 64 * 1024;
 const generate = promisify(generateKeyPair);
@@ -62,13 +63,12 @@ export async function openDevVault(config: DevConfig): Promise<VaultBackend> {
       wipeState(state);
     }
   }
-  return vault;
+  return serialized(vault);
 }
 
 class DevVault implements VaultBackend {
   readonly backend = 'dev';
   readonly stateDir: string;
-  #storeKeyReleased = false;
   #closed = false;
   /** Serialises read-modify-write of the state file within this process. */
   #queue: Promise<unknown> = Promise.resolve();
@@ -77,25 +77,13 @@ class DevVault implements VaultBackend {
     this.stateDir = stateDir;
   }
 
+  /** Released once per lifetime: serialized() enforces it for every backend. */
   async storeKey(): Promise<Uint8Array> {
     this.#open();
-    if (this.#storeKeyReleased) {
-      throw new VaultError(
-        VaultCode.StoreKeyReleased,
-        'the store key was already released in this vault lifetime',
-      );
-    }
-    // Claimed before the first await so two concurrent calls cannot both get it.
-    this.#storeKeyReleased = true;
-    try {
-      // A copy: the caller owns it (and zeroises it); our decoded state is wiped below.
-      const key = await this.#read((s) => s.storeKey && Uint8Array.from(s.storeKey));
-      if (!key) throw notProvisioned('the store key');
-      return key;
-    } catch (e) {
-      this.#storeKeyReleased = false;
-      throw e;
-    }
+    // A copy: the caller owns it (and zeroises it); our decoded state is wiped below.
+    const key = await this.#read((s) => s.storeKey && Uint8Array.from(s.storeKey));
+    if (!key) throw notProvisioned('the store key');
+    return key;
   }
 
   async counterRead(): Promise<bigint> {

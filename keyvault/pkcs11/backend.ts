@@ -36,7 +36,6 @@ export class Pkcs11Vault implements VaultBackend {
   readonly backend = 'pkcs11' as const;
   readonly #conn: TokenConnection;
   readonly #config: Pkcs11Config;
-  #storeKeyReleased = false;
   #queue: Promise<unknown> = Promise.resolve();
 
   constructor(conn: TokenConnection, config: Pkcs11Config) {
@@ -50,14 +49,9 @@ export class Pkcs11Vault implements VaultBackend {
     return result;
   }
 
+  /** Released once per lifetime: serialized() enforces it for every backend. */
   storeKey(): Promise<Uint8Array> {
     return this.#serial(async () => {
-      if (this.#storeKeyReleased) {
-        throw new VaultError(
-          VaultCode.StoreKeyReleased,
-          'the store key was already released in this vault lifetime',
-        );
-      }
       const file = await readStoreKeyFile(this.#config.stateDir);
       if (!file) {
         throw new VaultError(
@@ -71,7 +65,6 @@ export class Pkcs11Vault implements VaultBackend {
         if (!kek) throw kekMissing(this.#config.stateDir);
         return unsealStoreKey(p11, session, kek, file);
       });
-      this.#storeKeyReleased = true;
       return key;
     });
   }

@@ -7,6 +7,7 @@ import type { Pkcs11Config } from '../config.ts';
 import type { VaultBackend } from '../vault.ts';
 import { Pkcs11Vault } from './backend.ts';
 import { TokenConnection } from './session.ts';
+import { serialized } from '../serialized.ts';
 
 export { diagnosePkcs11 } from './doctor.ts';
 export { checkMechanisms, REQUIRED_MECHANISMS } from './mechanisms.ts';
@@ -19,5 +20,5 @@ export { LABELS, PURPOSE_LABEL } from './objects.ts';
  */
 export async function openPkcs11Vault(config: Pkcs11Config): Promise<VaultBackend> {
   const conn = await TokenConnection.open(config, { requireMechanisms: true });
-  return new Pkcs11Vault(conn, config);
+  return serialized(new Pkcs11Vault(conn, config));
 }

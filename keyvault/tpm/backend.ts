@@ -76,7 +76,6 @@ class TpmVault implements VaultBackend {
   readonly backend = 'tpm' as const;
   readonly #tpm: TpmClient;
   readonly #config: TpmConfig;
-  #storeKeyReleased = false;
   #crossSigning: KeyObject | undefined;
 
   constructor(tpm: TpmClient, config: TpmConfig) {
@@ -84,29 +83,17 @@ class TpmVault implements VaultBackend {
     this.#config = config;
   }
 
+  /** Released once per lifetime: serialized() enforces it for every backend. */
   async storeKey(): Promise<Uint8Array> {
-    if (this.#storeKeyReleased) {
-      throw new VaultError(
-        VaultCode.StoreKeyReleased,
-        'the store key was already released in this vault lifetime',
-      );
-    }
-    // Claimed before the first await, so two calls racing cannot both get the key.
-    this.#storeKeyReleased = true;
-    try {
-      const state = await this.#provisioned('storeKey');
-      const key = await this.#unseal(
-        state,
-        toBlobs(state.storeKey as NonNullable<TpmState['storeKey']>),
-        'store key',
-      );
-      const copy = new Uint8Array(key);
-      key.fill(0);
-      return copy;
-    } catch (e) {
-      this.#storeKeyReleased = false;
-      throw e;
-    }
+    const state = await this.#provisioned('storeKey');
+    const key = await this.#unseal(
+      state,
+      toBlobs(state.storeKey as NonNullable<TpmState['storeKey']>),
+      'store key',
+    );
+    const copy = new Uint8Array(key);
+    key.fill(0);
+    return copy;
   }
 
   async counterRead(): Promise<bigint> {
