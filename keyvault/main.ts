@@ -7,13 +7,12 @@
  */
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { parseArgs } from 'node:util';
 import { type VaultConfig } from './config.ts';
 import { loadVaultConfig, openVault } from './open.ts';
 import { socketChannel } from './rpc/index.ts';
 import { serveVault } from './server.ts';
 import type { DoctorCheck, VaultBackend, VaultStatus } from './vault.ts';
-import { UsageError, oneLine, runMain } from './cli-main.ts';
+import { UsageError, oneLine, parseCommandLine, runMain } from './cli-main.ts';
 
 const COMMANDS = {
   init: 'provision what is missing (store key, counter, signing keys); never replaces a key',
@@ -79,22 +78,11 @@ type Invocation =
   { command: 'help'; text: string } | { command: Command; config: string; json: boolean };
 
 function parse(argv: string[]): Invocation {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        config: { type: 'string' },
-        json: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (e) {
-    // parseArgs names the option, never its value; drop its hint about positionals.
-    throw new UsageError((e as Error).message.split('. ')[0] ?? 'bad arguments');
-  }
+  const parsed = parseCommandLine(argv, {
+    config: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  });
   const { values, positionals } = parsed;
   const [name, ...extra] = positionals;
   if (name === undefined) {

@@ -5,12 +5,11 @@
  * Output rules: errors are one line `policy: <message>` on stderr, exit 1 (2 for usage), never a
  * stack trace. A token is printed once, when it is created, and is never accepted in argv.
  */
-import { parseArgs } from 'node:util';
 import { describeBroken, verifyAuditLog } from './audit.ts';
 import { readPolicyText, parsePolicy } from './load.ts';
 import { CAPABILITIES } from './schema.ts';
 import { createClient, listClients, revokeClient } from './tokens.ts';
-import { UsageError, runMain } from '../keyvault/cli-main.ts';
+import { UsageError, parseCommandLine, runMain } from '../keyvault/cli-main.ts';
 
 const NO_SECRETS = `Tokens are printed once, by "token create", and never taken as arguments: argv is
 visible to every user on the machine. The policy file holds only their SHA-256.`;
@@ -102,27 +101,16 @@ const ALLOWED: Record<Command, (keyof Values)[]> = {
 type Invocation = { command: 'help'; text: string } | { command: Command; values: Values };
 
 function parse(argv: string[]): Invocation {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        policy: { type: 'string' },
-        log: { type: 'string' },
-        name: { type: 'string' },
-        cap: { type: 'string', multiple: true },
-        room: { type: 'string', multiple: true },
-        rate: { type: 'string' },
-        json: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (e) {
-    // parseArgs names the option, never its value; drop its hint about positionals.
-    throw new UsageError((e as Error).message.split('. ')[0] ?? 'bad arguments');
-  }
+  const parsed = parseCommandLine(argv, {
+    policy: { type: 'string' },
+    log: { type: 'string' },
+    name: { type: 'string' },
+    cap: { type: 'string', multiple: true },
+    room: { type: 'string', multiple: true },
+    rate: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  });
   const { values, positionals } = parsed;
   if (positionals.length === 0) {
     if (values.help) return { command: 'help', text: HELP };
