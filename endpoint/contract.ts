@@ -1,53 +1,257 @@
 import { z } from 'zod';
-import { defineContract, noParams } from '../keyvault/rpc/index.ts';
+import { defineContract } from '../keyvault/rpc/index.ts';
 
 /**
- * What the endpoint compartment answers on its channel: the operations the gateway (issue 5)
- * will expose to UIs, and nothing that yields a key. Caller identity and capability checks
- * join this contract with the policy issue.
+ * What the endpoint compartment answers on its channel: the operations of the local API
+ * (endpoint/gateway exposes them over HTTP), and nothing that yields a key, a raw event or
+ * another client's data.
+ *
+ * Every call carries the UI client's bearer token, exactly as the UI presented it. The gateway
+ * forwards it and decides nothing: the endpoint authorises each call against the policy and
+ * appends the decision to the audit log before it acts (DESIGN.md §2). A gateway that makes up
+ * a token, or strips or renames the client, gets UNAUTHENTICATED; one that replays a revoked
+ * token gets the same.
+ *
+ * Errors are RpcErrors with these codes (the gateway maps them to HTTP statuses):
+ * UNAUTHENTICATED, FORBIDDEN_CAPABILITY, FORBIDDEN_ROOM, RATE_LIMITED (with retryAfterMs),
+ * INVALID_REQUEST, NOT_FOUND, UPSTREAM_FAILED (the homeserver refused or is unreachable),
+ * AUDIT_UNAVAILABLE (the audit log cannot be written: nothing is done unaudited), plus the
+ * RPC's own protocol codes.
  */
-const roomId = z.string().min(1).max(255).regex(/^!/);
-const userId = z
-  .string()
-  .min(3)
-  .max(255)
-  .regex(/^@[^:]+:.+$/);
 
-const timelineItem = z.object({
-  eventId: z.string(),
-  sender: z.string(),
-  ts: z.number(),
-  decrypted: z.boolean(),
-  body: z.string().optional(),
-  encrypted: z.boolean().optional(),
-  verification: z.enum(['verified', 'unverified', 'warning', 'unencrypted']).optional(),
-  reason: z.string().optional(),
-});
+/** A Matrix room id: `!opaque:server` (or `!opaque` in room version 12); printable ASCII. */
+export const roomId = z
+  .string()
+  .max(255)
+  .regex(/^![\x21-\x7e]{1,254}$/, 'expected a room id such as "!abc:example.org"');
+/** A Matrix user id, as the spec's grammar bounds it (255 bytes, printable ASCII). */
+export const userId = z
+  .string()
+  .max(255)
+  .regex(
+    /^@[\x21-\x39\x3b-\x7e]{1,253}:[\x21-\x7e]{1,253}$/,
+    'expected a user id such as "@alice:example.org"',
+  );
+export const eventId = z
+  .string()
+  .max(255)
+  .regex(/^\$[\x21-\x7e]{1,254}$/, 'expected an event id such as "$abc"');
+/** The homeserver's pagination token, passed through opaquely (bounded, printable). */
+export const pageToken = z
+  .string()
+  .max(512)
+  .regex(/^[\x21-\x7e]{1,512}$/, 'expected a pagination token from a previous page');
+
+export const MAX_TOKEN_CHARS = 512;
+export const MAX_BODY_CHARS = 32_768;
+export const MAX_PAGE = 100;
+export const MAX_INVITES = 50;
+export const MAX_EVENT_WAIT_MS = 25_000;
+export const MAX_EVENTS_PER_POLL = 100;
+
+/** The caller: the bearer token as presented. Nothing else identifies a client. */
+const auth = z.object({ token: z.string().min(1).max(MAX_TOKEN_CHARS) }).strict();
+
+/** How far we trust a message's sender device (from the crypto core's shields). */
+export const verificationState = z.enum(['verified', 'unverified', 'warning', 'unencrypted']);
+
+export const timelineItem = z
+  .object({
+    eventId: z.string(),
+    sender: z.string(),
+    /** Only for decrypted events, as the crypto core authenticated it. */
+    senderDevice: z.string().optional(),
+    ts: z.number(),
+    decrypted: z.boolean(),
+    /** The text, for m.text/m.notice/m.emote messages. */
+    body: z.string().optional(),
+    msgtype: z.string().optional(),
+    /** The event this one replies to (m.relates_to.m.in_reply_to). */
+    replyTo: z.string().optional(),
+    encrypted: z.boolean().optional(),
+    verification: verificationState.optional(),
+    /** Why an event could not be decrypted (or was withheld by the room's trust rule). */
+    reason: z.string().optional(),
+  })
+  .strict();
 export type TimelineItemWire = z.infer<typeof timelineItem>;
 
+export const deviceInfo = z
+  .object({
+    deviceId: z.string(),
+    /** The owner's self-signing key signed it (MSC4153's "cross-signed"). */
+    crossSignedByOwner: z.boolean(),
+    /** We verified it, directly or through its owner's verified identity. */
+    verified: z.boolean(),
+  })
+  .strict();
+
+export const contact = z
+  .object({
+    userId: z.string(),
+    /** Rooms (that this client may see) we share with the contact. */
+    rooms: z.array(z.string()),
+    devices: z.array(deviceInfo),
+  })
+  .strict();
+
+export const roomSummary = z
+  .object({
+    roomId: z.string(),
+    membership: z.enum(['join', 'invite']),
+    members: z.array(z.string()),
+    /** Who gets room keys and whose messages show, as the policy sets it for this room. */
+    roomKeyRecipients: z.enum(['verified-only', 'cross-signed', 'tofu']),
+    showUnverifiedMessages: z.boolean(),
+  })
+  .strict();
+
+/** What the event stream carries. `seq` increases by one per event the endpoint saw. */
+export const streamEvent = z.discriminatedUnion('type', [
+  z
+    .object({
+      seq: z.number().int(),
+      type: z.literal('message'),
+      roomId: z.string(),
+      item: timelineItem,
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** Our own membership of a room changed (invited, joined, left). */
+      type: z.literal('room'),
+      roomId: z.string(),
+      membership: z.enum(['invite', 'join', 'leave']),
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** Someone else's membership of a room changed. */
+      type: z.literal('member'),
+      roomId: z.string(),
+      userId: z.string(),
+      membership: z.string(),
+    })
+    .strict(),
+]);
+export type StreamEvent = z.infer<typeof streamEvent>;
+
+const subscription = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{22,64}$/, 'expected a subscription id from subscribe');
+
+const empty = z.object({}).strict();
+
 export const endpointContract = defineContract({
+  /** No token: answers once start-up is complete (for the launcher). Reveals nothing. */
+  ready: { params: empty, result: empty },
+  /** Any valid token: who the endpoint is, and who the caller is. */
   status: {
-    params: noParams,
-    result: z.object({ userId: z.string(), deviceId: z.string(), pendingSends: z.number().int() }),
+    params: z.object({ auth }).strict(),
+    result: z
+      .object({
+        userId: z.string(),
+        deviceId: z.string(),
+        pendingSends: z.number().int(),
+        client: z.object({ name: z.string(), capabilities: z.array(z.string()) }).strict(),
+      })
+      .strict(),
   },
+  /** rooms.read: joined and invited rooms the client may see. */
+  rooms: {
+    params: z.object({ auth }).strict(),
+    result: z.object({ rooms: z.array(roomSummary) }).strict(),
+  },
+  /** messages.read: one page of history, newest first, decrypted here. */
+  timeline: {
+    params: z
+      .object({
+        auth,
+        roomId,
+        limit: z.number().int().min(1).max(MAX_PAGE),
+        from: pageToken.optional(),
+      })
+      .strict(),
+    result: z.object({ items: z.array(timelineItem), next: z.string().optional() }).strict(),
+  },
+  /** messages.send: resolves once the message is durably queued; it is sent exactly once. */
+  send: {
+    params: z
+      .object({
+        auth,
+        roomId,
+        body: z.string().min(1).max(MAX_BODY_CHARS),
+        replyTo: eventId.optional(),
+      })
+      .strict(),
+    result: z.object({ txnId: z.string() }).strict(),
+  },
+  /** rooms.create: an encrypted room (or DM), inviting these users. */
   createRoom: {
     params: z
       .object({
-        invite: z.array(userId).max(100),
+        auth,
+        invite: z.array(userId).max(MAX_INVITES),
         isDirect: z.boolean().optional(),
-        name: z.string().max(255).optional(),
+        name: z.string().min(1).max(255).optional(),
       })
       .strict(),
-    result: z.object({ roomId: z.string() }),
+    result: z.object({ roomId: z.string() }).strict(),
   },
-  sendText: {
-    params: z.object({ roomId, body: z.string().min(1).max(32_768) }).strict(),
-    /** Resolves once the message is durably queued: it will be sent exactly once. */
-    result: z.object({ txnId: z.string() }),
+  /** rooms.manage */
+  invite: {
+    params: z.object({ auth, roomId, userId }).strict(),
+    result: empty,
   },
-  timeline: {
-    params: z.object({ roomId, limit: z.number().int().min(1).max(500) }).strict(),
-    result: z.object({ items: z.array(timelineItem) }),
+  /** rooms.manage */
+  leave: {
+    params: z.object({ auth, roomId }).strict(),
+    result: empty,
+  },
+  /** contacts.read: the users we share (visible) rooms with, their devices and trust. */
+  contacts: {
+    params: z.object({ auth }).strict(),
+    result: z.object({ contacts: z.array(contact) }).strict(),
+  },
+  /** contacts.read: one user, who must share a visible room with us. */
+  contact: {
+    params: z.object({ auth, userId }).strict(),
+    result: contact,
+  },
+  /**
+   * events.stream: opens a subscription (one per SSE connection). Counted against the client's
+   * rate and audited; the polls that follow are not charged, but each re-checks the token.
+   */
+  subscribe: {
+    params: z.object({ auth }).strict(),
+    /** `cursor`: the seq of the newest event already seen; poll for events after it. */
+    result: z.object({ subscription, cursor: z.number().int() }).strict(),
+  },
+  /** Long poll: events after `after`, waiting up to waitMs for the first. */
+  events: {
+    params: z
+      .object({
+        auth,
+        subscription,
+        after: z.number().int().min(-1),
+        waitMs: z.number().int().min(0).max(MAX_EVENT_WAIT_MS),
+      })
+      .strict(),
+    result: z
+      .object({
+        events: z.array(streamEvent).max(MAX_EVENTS_PER_POLL),
+        /** Pass as `after` next time. */
+        cursor: z.number().int(),
+        /** Events after `after` were dropped from the buffer: refetch timelines. */
+        gap: z.boolean(),
+      })
+      .strict(),
+  },
+  unsubscribe: {
+    params: z.object({ auth, subscription }).strict(),
+    result: empty,
   },
 });
 export type EndpointContract = typeof endpointContract;

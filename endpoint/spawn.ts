@@ -63,7 +63,7 @@ export async function spawnEndpoint(
     }
   };
   // The first answer comes once startup is complete (requests wait on the socket until then).
-  const ready = client.call('status', {}, { timeoutMs: options.readyTimeoutMs ?? 120_000 });
+  const ready = client.call('ready', {}, { timeoutMs: options.readyTimeoutMs ?? 120_000 });
   let outcome: 'ready' | 'exited';
   try {
     outcome = await Promise.race([

@@ -21,6 +21,8 @@ import { CAPABILITIES, CLIENT_NAME, ROOM_ID, isCapability, sha256Hex } from './s
 /** What an entry's `action` may be: a capability, or one of the endpoint's own events. */
 export const AUDIT_ACTIONS = [
   ...CAPABILITIES,
+  /** Any valid token may ask who it is and who the endpoint is. */
+  'status',
   /** A request naming no known capability (recorded, refused). */
   'unknown',
   'policy.load',
@@ -117,7 +119,8 @@ export function auditRecordFor(
   const room = request.roomId;
   return {
     client: decision.allowed ? decision.client.name : (decision.client ?? null),
-    action: isCapability(request.action) ? request.action : 'unknown',
+    action:
+      isCapability(request.action) || request.action === 'status' ? request.action : 'unknown',
     target: typeof room === 'string' && ROOM_ID.test(room) ? room : null,
     decision: decision.allowed ? 'allow' : 'deny',
     reason: decision.allowed ? 'OK' : decision.code,

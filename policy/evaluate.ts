@@ -26,11 +26,19 @@ export type DenyCode =
 export interface AuthorizeRequest {
   /** The bearer token the UI presented, exactly as received. */
   token: string;
-  /** The capability the request needs. */
+  /** The capability the request needs, or `status` (any valid token). */
   action: string;
   /** The room the request is about, if any. */
   roomId?: string | undefined;
+  /**
+   * false: do not take from the client's rate bucket. For the polls of an event stream the
+   * client already paid to open; the token and capability are still checked every time.
+   */
+  charge?: boolean;
 }
+
+/** Actions that need a valid token and no capability. */
+export const AUTHENTICATED_ONLY: ReadonlySet<string> = new Set(['status']);
 
 /** The client a token belongs to, as the endpoint needs it to shape its answer. */
 export interface AuthorizedClient {
@@ -64,7 +72,14 @@ export type Denied = Extract<Decision, { allowed: false }>;
 export const ROOM_SCOPED: ReadonlySet<Capability> = new Set<Capability>([
   'messages.read',
   'messages.send',
+  'rooms.manage',
 ]);
+
+/**
+ * Requests with an unknown token, from all callers together: a guesser (or a compromised
+ * gateway) cannot hash and audit-log at the full speed of the machine.
+ */
+export const UNAUTHENTICATED_LIMIT = { perSecond: 20, burst: 40 } as const;
 
 /** Longer than any token we issue (43 characters); longer input is refused before hashing. */
 const MAX_TOKEN_LENGTH = 512;
@@ -109,6 +124,8 @@ interface Bucket {
 export interface AuthorizerOptions {
   /** Milliseconds, monotonic; tests pass their own clock. */
   now?: () => number;
+  /** Overrides UNAUTHENTICATED_LIMIT (tests, benchmarks). */
+  unauthenticatedLimit?: { perSecond: number; burst: number };
 }
 
 /**
@@ -126,6 +143,8 @@ export class Authorizer {
   #compiledFor: Policy | undefined;
   #clients: CompiledClient[] = [];
   readonly #buckets = new Map<string, Bucket>();
+  readonly #anonymous: { ratePerMs: number; burst: number };
+  #anonymousBucket: Bucket | undefined;
 
   constructor(source: Policy | PolicyHolder | (() => Policy), options: AuthorizerOptions = {}) {
     this.#source =
@@ -135,12 +154,23 @@ export class Authorizer {
           ? () => source.current
           : () => source;
     this.#now = options.now ?? (() => performance.now());
+    const limit = options.unauthenticatedLimit ?? UNAUTHENTICATED_LIMIT;
+    this.#anonymous = { ratePerMs: limit.perSecond / 1000, burst: limit.burst };
   }
 
   authorize(request: AuthorizeRequest): Decision {
     const clients = this.#compiled();
     const client = this.#identify(request.token, clients);
     if (client === undefined) {
+      const wait = this.#takeAnonymous();
+      if (wait > 0) {
+        return {
+          allowed: false,
+          code: 'RATE_LIMITED',
+          reason: 'too many requests with unknown tokens',
+          retryAfterMs: wait,
+        };
+      }
       return { allowed: false, code: 'UNAUTHENTICATED', reason: 'unknown or revoked token' };
     }
     const name = client.view.name;
@@ -151,11 +181,14 @@ export class Authorizer {
       client: name,
     });
 
-    const wait = this.#take(client);
+    const wait = request.charge === false ? 0 : this.#take(client);
     if (wait > 0) {
       return { ...deny('RATE_LIMITED', 'too many requests'), retryAfterMs: wait };
     }
     const { action, roomId } = request;
+    if (AUTHENTICATED_ONLY.has(action) && roomId === undefined) {
+      return { allowed: true, client: client.view };
+    }
     if (!isCapability(action)) {
       return deny('INVALID_REQUEST', `unknown action (actions: ${CAPABILITIES.join(', ')})`);
     }
@@ -191,20 +224,30 @@ export class Authorizer {
 
   /** Takes one request from the client's bucket: 0 if allowed, else ms until one is free. */
   #take(client: CompiledClient): number {
-    const now = this.#now();
     let bucket = this.#buckets.get(client.bucketKey);
     if (bucket === undefined) {
-      bucket = { tokens: client.burst, last: now };
+      bucket = { tokens: client.burst, last: this.#now() };
       this.#buckets.set(client.bucketKey, bucket);
     }
+    return this.#takeFrom(bucket, client.ratePerMs, client.burst);
+  }
+
+  #takeAnonymous(): number {
+    const { ratePerMs, burst } = this.#anonymous;
+    this.#anonymousBucket ??= { tokens: burst, last: this.#now() };
+    return this.#takeFrom(this.#anonymousBucket, ratePerMs, burst);
+  }
+
+  #takeFrom(bucket: Bucket, ratePerMs: number, burst: number): number {
+    const now = this.#now();
     const elapsed = Math.max(0, now - bucket.last);
-    bucket.tokens = Math.min(client.burst, bucket.tokens + elapsed * client.ratePerMs);
+    bucket.tokens = Math.min(burst, bucket.tokens + elapsed * ratePerMs);
     bucket.last = now;
     if (bucket.tokens >= 1) {
       bucket.tokens -= 1;
       return 0;
     }
-    return Math.max(1, Math.ceil((1 - bucket.tokens) / client.ratePerMs));
+    return Math.max(1, Math.ceil((1 - bucket.tokens) / ratePerMs));
   }
 
   #compiled(): CompiledClient[] {

@@ -28,8 +28,10 @@ export type {
   VerifyResult,
 } from './audit.ts';
 export {
+  AUTHENTICATED_ONLY,
   Authorizer,
   ROOM_SCOPED,
+  UNAUTHENTICATED_LIMIT,
   decryptionTrustFor,
   hashToken,
   roomTrust,

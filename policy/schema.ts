@@ -12,6 +12,8 @@ export const CAPABILITIES = [
   'messages.read',
   'messages.send',
   'rooms.create',
+  /** Invite to and leave rooms. */
+  'rooms.manage',
   'contacts.read',
   'verification',
   'attestation',

@@ -81,7 +81,8 @@ export function createClient<C extends Contract>(
       const p = settle(message.id);
       if (!p) return; // late answer to a call that already timed out
       if (!message.ok) {
-        p.reject(new RpcError(message.error.code, message.error.message));
+        const { code, message: text, retryAfterMs } = message.error;
+        p.reject(new RpcError(code, text, retryAfterMs === undefined ? {} : { retryAfterMs }));
         return;
       }
       const spec = contract[p.method] as C[keyof C];

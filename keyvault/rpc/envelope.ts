@@ -19,6 +19,7 @@ export const wireError = z
   .object({
     code: z.string().regex(errorCodePattern),
     message: z.string().max(2048),
+    retryAfterMs: z.number().int().min(0).max(86_400_000).optional(),
   })
   .strict();
 

@@ -26,16 +26,23 @@ export const errorCodePattern = /^[A-Z][A-Z0-9_]{0,63}$/;
 
 export class RpcError extends Error {
   readonly code: string;
+  /** With a rate limit: when the caller may try again (milliseconds from now). */
+  readonly retryAfterMs: number | undefined;
 
-  constructor(code: string, message: string) {
+  constructor(code: string, message: string, options: { retryAfterMs?: number } = {}) {
     super(message);
     if (!errorCodePattern.test(code)) throw new TypeError(`invalid RPC error code: ${code}`);
     this.name = 'RpcError';
     this.code = code;
+    this.retryAfterMs = options.retryAfterMs;
   }
 
-  toJSON(): { code: string; message: string } {
-    return { code: this.code, message: this.message };
+  toJSON(): { code: string; message: string; retryAfterMs?: number } {
+    return {
+      code: this.code,
+      message: this.message,
+      ...(this.retryAfterMs === undefined ? {} : { retryAfterMs: this.retryAfterMs }),
+    };
   }
 }
 
