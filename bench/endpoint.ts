@@ -29,6 +29,7 @@ import {
   StockPeer,
   makeTempDir,
   prepareCompartments,
+  readTimeline,
   repoRoot,
   startSwtpm,
   startSynapse,
@@ -237,9 +238,14 @@ async function startCompartment(
   tpm: Swtpm,
   user: SynapseUser,
   stderr: string[],
-): Promise<SpawnedEndpoint> {
-  const { endpointConfig } = await prepareCompartments(dir, { homeserver: hs.baseUrl, tpm, user });
-  return spawnEndpoint(endpointConfig, { onStderr: (l) => stderr.push(l) });
+): Promise<SpawnedEndpoint & { token: string }> {
+  const { endpointConfig, tokens } = await prepareCompartments(dir, {
+    homeserver: hs.baseUrl,
+    tpm,
+    user,
+  });
+  const spawned = await spawnEndpoint(endpointConfig, { onStderr: (l) => stderr.push(l) });
+  return Object.assign(spawned, { token: tokens.test ?? '' });
 }
 
 /** The endpoint compartment's vault process (its only child), for a footnote. */
@@ -312,6 +318,7 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
 
     // The compartment can only create rooms (its contract has no join): it is the creator.
     const { roomId } = await compartment.client.call('createRoom', {
+      auth: { token: compartment.token },
       invite: [alice.userId, bob.userId, carol.userId, erin.userId],
       name: 'bench',
     });
@@ -409,7 +416,7 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
     // 5. Memory: the compartment and a stock child after the same work.
     progress(`5. memory: the compartment and the stock child decrypt the newest ${RPC_WINDOW}`);
     await waitFor('the compartment to decrypt the history', async () => {
-      const { items } = await compartment.client.call('timeline', { roomId, limit: RPC_WINDOW });
+      const items = await readTimeline(compartment.client, compartment.token, roomId, RPC_WINDOW);
       const ok = items.filter((i) => i.decrypted && historyIndex(i.body) !== undefined);
       return ok.length === RPC_WINDOW;
     });

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 
 /** The endpoint's configuration file (JSON). The password comes from a file or the environment. */
@@ -18,16 +18,13 @@ export const endpointConfig = z
     /** The vault's own config file: the endpoint launches the vault compartment with it. */
     vaultConfig: z.string().min(1),
     /**
-     * Who gets room keys and whose messages are decrypted. Defaults to MSC4153 (identity-based
-     * sharing, cross-signed-or-legacy senders); the policy issue makes this per room.
+     * The policy file (policy/README.md): the UI clients, their tokens' hashes and
+     * capabilities, and per-room rules for who gets room keys. Required: without it no UI
+     * could be authorised. Reloaded when it changes; an invalid edit keeps the last valid one.
      */
-    trust: z
-      .object({
-        sharing: z.enum(['identity-based', 'verified-devices-only', 'all-devices']),
-        decryption: z.enum(['cross-signed-or-legacy', 'cross-signed', 'untrusted']),
-      })
-      .strict()
-      .optional(),
+    policy: z.string().min(1),
+    /** The audit log; default `<dataDir>/audit.log`. */
+    auditLog: z.string().min(1).optional(),
   })
   .strict();
 export type EndpointConfig = z.infer<typeof endpointConfig>;
@@ -36,7 +33,10 @@ export class ConfigError extends Error {
   readonly code = 'ENDPOINT_CONFIG';
 }
 
-export async function loadEndpointConfig(path: string): Promise<EndpointConfig> {
+/** With every path absolute and defaults filled in. */
+export type ResolvedEndpointConfig = EndpointConfig & { auditLog: string };
+
+export async function loadEndpointConfig(path: string): Promise<ResolvedEndpointConfig> {
   let json: unknown;
   try {
     json = JSON.parse(await readFile(path, 'utf8'));
@@ -56,6 +56,8 @@ export async function loadEndpointConfig(path: string): Promise<EndpointConfig> 
     ...c,
     dataDir: resolve(base, c.dataDir),
     vaultConfig: resolve(base, c.vaultConfig),
+    policy: resolve(base, c.policy),
+    auditLog: resolve(base, c.auditLog ?? join(c.dataDir, 'audit.log')),
     password: 'file' in c.password ? { file: resolve(base, c.password.file) } : c.password,
   };
 }

@@ -21,17 +21,33 @@ export interface RoomSummary {
   members: string[];
 }
 
+/** What the endpoint tells its listeners about (the local API's event stream). */
+export type EndpointEvent =
+  | { type: 'message'; roomId: string; item: TimelineItem }
+  /** Our own membership of a room changed. */
+  | { type: 'room'; roomId: string; membership: 'invite' | 'join' | 'leave' }
+  /** Someone else's membership of a room changed. */
+  | { type: 'member'; roomId: string; userId: string; membership: string };
+
 export interface EndpointOptions {
   /** A homeserver client already logged in as the endpoint's device. */
   api: HomeserverApi;
   store?: { name: string; key: Uint8Array };
   trust?: TrustSettings;
+  /** Per-room trust (the policy's room rules); overrides `trust` for encrypt and decrypt. */
+  trustFor?: (roomId: string) => TrustSettings;
   logger?: Logger;
   /** For the user-interactive auth of the first cross-signing upload. */
   password?: string;
   /** Where the previous run stopped syncing (from the sealed store). */
   since?: string;
   saveSince?: (token: string) => Promise<void>;
+  /**
+   * The room list as the previous run left it: an incremental sync only mentions rooms that
+   * changed, so without it a restarted endpoint would forget quiet rooms.
+   */
+  rooms?: RoomSummary[];
+  saveRooms?: (rooms: RoomSummary[]) => Promise<void>;
 }
 
 /**
@@ -47,7 +63,10 @@ export class Endpoint {
   readonly #sync: SyncLoop;
   readonly #rooms = new Map<string, RoomSummary>();
   readonly #listeners = new Set<(item: TimelineItem) => void>();
+  readonly #changeListeners = new Set<(event: EndpointEvent) => void>();
   readonly #log: Logger;
+  readonly #trustFor: ((roomId: string) => TrustSettings) | undefined;
+  readonly #saveRooms: (rooms: RoomSummary[]) => Promise<void>;
 
   private constructor(api: HomeserverApi, engine: CryptoEngine, options: EndpointOptions) {
     this.api = api;
@@ -55,6 +74,9 @@ export class Endpoint {
     this.userId = api.userId ?? '';
     this.deviceId = api.deviceId ?? '';
     this.#log = options.logger ?? { warn: () => undefined, info: () => undefined };
+    this.#trustFor = options.trustFor;
+    this.#saveRooms = options.saveRooms ?? (() => Promise.resolve());
+    for (const room of options.rooms ?? []) this.#rooms.set(room.roomId, room);
     const saveSince = options.saveSince ?? (() => Promise.resolve());
     this.#sync = new SyncLoop({
       api,
@@ -63,22 +85,41 @@ export class Endpoint {
       logger: this.#log,
       handlers: {
         saveSince,
-        invited: (roomId) => {
-          if (!this.#rooms.has(roomId))
-            this.#rooms.set(roomId, { roomId, membership: 'invite', members: [] });
-          return Promise.resolve();
+        invited: async (roomId) => {
+          if (this.#rooms.has(roomId)) return;
+          this.#rooms.set(roomId, { roomId, membership: 'invite', members: [] });
+          await this.#saveRooms(this.rooms());
+          this.#emit({ type: 'room', roomId, membership: 'invite' });
         },
-        joined: (roomId, changes) => {
-          const room = this.#rooms.get(roomId) ?? { roomId, membership: 'join', members: [] };
+        joined: async (roomId, changes) => {
+          const known = this.#rooms.get(roomId);
+          const room = known ?? { roomId, membership: 'join' as const, members: [] };
+          const newlyJoined = known?.membership !== 'join';
           room.membership = 'join';
           const members = new Set(room.members);
+          const before = members.size;
+          const changed: { userId: string; membership: string }[] = [];
           for (const c of changes) {
+            const present = members.has(c.userId);
             if (c.membership === 'join' || c.membership === 'invite') members.add(c.userId);
             else members.delete(c.userId);
+            if (present !== members.has(c.userId) || c.membership === 'join') changed.push(c);
           }
           room.members = [...members];
           this.#rooms.set(roomId, room);
-          return Promise.resolve();
+          if (newlyJoined || members.size !== before || changed.length > 0) {
+            await this.#saveRooms(this.rooms());
+          }
+          if (newlyJoined) this.#emit({ type: 'room', roomId, membership: 'join' });
+          for (const c of changed) {
+            if (c.userId === this.userId) continue;
+            this.#emit({ type: 'member', roomId, userId: c.userId, membership: c.membership });
+          }
+        },
+        left: async (roomId) => {
+          if (!this.#rooms.delete(roomId)) return;
+          await this.#saveRooms(this.rooms());
+          this.#emit({ type: 'room', roomId, membership: 'leave' });
         },
         timeline: async (roomId, events) => {
           for (const event of events) await this.#deliver(roomId, event);
@@ -113,6 +154,17 @@ export class Endpoint {
     return [...this.#rooms.values()];
   }
 
+  /** Whether we are joined to (or invited to) this room, as far as sync has told us. */
+  room(roomId: string): RoomSummary | undefined {
+    return this.#rooms.get(roomId);
+  }
+
+  /** Messages and membership changes, in the order sync delivered them. Returns an unsubscribe. */
+  onChange(listener: (event: EndpointEvent) => void): () => void {
+    this.#changeListeners.add(listener);
+    return () => this.#changeListeners.delete(listener);
+  }
+
   /** New room events as they arrive, decrypted when possible. Returns an unsubscribe. */
   onEvent(listener: (item: TimelineItem) => void): () => void {
     this.#listeners.add(listener);
@@ -126,6 +178,7 @@ export class Endpoint {
       membership: 'join',
       members: [this.userId, ...(options.invite ?? [])],
     });
+    await this.#saveRooms(this.rooms());
     if (options.invite?.length) await this.engine.track(options.invite);
     return roomId;
   }
@@ -143,7 +196,7 @@ export class Endpoint {
 
   async leave(roomId: string): Promise<void> {
     await this.api.leave(roomId);
-    this.#rooms.delete(roomId);
+    if (this.#rooms.delete(roomId)) await this.#saveRooms(this.rooms());
   }
 
   /**
@@ -154,15 +207,24 @@ export class Endpoint {
     roomId: string,
     body: string,
     txnId = `mte.${randomBytes(12).toString('hex')}`,
+    options: { replyTo?: string } = {},
   ): Promise<string> {
     const members = (await this.api.members(roomId))
       .filter((m) => m.membership === 'join' || m.membership === 'invite')
       .map((m) => m.userId);
+    const content = {
+      msgtype: 'm.text',
+      body,
+      ...(options.replyTo === undefined
+        ? {}
+        : { 'm.relates_to': { 'm.in_reply_to': { event_id: options.replyTo } } }),
+    };
     const encrypted = await this.engine.encrypt(
       roomId,
       'm.room.message',
-      { msgtype: 'm.text', body },
+      content,
       members,
+      this.#trust(roomId),
     );
     return this.api.sendEvent(roomId, 'm.room.encrypted', txnId, encrypted);
   }
@@ -180,7 +242,7 @@ export class Endpoint {
     const items: TimelineItem[] = [];
     for (const event of page.chunk) {
       if (event.type === 'm.room.encrypted' || event.type === 'm.room.message')
-        items.push(await this.engine.decrypt(roomId, event));
+        items.push(await this.engine.decrypt(roomId, event, this.#trust(roomId)));
     }
     return { items, ...(page.end ? { next: page.end } : {}) };
   }
@@ -197,7 +259,7 @@ export class Endpoint {
 
   async #deliver(roomId: string, event: RoomEvent): Promise<void> {
     if (event.type !== 'm.room.encrypted' && event.type !== 'm.room.message') return;
-    const item = await this.engine.decrypt(roomId, event);
+    const item = await this.engine.decrypt(roomId, event, this.#trust(roomId));
     for (const listener of this.#listeners) {
       try {
         listener(item);
@@ -205,5 +267,21 @@ export class Endpoint {
         this.#log.warn(`event listener failed: ${e instanceof Error ? e.message : String(e)}`);
       }
     }
+    this.#emit({ type: 'message', roomId, item });
+  }
+
+  #emit(event: EndpointEvent): void {
+    for (const listener of this.#changeListeners) {
+      try {
+        listener(event);
+      } catch (e) {
+        this.#log.warn(`change listener failed: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+  }
+
+  /** undefined: the engine's own setting. */
+  #trust(roomId: string): TrustSettings | undefined {
+    return this.#trustFor?.(roomId);
   }
 }

@@ -2,16 +2,20 @@
  * The endpoint compartment: `node endpoint/main.ts serve --config FILE`. It launches its vault
  * compartment (keyvault/main.ts serve, over a socketpair), opens the sealed store with the
  * vault's key, runs the Matrix device, and serves the endpoint contract on file descriptor 3
- * for its launcher (the gateway, or a test). It listens on nothing.
+ * for its launcher (the gateway, or a test). It listens on nothing. Every call is authorised
+ * against the policy file and recorded in the audit log.
  */
+import { unwatchFile, watchFile } from 'node:fs';
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import { readSecret } from '../keyvault/secret.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/rpc/index.ts';
+import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
+import { EventHub, apiHandlers } from './api/index.ts';
 import { endpointContract } from './contract.ts';
-import { isDecrypted } from './device.ts';
+import { timelineItemWire } from './api/wire.ts';
 import { loadEndpointConfig } from './config.ts';
 import { EndpointService } from './service.ts';
 
@@ -19,7 +23,11 @@ const usage = `Usage: node endpoint/main.ts serve --config FILE
 
 Runs the endpoint compartment: launches the vault, opens the sealed store, syncs with the
 homeserver, and serves the endpoint contract on file descriptor 3. The password comes from the
-file or environment variable the config names, never from argv.`;
+file or environment variable the config names, never from argv. The policy file is reloaded
+when it changes (or on SIGHUP); an invalid edit is refused and the last valid policy stays.`;
+
+/** Long polls of the event stream hold a slot each; the gateway bounds them (64) below this. */
+const MAX_IN_FLIGHT = 256;
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -45,12 +53,27 @@ async function main(argv: string[]): Promise<number> {
     throw new Error('serve needs its channel on file descriptor 3; it listens on nothing itself');
 
   const config = await loadEndpointConfig(values.config);
-  const password = await readSecret(config.password, 'password');
-  const vault = await spawnVault(config.vaultConfig);
   const log = {
     warn: (m: string) => process.stderr.write(`endpoint: ${m}\n`),
     info: () => undefined,
   };
+  // Policy and audit log first: no point starting a device nobody may use, or unaudited.
+  const policy = await PolicyHolder.open(config.policy);
+  const audit = await AuditLog.open(config.auditLog);
+  try {
+    await audit.append({
+      client: null,
+      action: 'policy.load',
+      target: null,
+      decision: 'info',
+      reason: 'OK',
+    });
+  } catch (e) {
+    await audit.close();
+    throw e;
+  }
+  const password = await readSecret(config.password, 'password');
+  const vault = await spawnVault(config.vaultConfig);
   let service: EndpointService;
   try {
     service = await EndpointService.start({
@@ -59,56 +82,62 @@ async function main(argv: string[]): Promise<number> {
       homeserver: config.homeserver,
       user: config.user,
       password: password.toString('utf8'),
-      ...(config.trust ? { trust: config.trust } : {}),
+      trustFor: (roomId) => roomTrust(policy.current, roomId).trust,
       logger: log,
     });
+  } catch (e) {
+    await vault.stop();
+    await audit.close();
+    throw e;
   } finally {
     password.fill(0);
   }
   const { endpoint, outbox } = service;
+  const hub = new EventHub();
+  const offChanges = endpoint.onChange((event) => {
+    hub.push(
+      event.type === 'message'
+        ? { type: 'message', roomId: event.roomId, item: timelineItemWire(event.item) }
+        : event,
+    );
+  });
+  const reload = async (): Promise<void> => {
+    const result = await policy.reload();
+    if (result.ok && !result.changed) return;
+    if (result.ok) {
+      hub.dropClientsExcept(new Set(policy.current.clients.map((c) => c.name)));
+    } else {
+      log.warn(`policy reload refused, keeping the last valid policy: ${result.error}`);
+    }
+    await audit
+      .append({
+        client: null,
+        action: 'policy.reload',
+        target: null,
+        decision: result.ok ? 'info' : 'deny',
+        reason: result.ok ? 'OK' : 'POLICY_INVALID',
+      })
+      .catch(() => {
+        log.warn('cannot write the audit log; every request is refused until it can be');
+      });
+  };
+  watchFile(config.policy, { interval: 1000 }, () => void reload());
+  const onHup = (): void => void reload();
+  process.on('SIGHUP', onHup);
+
   const connection = serve(
     socketChannel(new Socket({ fd: 3, readable: true, writable: true })),
     endpointContract,
+    apiHandlers({
+      endpoint,
+      outbox,
+      authorizer: new Authorizer(policy),
+      audit,
+      policy: () => policy.current,
+      hub,
+    }),
     {
-      status: async () => ({
-        userId: endpoint.userId,
-        deviceId: endpoint.deviceId,
-        pendingSends: (await outbox.pending()).length,
-      }),
-      createRoom: async (p) => ({
-        roomId: await endpoint.createRoom({
-          invite: p.invite,
-          ...(p.isDirect === undefined ? {} : { isDirect: p.isDirect }),
-          ...(p.name === undefined ? {} : { name: p.name }),
-        }),
-      }),
-      sendText: async ({ roomId, body }) => ({ txnId: (await outbox.enqueue(roomId, body)).txnId }),
-      timeline: async ({ roomId, limit }) => {
-        const { items } = await endpoint.timeline(roomId, { limit });
-        return {
-          items: items.map((i) =>
-            isDecrypted(i)
-              ? {
-                  eventId: i.eventId,
-                  sender: i.sender,
-                  ts: i.ts,
-                  decrypted: true,
-                  ...(typeof i.content.body === 'string' ? { body: i.content.body } : {}),
-                  encrypted: i.encrypted,
-                  verification: i.verification,
-                }
-              : {
-                  eventId: i.eventId,
-                  sender: i.sender,
-                  ts: i.ts,
-                  decrypted: false,
-                  reason: i.reason,
-                },
-          ),
-        };
-      },
-    },
-    {
+      maxInFlight: MAX_IN_FLIGHT,
       onError: (e, { method }) =>
         log.warn(
           `internal error in ${method ?? 'a request'}: ${e instanceof Error ? e.message : 'error'}`,
@@ -121,8 +150,12 @@ async function main(argv: string[]): Promise<number> {
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
   await connection.closed;
+  unwatchFile(config.policy);
+  process.off('SIGHUP', onHup);
+  offChanges();
   await service.stop();
   await vault.stop();
+  await audit.close();
   return 0;
 }
 

@@ -13,6 +13,8 @@ const entrySchema = z.object({
   txnId: z.string().min(1),
   roomId: z.string().min(1),
   body: z.string(),
+  /** The event this message replies to. */
+  replyTo: z.string().optional(),
   acceptedAt: z.number(),
   seq: z.number().int().nonnegative(),
 });
@@ -48,13 +50,18 @@ export class Outbox {
   }
 
   /** Persists the message; resolves once it is durable. Sending happens in the background. */
-  async enqueue(roomId: string, body: string): Promise<OutboxEntry> {
+  async enqueue(
+    roomId: string,
+    body: string,
+    options: { replyTo?: string } = {},
+  ): Promise<OutboxEntry> {
     const pending = await this.pending();
     this.#seq = Math.max(this.#seq, ...pending.map((p) => p.seq + 1));
     const entry: OutboxEntry = {
       txnId: `mte.${randomBytes(12).toString('hex')}`,
       roomId,
       body,
+      ...(options.replyTo === undefined ? {} : { replyTo: options.replyTo }),
       acceptedAt: Date.now(),
       seq: this.#seq++,
     };

@@ -24,6 +24,8 @@ export interface ServiceOptions {
   user: string;
   password: string;
   trust?: TrustSettings;
+  /** Per-room trust from the policy; overrides `trust`. */
+  trustFor?: (roomId: string) => TrustSettings;
   logger?: Logger;
 }
 
@@ -33,6 +35,13 @@ const sessionSchema = z.object({
   accessToken: z.string(),
 });
 const CRYPTO_DB = 'mte-crypto';
+const roomsSchema = z.array(
+  z.object({
+    roomId: z.string(),
+    membership: z.enum(['join', 'invite']),
+    members: z.array(z.string()),
+  }),
+);
 
 export class EndpointService {
   readonly endpoint: Endpoint;
@@ -93,18 +102,28 @@ export class EndpointService {
         await state.put('session', session);
       }
       const since = await state.get('sync/since', z.string());
+      const rooms = await state.get('rooms', roomsSchema);
       const endpoint = await Endpoint.start({
         api,
         store: { name: CRYPTO_DB, key: engineKey },
         password: options.password,
         ...(since ? { since } : {}),
         saveSince: (token) => state.put('sync/since', token),
+        ...(rooms ? { rooms } : {}),
+        saveRooms: (list) => state.put('rooms', list),
         ...(options.trust ? { trust: options.trust } : {}),
+        ...(options.trustFor ? { trustFor: options.trustFor } : {}),
         logger: log,
       });
       const outbox = new Outbox(
         state,
-        (entry) => endpoint.sendText(entry.roomId, entry.body, entry.txnId),
+        (entry) =>
+          endpoint.sendText(
+            entry.roomId,
+            entry.body,
+            entry.txnId,
+            entry.replyTo === undefined ? {} : { replyTo: entry.replyTo },
+          ),
         log,
       );
       void outbox.pump(); // whatever a previous run accepted and did not get acknowledged

@@ -198,6 +198,10 @@ export class Authorizer {
     if (!client.view.capabilities.has(action)) {
       return deny('FORBIDDEN_CAPABILITY', `this client may not use ${action}`);
     }
+    if (action === 'rooms.create' && client.view.rooms !== null) {
+      // It could not use the room it made; and rooms are how a limited client would widen itself.
+      return deny('FORBIDDEN_ROOM', 'a client limited to some rooms may not create rooms');
+    }
     if (roomId === undefined && ROOM_SCOPED.has(action)) {
       return deny('INVALID_REQUEST', `${action} needs a room id`);
     }

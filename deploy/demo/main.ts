@@ -108,14 +108,16 @@ async function main(): Promise<number> {
     });
 
     const alice = await synapse.registerUser('alice');
+    let token = '';
     const tpm = await step<Swtpm>('TPM 2.0 (swtpm) and the keyvault on it', async () => {
       const t = await startSwtpm();
       stops.push(() => t.stop());
-      const { provisioned } = await prepareCompartments(dir, {
+      const { provisioned, tokens } = await prepareCompartments(dir, {
         homeserver: synapse.baseUrl,
         tpm: t,
         user: alice,
       });
+      token = tokens.test ?? '';
       return [
         t,
         `provisioned ${provisioned.created.length} items: store key and Ed25519 seed sealed to PCR 16, X.509 RSA key, attestation key, NV counter`,
@@ -127,7 +129,7 @@ async function main(): Promise<number> {
       async () => {
         const e = await spawnEndpoint(join(dir, 'endpoint.json'));
         stops.push(() => e.stop());
-        const status = await e.client.call('status', {});
+        const status = await e.client.call('status', { auth: { token } });
         return [
           e,
           `${status.userId}, device ${status.deviceId}; its crypto store is sealed by the TPM's store key`,
@@ -151,6 +153,7 @@ async function main(): Promise<number> {
 
     await step('An encrypted conversation, both ways', async () => {
       const { roomId } = await endpoint.client.call('createRoom', {
+        auth: { token },
         invite: [bob.userId],
         isDirect: true,
       });
@@ -158,7 +161,7 @@ async function main(): Promise<number> {
       await bob.waitForMember(roomId, alice.userId);
 
       const first = 'Hello Bob. My keys live in a TPM.';
-      await endpoint.client.call('sendText', { roomId, body: first });
+      await endpoint.client.call('send', { auth: { token }, roomId, body: first });
       const atBob = await bob.waitForMessage(roomId, first);
       conversation.push({
         from: alice.userId,
@@ -171,7 +174,11 @@ async function main(): Promise<number> {
       await bob.sendText(roomId, reply);
       let seen: TimelineItemWire | undefined;
       for (let i = 0; i < 120 && !seen; i++) {
-        const { items } = await endpoint.client.call('timeline', { roomId, limit: 20 });
+        const { items } = await endpoint.client.call('timeline', {
+          auth: { token },
+          roomId,
+          limit: 20,
+        });
         seen = items.find((item) => item.body === reply);
         if (!seen) await new Promise((r) => setTimeout(r, 250));
       }

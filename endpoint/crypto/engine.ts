@@ -241,7 +241,13 @@ export class CryptoEngine {
    * Encrypts `content` for a room: makes sure every member's devices are known and have an
    * Olm session, shares the room key per the sharing strategy, then encrypts.
    */
-  encrypt(roomId: string, type: string, content: object, members: string[]): Promise<object> {
+  encrypt(
+    roomId: string,
+    type: string,
+    content: object,
+    members: string[],
+    trust: TrustSettings = this.#trust,
+  ): Promise<object> {
     return this.#inRoomOrder(roomId, async () => {
       // wasm-bindgen takes ownership of the ids in an array argument: a fresh array per call.
       const users = (): UserId[] => members.flatMap(toUserId);
@@ -253,7 +259,7 @@ export class CryptoEngine {
       for (const request of await this.machine.shareRoomKey(
         room,
         users(),
-        encryptionSettings(this.#trust),
+        encryptionSettings(trust),
       )) {
         await this.#send(request);
       }
@@ -266,6 +272,7 @@ export class CryptoEngine {
   async decrypt(
     roomId: string,
     event: RoomEvent,
+    trust: TrustSettings = this.#trust,
   ): Promise<DecryptedMessage | UndecryptableMessage> {
     if (event.type !== 'm.room.encrypted') {
       return {
@@ -285,7 +292,7 @@ export class CryptoEngine {
       const decrypted = await this.machine.decryptRoomEvent(
         JSON.stringify({ ...event, room_id: roomId }),
         new RoomId(roomId),
-        decryptionSettings(this.#trust),
+        decryptionSettings(trust),
       );
       const clear = JSON.parse(decrypted.event) as { type?: unknown; content?: unknown };
       // Strict mode: no shield at all only for a verified sender's device. The device id is

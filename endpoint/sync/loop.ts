@@ -8,6 +8,8 @@ export interface SyncHandlers {
   /** State and timeline membership changes, for the room list. */
   invited(roomId: string): Promise<void>;
   joined(roomId: string, members: { userId: string; membership: string }[]): Promise<void>;
+  /** We left the room, or were kicked or banned from it. */
+  left(roomId: string): Promise<void>;
   /** Persist the token only after everything before it was handled (resume point). */
   saveSince(token: string): Promise<void>;
 }
@@ -94,6 +96,7 @@ export class SyncLoop {
     await this.#engine.processOutgoing();
     for (const roomId of Object.keys(sync.rooms?.invite ?? {}))
       await this.#handlers.invited(roomId);
+    for (const roomId of Object.keys(sync.rooms?.leave ?? {})) await this.#handlers.left(roomId);
     for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
       const members = [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])]
         .filter((e) => e.type === 'm.room.member' && typeof e.state_key === 'string')

@@ -1,0 +1,245 @@
+import { RpcError } from '../../keyvault/rpc/index.ts';
+import type { Handlers } from '../../keyvault/rpc/index.ts';
+import {
+  type AuditRecord,
+  type AuthorizedClient,
+  type Authorizer,
+  type Policy,
+  auditRecordFor,
+  roomTrust,
+} from '../../policy/index.ts';
+import type { EndpointContract, StreamEvent } from '../contract.ts';
+import type { Endpoint } from '../device.ts';
+import { MatrixApiError } from '../matrix/index.ts';
+import type { Outbox } from '../outbox.ts';
+import type { EventHub } from './events.ts';
+import { timelineItemWire } from './wire.ts';
+
+export interface ApiDependencies {
+  endpoint: Endpoint;
+  outbox: Outbox;
+  authorizer: Authorizer;
+  /** Resolves once the record is durable; rejects if the log cannot be written. */
+  audit: { append(record: AuditRecord): Promise<unknown> };
+  policy: () => Policy;
+  hub: EventHub;
+}
+
+/** Bounds on what contact listings return (they must fit in one RPC frame). */
+const MAX_CONTACTS = 500;
+const MAX_DEVICES = 50;
+
+/**
+ * The endpoint contract's handlers: every call is authorised against the policy and the
+ * decision appended (durably) to the audit log before anything is done or refused. If the audit
+ * log cannot be written the call fails with AUDIT_UNAVAILABLE and nothing is done.
+ */
+export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
+  const { endpoint, outbox, authorizer, hub } = deps;
+
+  const guard = async (
+    token: string,
+    action: string,
+    scope: { roomId?: string; target?: string; charge?: boolean; audit?: boolean } = {},
+  ): Promise<AuthorizedClient> => {
+    const decision = authorizer.authorize({
+      token,
+      action,
+      roomId: scope.roomId,
+      ...(scope.charge === false ? { charge: false } : {}),
+    });
+    if (scope.audit !== false || !decision.allowed) {
+      const record = auditRecordFor({ action, roomId: scope.roomId }, decision);
+      try {
+        await deps.audit.append(
+          scope.target === undefined ? record : { ...record, target: scope.target },
+        );
+      } catch {
+        throw new RpcError(
+          'AUDIT_UNAVAILABLE',
+          'the audit log cannot be written, so nothing is being done',
+        );
+      }
+    }
+    if (!decision.allowed) {
+      throw new RpcError(
+        decision.code,
+        decision.reason,
+        decision.retryAfterMs === undefined ? {} : { retryAfterMs: decision.retryAfterMs },
+      );
+    }
+    return decision.client;
+  };
+
+  const joinedRoom = (roomId: string): void => {
+    if (endpoint.room(roomId)?.membership !== 'join') {
+      throw new RpcError('NOT_FOUND', 'the endpoint is not joined to this room');
+    }
+  };
+
+  /** The rooms a client may see, with the policy's rules for each. */
+  const visibleRooms = (client: AuthorizedClient) =>
+    endpoint.rooms().filter((r) => client.mayAccessRoom(r.roomId));
+
+  const contactsOf = async (client: AuthorizedClient, only?: string) => {
+    const byUser = new Map<string, string[]>();
+    for (const room of visibleRooms(client)) {
+      if (room.membership !== 'join') continue;
+      for (const member of room.members) {
+        if (member === endpoint.userId || (only !== undefined && member !== only)) continue;
+        const rooms = byUser.get(member) ?? [];
+        rooms.push(room.roomId);
+        byUser.set(member, rooms);
+      }
+    }
+    const users = [...byUser.keys()].sort().slice(0, MAX_CONTACTS);
+    const contacts = [];
+    for (const userId of users) {
+      const devices = await endpoint.engine.devices(userId).catch(() => []);
+      contacts.push({
+        userId,
+        rooms: byUser.get(userId) ?? [],
+        devices: devices.slice(0, MAX_DEVICES),
+      });
+    }
+    return contacts;
+  };
+
+  return {
+    ready: () => Promise.resolve({}),
+
+    status: async ({ auth }) => {
+      const client = await guard(auth.token, 'status');
+      return {
+        userId: endpoint.userId,
+        deviceId: endpoint.deviceId,
+        pendingSends: (await outbox.pending()).length,
+        client: { name: client.name, capabilities: [...client.capabilities].sort() },
+      };
+    },
+
+    rooms: async ({ auth }) => {
+      const client = await guard(auth.token, 'rooms.read');
+      const policy = deps.policy();
+      return {
+        rooms: visibleRooms(client).map((r) => {
+          const rules = roomTrust(policy, r.roomId);
+          return {
+            roomId: r.roomId,
+            membership: r.membership,
+            members: [...r.members].sort(),
+            roomKeyRecipients: rules.roomKeyRecipients,
+            showUnverifiedMessages: rules.showUnverifiedMessages,
+          };
+        }),
+      };
+    },
+
+    timeline: async ({ auth, roomId, limit, from }) => {
+      await guard(auth.token, 'messages.read', { roomId });
+      joinedRoom(roomId);
+      const page = await upstream(() =>
+        endpoint.timeline(roomId, { limit, ...(from === undefined ? {} : { from }) }),
+      );
+      return {
+        items: page.items.map(timelineItemWire),
+        ...(page.next === undefined ? {} : { next: page.next }),
+      };
+    },
+
+    send: async ({ auth, roomId, body, replyTo }) => {
+      await guard(auth.token, 'messages.send', { roomId });
+      joinedRoom(roomId);
+      const entry = await outbox.enqueue(roomId, body, replyTo === undefined ? {} : { replyTo });
+      return { txnId: entry.txnId };
+    },
+
+    createRoom: async ({ auth, invite, isDirect, name }) => {
+      await guard(auth.token, 'rooms.create');
+      const unique = [...new Set(invite)].filter((u) => u !== endpoint.userId);
+      const roomId = await upstream(() =>
+        endpoint.createRoom({
+          invite: unique,
+          ...(isDirect === undefined ? {} : { isDirect }),
+          ...(name === undefined ? {} : { name }),
+        }),
+      );
+      return { roomId };
+    },
+
+    invite: async ({ auth, roomId, userId }) => {
+      await guard(auth.token, 'rooms.manage', { roomId });
+      joinedRoom(roomId);
+      await upstream(() => endpoint.invite(roomId, userId));
+      return {};
+    },
+
+    leave: async ({ auth, roomId }) => {
+      await guard(auth.token, 'rooms.manage', { roomId });
+      if (endpoint.room(roomId) === undefined) {
+        throw new RpcError('NOT_FOUND', 'the endpoint is not in this room');
+      }
+      await upstream(() => endpoint.leave(roomId));
+      return {};
+    },
+
+    contacts: async ({ auth }) => {
+      const client = await guard(auth.token, 'contacts.read');
+      return { contacts: await contactsOf(client) };
+    },
+
+    contact: async ({ auth, userId }) => {
+      const client = await guard(auth.token, 'contacts.read', { target: userId });
+      const [found] = await contactsOf(client, userId);
+      if (found === undefined) {
+        throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
+      }
+      return found;
+    },
+
+    subscribe: async ({ auth }) => {
+      const client = await guard(auth.token, 'events.stream');
+      const result = hub.subscribe(client.name);
+      if (!result.ok) throw new RpcError('RATE_LIMITED', result.reason, { retryAfterMs: 1000 });
+      return { subscription: result.subscription, cursor: result.cursor };
+    },
+
+    events: async ({ auth, subscription, after, waitMs }, ctx) => {
+      // Paid for at subscribe; still checked on every poll, so a revoked token stops the stream.
+      const client = await guard(auth.token, 'events.stream', { charge: false, audit: false });
+      if (!hub.owns(client.name, subscription)) {
+        throw new RpcError('NOT_FOUND', 'no such event stream (closed, or idle for too long)');
+      }
+      const mayRead = client.capabilities.has('messages.read');
+      const visible = (event: StreamEvent): boolean =>
+        client.mayAccessRoom(event.roomId) && (event.type !== 'message' || mayRead);
+      return hub.poll(after, visible, { waitMs, max: 100, signal: ctx.signal });
+    },
+
+    unsubscribe: async ({ auth, subscription }) => {
+      const client = await guard(auth.token, 'events.stream', { charge: false, audit: false });
+      if (!hub.unsubscribe(client.name, subscription)) {
+        throw new RpcError('NOT_FOUND', 'no such event stream');
+      }
+      return {};
+    },
+  };
+}
+
+/** Homeserver failures, as codes a UI can act on. Nothing of the server's body is passed on. */
+async function upstream<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (e) {
+    if (e instanceof MatrixApiError) {
+      if (e.status === 403 || e.status === 404) {
+        throw new RpcError('NOT_FOUND', `the homeserver refused (${e.errcode})`);
+      }
+      if (e.status === 400) {
+        throw new RpcError('INVALID_REQUEST', `the homeserver refused the request (${e.errcode})`);
+      }
+      throw new RpcError('UPSTREAM_FAILED', `the homeserver failed (${e.errcode})`);
+    }
+    throw e;
+  }
+}
