@@ -1,0 +1,29 @@
+import type { FastifyInstance } from 'fastify';
+import type { GatewayContext, JsonRoute, RouteDoc } from '../route.ts';
+import { registerJsonRoute } from '../route.ts';
+import { contactRoutes } from './contacts.ts';
+import { eventsRoute } from './events.ts';
+import { messageRoutes } from './messages.ts';
+import { openApiRoute } from './openapi.ts';
+import { roomRoutes } from './rooms.ts';
+import { statusRoutes } from './status.ts';
+
+/** The JSON routes that forward one call each to the endpoint. */
+export const jsonRoutes: readonly JsonRoute[] = [
+  ...statusRoutes,
+  ...roomRoutes,
+  ...messageRoutes,
+  ...contactRoutes,
+];
+
+/** Every route the gateway serves, in the OpenAPI document's order. */
+export const allRoutes: readonly RouteDoc[] = [...jsonRoutes, eventsRoute, openApiRoute];
+
+/** One plugin per group of routes would only repeat this loop: they share one registrar. */
+export async function jsonRoutesPlugin(
+  app: FastifyInstance,
+  opts: { ctx: GatewayContext; routes: readonly JsonRoute[] },
+): Promise<void> {
+  for (const route of opts.routes) registerJsonRoute(app, route, opts.ctx);
+  return Promise.resolve();
+}

@@ -1,0 +1,143 @@
+/**
+ * A fake endpoint for the gateway's unit tests: the real RPC (serve/createClient over an
+ * in-process channel) with handlers that answer from fixed data and record every call. Faking
+ * this boundary is fine here; the integration tests run the gateway against the real endpoint.
+ */
+import {
+  type Handlers,
+  RpcError,
+  createClient,
+  inProcessPair,
+  serve,
+} from '../../keyvault/rpc/index.ts';
+import { type EndpointContract, endpointContract } from '../../endpoint/contract.ts';
+
+export const TOKEN = 'good-token_0123456789abcdefghijklmnopqrstuvw';
+export const ROOM = '!room:example.org';
+
+export interface Call {
+  method: string;
+  params: Record<string, unknown>;
+}
+
+function checkToken(params: { auth: { token: string } }): void {
+  if (params.auth.token !== TOKEN) throw new RpcError('UNAUTHENTICATED', 'unknown token');
+}
+
+export function defaultHandlers(): Handlers<EndpointContract> {
+  return {
+    ready: async () => Promise.resolve({}),
+    status: async (p) => {
+      checkToken(p);
+      return Promise.resolve({
+        userId: '@bot:example.org',
+        deviceId: 'DEVICE',
+        pendingSends: 0,
+        client: { name: 'ui', capabilities: ['rooms.read'] },
+      });
+    },
+    rooms: async (p) => {
+      checkToken(p);
+      return Promise.resolve({
+        rooms: [
+          {
+            roomId: ROOM,
+            membership: 'join' as const,
+            members: ['@bot:example.org'],
+            roomKeyRecipients: 'cross-signed' as const,
+            showUnverifiedMessages: false,
+          },
+        ],
+      });
+    },
+    timeline: async (p) => {
+      checkToken(p);
+      return Promise.resolve({
+        items: [{ eventId: '$e1', sender: '@a:example.org', ts: 1, decrypted: true, body: 'hi' }],
+        next: 'tok1',
+      });
+    },
+    send: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ txnId: 'txn1' });
+    },
+    createRoom: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ roomId: '!new:example.org' });
+    },
+    invite: async (p) => {
+      checkToken(p);
+      return Promise.resolve({});
+    },
+    leave: async (p) => {
+      checkToken(p);
+      return Promise.resolve({});
+    },
+    contacts: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ contacts: [] });
+    },
+    contact: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ userId: p.userId, rooms: [ROOM], devices: [] });
+    },
+    subscribe: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ subscription: 'sub_0123456789abcdefghijkl', cursor: 10 });
+    },
+    events: async (p, ctx) => {
+      checkToken(p);
+      // Nothing new: wait out the poll (or until the call is abandoned).
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, p.waitMs);
+        ctx.signal.addEventListener('abort', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      return { events: [], cursor: p.after, gap: false };
+    },
+    unsubscribe: async (p) => {
+      checkToken(p);
+      return Promise.resolve({});
+    },
+  };
+}
+
+export interface FakeEndpoint {
+  client: ReturnType<typeof createClient<EndpointContract>>;
+  calls: Call[];
+  close(): void;
+}
+
+export function fakeEndpoint(overrides: Partial<Handlers<EndpointContract>> = {}): FakeEndpoint {
+  const [clientEnd, serverEnd] = inProcessPair();
+  const calls: Call[] = [];
+  const handlers = { ...defaultHandlers(), ...overrides } as Record<
+    string,
+    (params: unknown, ctx: unknown) => Promise<unknown>
+  >;
+  const recorded = Object.fromEntries(
+    Object.entries(handlers).map(([method, handler]) => [
+      method,
+      (params: unknown, ctx: unknown) => {
+        calls.push({ method, params: params as Record<string, unknown> });
+        return handler(params, ctx);
+      },
+    ]),
+  ) as unknown as Handlers<EndpointContract>;
+  const server = serve(serverEnd, endpointContract, recorded, { maxInFlight: 1000 });
+  const client = createClient(clientEnd, endpointContract, { timeoutMs: 5_000 });
+  return {
+    client,
+    calls,
+    close() {
+      client.close();
+      server.close();
+    },
+  };
+}
+
+export function bearer(token = TOKEN): { authorization: string } {
+  return { authorization: `Bearer ${token}` };
+}
