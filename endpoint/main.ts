@@ -9,6 +9,7 @@ import { unwatchFile, watchFile } from 'node:fs';
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
+import { z } from 'zod';
 import { readSecret } from '../keyvault/secret.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/rpc/index.ts';
@@ -93,6 +94,7 @@ async function main(argv: string[]): Promise<number> {
     password.fill(0);
   }
   const { endpoint, outbox } = service;
+  const stopCheckpoints = await checkpointAuditHead(service, audit, log);
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
     hub.push(
@@ -153,10 +155,57 @@ async function main(argv: string[]): Promise<number> {
   unwatchFile(config.policy);
   process.off('SIGHUP', onHup);
   offChanges();
+  await stopCheckpoints();
   await service.stop();
   await vault.stop();
   await audit.close();
   return 0;
+}
+
+const auditHead = z.object({ seq: z.number().int().min(0), hash: z.string() });
+const CHECKPOINT_MS = 5000;
+
+/**
+ * Cutting entries off the end of the audit log leaves a valid chain. So the log's head is
+ * also kept in the sealed store (which the vault's counter guards against rollback), and a
+ * log that ends before the recorded head is reported, on stderr and in the log itself.
+ * Entries written since the last checkpoint (at most CHECKPOINT_MS before a crash) are not
+ * covered.
+ */
+async function checkpointAuditHead(
+  service: EndpointService,
+  audit: AuditLog,
+  log: { warn(m: string): void },
+): Promise<() => Promise<void>> {
+  const state = service.store.appState;
+  const recorded = await state.get('audit/head', auditHead);
+  if (recorded && recorded.seq > audit.head.seq) {
+    log.warn(
+      `SECURITY: the audit log ends at entry ${audit.head.seq} but reached ${recorded.seq} before: entries were cut off`,
+    );
+    await audit.append({
+      client: null,
+      action: 'audit.recover',
+      target: null,
+      decision: 'info',
+      reason: 'AUDIT_TRUNCATED',
+    });
+  }
+  let saved = recorded?.seq ?? -1;
+  const save = async (): Promise<void> => {
+    const head = audit.head;
+    if (head.seq === saved) return;
+    await state.put('audit/head', head);
+    saved = head.seq;
+  };
+  await save();
+  const timer = setInterval(() => {
+    save().catch(() => undefined);
+  }, CHECKPOINT_MS);
+  return async () => {
+    clearInterval(timer);
+    await save().catch(() => undefined);
+  };
 }
 
 main(process.argv.slice(2)).then(

@@ -1,4 +1,5 @@
 import { cp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
@@ -344,4 +345,26 @@ describe('the audit log', () => {
   it('the endpoint wrote nothing to stderr about internal errors', () => {
     expect(stderr.filter((l) => /internal error/.test(l))).toEqual([]);
   });
+});
+
+describe('cutting entries off the end of the audit log', () => {
+  it('is noticed at the next start (the head is kept in the sealed store)', async () => {
+    await endpoint.stop();
+    const lines = (await readFile(auditLog, 'utf8')).trim().split('\n');
+    await writeFile(auditLog, `${lines.slice(0, -5).join('\n')}\n`);
+    // The shortened chain still verifies on its own: that is why the head is kept elsewhere.
+    expect(await verifyAuditLog(auditLog)).toMatchObject({ ok: true });
+    const restartErr: string[] = [];
+    endpoint = await spawnEndpoint(join(dir, 'endpoint.json'), {
+      onStderr: (l) => restartErr.push(l),
+    });
+    expect(restartErr.some((l) => /SECURITY: the audit log ends at entry/.test(l))).toBe(true);
+    const entries = await auditEntries();
+    expect(
+      entries.some((e) => e.action === 'audit.recover' && e.reason === 'AUDIT_TRUNCATED'),
+    ).toBe(true);
+    // And the endpoint serves on, its chain intact from there.
+    await expect(endpoint.client.call('status', { auth: auth('full') })).resolves.toBeDefined();
+    expect(await verifyAuditLog(auditLog)).toMatchObject({ ok: true });
+  }, 120_000);
 });
