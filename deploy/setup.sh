@@ -6,6 +6,8 @@
 #                    when the machine's node is not 24 (the system's node is never replaced)
 #   npm 11           into .tools/npm, only when the machine's npm is missing or older
 #   Synapse          a Python venv in .tools/venv, pinned by deploy/synapse-requirements.txt
+#   schemathesis     the local API's fuzzer, a venv of its own in .tools/fuzz-venv, pinned by
+#                    deploy/fuzz-requirements.txt (Python 3.11 or newer)
 #   npm ci           the locked dependencies, rebuilt only when package-lock.json changes
 #
 # Everything fetched is pinned (Node and npm by their registry integrity hash). It writes
@@ -133,6 +135,24 @@ if [ "$(cat "$TOOLS/venv/.requirements.sha256" 2>/dev/null)" != "$req_hash" ] ||
   echo "$req_hash" >"$TOOLS/venv/.requirements.sha256"
 fi
 
+# --- schemathesis in a venv of its own -----------------------------------------------------
+# Apart from Synapse's venv so that neither pins the other's dependencies.
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  die "schemathesis needs Python 3.11 or newer ($PYTHON is older)"
+fuzz_hash=$(sha256sum "$ROOT/deploy/fuzz-requirements.txt" | cut -d' ' -f1)
+fuzz_version() { "$TOOLS/fuzz-venv/bin/python" -c 'from importlib.metadata import version; print(version("schemathesis"))' 2>/dev/null; }
+if [ "$(cat "$TOOLS/fuzz-venv/.requirements.sha256" 2>/dev/null)" != "$fuzz_hash" ] ||
+  [ ! -x "$TOOLS/fuzz-venv/bin/schemathesis" ] || [ -z "$(fuzz_version)" ]; then
+  say "installing schemathesis into .tools/fuzz-venv (about half a minute)"
+  rm -rf "$TOOLS/fuzz-venv"
+  "$PYTHON" -m venv "$TOOLS/fuzz-venv" >"$TOOLS/fuzz-venv.log" 2>&1 ||
+    die "could not create a Python venv for schemathesis (details in .tools/fuzz-venv.log)"
+  "$TOOLS/fuzz-venv/bin/pip" install --disable-pip-version-check --no-input -q \
+    -r "$ROOT/deploy/fuzz-requirements.txt" >>"$TOOLS/fuzz-venv.log" 2>&1 ||
+    die "pip could not install schemathesis (details in .tools/fuzz-venv.log)"
+  echo "$fuzz_hash" >"$TOOLS/fuzz-venv/.requirements.sha256"
+fi
+
 # --- npm ci ---------------------------------------------------------------------------------
 # node-gyp builds pkcs11js against the headers of the node that will run it, offline.
 export npm_config_nodedir="$NODE_DIR"
@@ -148,5 +168,6 @@ cat >"$TOOLS/env" <<EOF
 # Written by deploy/setup.sh: the tools it chose. Sourced by deploy/demo.sh and test/run.sh.
 export PATH="$(dirname "$NODE_BIN"):${TOOLS}/bin:\$PATH"
 export MTE_SYNAPSE_PYTHON="$TOOLS/venv/bin/python"
+export MTE_SCHEMATHESIS="$TOOLS/fuzz-venv/bin/schemathesis"
 EOF
-say "ready: node $("$NODE_BIN" --version), npm $(npm --version), $("$TOOLS/venv/bin/python" -c 'import synapse; print("synapse", synapse.__version__)'), $(swtpm --version | head -1 | sed 's/,.*//')"
+say "ready: node $("$NODE_BIN" --version), npm $(npm --version), $("$TOOLS/venv/bin/python" -c 'import synapse; print("synapse", synapse.__version__)'), schemathesis $(fuzz_version), $(swtpm --version | head -1 | sed 's/,.*//')"
