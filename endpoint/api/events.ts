@@ -71,7 +71,7 @@ export class EventHub {
 
   push(event: HubInput): void {
     this.#head += 1;
-    this.#buffer.push({ ...event, seq: this.#head } as StreamEvent);
+    this.#buffer.push({ ...event, seq: this.#head });
     if (this.#buffer.length > this.#limits.capacity) this.#buffer.shift();
     for (const wake of [...this.#waiters]) wake();
   }
