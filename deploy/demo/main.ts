@@ -1,16 +1,22 @@
 /**
  * The demo, the README's main command. It starts a local Synapse and an swtpm TPM, provisions
  * the keyvault on the TPM, launches the endpoint compartment (which launches its vault
- * compartment), and a stock matrix-js-sdk client; then the two hold an end-to-end encrypted
- * conversation, each message shown with its verification state. Later issues add the local
- * API, verification and attestation.
+ * compartment) behind the gateway (the local API, on a Unix socket), and a stock matrix-js-sdk
+ * client; then the two hold an end-to-end encrypted conversation through the local API, each
+ * message shown with its verification state, and the policy refuses what a client may not do.
+ * Later issues add verification and attestation.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { TimelineItemWire } from '../../endpoint/contract.ts';
-import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
+import {
+  type SpawnedGateway,
+  type SseEvent,
+  openEventStream,
+  spawnGateway,
+} from '../../endpoint/gateway/index.ts';
+import { verifyAuditLog } from '../../policy/index.ts';
 import {
   StockPeer,
   type Swtpm,
@@ -23,9 +29,11 @@ import {
 const usage = `Usage: bash deploy/demo.sh [--json] [--keep]
 
 Starts a local Synapse homeserver and an swtpm TPM 2.0, provisions the keyvault on the TPM,
-launches the endpoint (its vault runs as a separate process), and a stock Matrix client
-(matrix-js-sdk with its Rust crypto). The two exchange end-to-end encrypted messages both
-ways; each is shown with its verification state. Then everything is stopped again.
+launches the gateway (the local API on a Unix socket), the endpoint and its vault (separate
+processes), and a stock Matrix client (matrix-js-sdk with its Rust crypto). The two exchange
+end-to-end encrypted messages both ways through the local API; each is shown with its
+verification state; the policy refuses what a client may not do, and the audit log shows it.
+Then everything is stopped again.
 
   --json   print one JSON object with the results instead of progress lines
   --keep   leave everything running until Ctrl-C, to look around
@@ -109,33 +117,63 @@ async function main(): Promise<number> {
 
     const alice = await synapse.registerUser('alice');
     let token = '';
+    let botToken = '';
+    let auditLog = '';
     const tpm = await step<Swtpm>('TPM 2.0 (swtpm) and the keyvault on it', async () => {
       const t = await startSwtpm();
       stops.push(() => t.stop());
-      const { provisioned, tokens } = await prepareCompartments(dir, {
+      const prepared = await prepareCompartments(dir, {
         homeserver: synapse.baseUrl,
         tpm: t,
         user: alice,
+        clients: [
+          {
+            name: 'demo-ui',
+            capabilities: [
+              'rooms.read',
+              'messages.read',
+              'messages.send',
+              'rooms.create',
+              'contacts.read',
+              'events.stream',
+            ],
+          },
+          { name: 'alert-bot', capabilities: ['messages.send'], requestsPerMinute: 30 },
+        ],
       });
-      token = tokens.test ?? '';
+      const { provisioned } = prepared;
+      token = prepared.tokens['demo-ui'] ?? '';
+      botToken = prepared.tokens['alert-bot'] ?? '';
+      auditLog = prepared.auditLog;
       return [
         t,
         `provisioned ${provisioned.created.length} items: store key and Ed25519 seed sealed to PCR 16, X.509 RSA key, attestation key, NV counter`,
       ];
     });
 
-    const endpoint = await step<SpawnedEndpoint>(
-      'Endpoint compartment (launches its vault compartment)',
+    const gateway = await step<SpawnedGateway>(
+      'Gateway, endpoint and vault compartments (three processes)',
       async () => {
-        const e = await spawnEndpoint(join(dir, 'endpoint.json'));
-        stops.push(() => e.stop());
-        const status = await e.client.call('status', { auth: { token } });
+        const config = join(dir, 'gateway.json');
+        await writeFile(
+          config,
+          JSON.stringify({ socket: 'api.sock', endpointConfig: 'endpoint.json' }),
+        );
+        const g = await spawnGateway(config);
+        stops.push(() => g.stop());
+        const res = await g.request('/v1/status', { token });
+        const status = res.json() as { userId: string; deviceId: string };
         return [
-          e,
-          `${status.userId}, device ${status.deviceId}; its crypto store is sealed by the TPM's store key`,
+          g,
+          `GET /v1/status on ${g.socketPath ?? 'the socket'} (mode 0600): ${status.userId}, device ${status.deviceId}; its crypto store is sealed by the TPM's store key`,
         ];
       },
     );
+    const api = async (path: string, options: { method?: string; body?: unknown } = {}) => {
+      const res = await gateway.request(path, { token, ...options });
+      if (res.status >= 300) throw new Error(`${options.method ?? 'GET'} ${path}: ${res.text}`);
+      return res.json() as Record<string, unknown>;
+    };
 
     const bob = await step<StockPeer>(
       'Stock Matrix client (matrix-js-sdk, Rust crypto)',
@@ -151,17 +189,18 @@ async function main(): Promise<number> {
       },
     );
 
-    await step('An encrypted conversation, both ways', async () => {
-      const { roomId } = await endpoint.client.call('createRoom', {
-        auth: { token },
-        invite: [bob.userId],
-        isDirect: true,
-      });
+    await step('An encrypted conversation through the local API, both ways', async () => {
+      const { roomId } = (await api('/v1/rooms', {
+        method: 'POST',
+        body: { invite: [bob.userId], isDirect: true },
+      })) as { roomId: string };
       await bob.acceptInvite(roomId);
       await bob.waitForMember(roomId, alice.userId);
+      const room = encodeURIComponent(roomId);
+      const stream = await openEventStream(gateway.target, { token });
 
       const first = 'Hello Bob. My keys live in a TPM.';
-      await endpoint.client.call('send', { auth: { token }, roomId, body: first });
+      await api(`/v1/rooms/${room}/messages`, { method: 'POST', body: { body: first } });
       const atBob = await bob.waitForMessage(roomId, first);
       conversation.push({
         from: alice.userId,
@@ -172,22 +211,23 @@ async function main(): Promise<number> {
 
       const reply = 'Hi! Decrypted here by a stock matrix-js-sdk.';
       await bob.sendText(roomId, reply);
-      let seen: TimelineItemWire | undefined;
-      for (let i = 0; i < 120 && !seen; i++) {
-        const { items } = await endpoint.client.call('timeline', {
-          auth: { token },
-          roomId,
-          limit: 20,
-        });
-        seen = items.find((item) => item.body === reply);
-        if (!seen) await new Promise((r) => setTimeout(r, 250));
+      // The reply arrives on the event stream (server-sent events), decrypted by the endpoint.
+      type Item = { sender: string; body?: string; verification?: string };
+      let seen: Item | undefined;
+      const deadline = Date.now() + 30_000;
+      while (!seen && Date.now() < deadline) {
+        const event: SseEvent | undefined = await stream.next(deadline - Date.now());
+        if (event?.event !== 'message') continue;
+        const data = JSON.parse(event.data) as { item: Item };
+        if (data.item.body === reply) seen = data.item;
       }
-      if (!seen) throw new Error('the endpoint did not receive the reply');
+      stream.close();
+      if (!seen) throw new Error('the reply did not arrive on the event stream');
       conversation.push({
         from: bob.userId,
         body: seen.body ?? '',
         seenBy: alice.userId,
-        state: `decrypted; sender ${seen.verification ?? 'unknown'} (verification comes with issue 6)`,
+        state: `decrypted, on GET /v1/events; sender ${seen.verification ?? 'unknown'} (verification comes with issue 6)`,
       });
       for (const l of conversation) say(`    ${l.from} → ${l.seenBy}: "${l.body}"  [${l.state}]`);
       // What the homeserver stored: ciphertext only.
@@ -202,12 +242,29 @@ async function main(): Promise<number> {
       return [undefined, `room ${roomId}; the homeserver stored only Megolm ciphertext`];
     });
 
+    await step('The policy decides, the audit log records', async () => {
+      const noToken = await gateway.request('/v1/rooms');
+      const bot = await gateway.request('/v1/rooms', { token: botToken });
+      const botError = (bot.json() as { error: { code: string; message: string } }).error;
+      const verified = await verifyAuditLog(auditLog);
+      if (noToken.status !== 401 || bot.status !== 403 || !verified.ok) {
+        throw new Error('the policy or the audit log did not behave');
+      }
+      say(
+        `    no token → ${noToken.status}; alert-bot (messages.send only) lists rooms → ${bot.status} ${botError.code}: ${botError.message}`,
+      );
+      return [
+        undefined,
+        `${verified.count} audit entries, hash chain intact (node policy/main.ts audit verify ${auditLog})`,
+      ];
+    });
+
     if (args.keep && !json) {
       say(
         `\nEverything is running. Synapse: ${synapse.baseUrl}  swtpm: TPM2TOOLS_TCTI=${tpm.tcti}`,
       );
       say(
-        'The endpoint answers its launcher on fd 3 (see endpoint/contract.ts); the local API for UIs comes with issue 5.',
+        `The local API: curl --unix-socket ${gateway.socketPath ?? ''} -H 'Authorization: Bearer ${token}' http://localhost/v1/rooms`,
       );
       say('Press Ctrl-C to stop.');
       await new Promise(() => undefined);
