@@ -109,5 +109,6 @@ function oneSentence(message: string): string {
     .trim()
     .slice(0, 300);
   if (line === '') return 'The request failed.';
-  return /[.!?]$/.test(line) ? line : `${line}.`;
+  const capital = line.charAt(0).toUpperCase() + line.slice(1);
+  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
 }

@@ -1,0 +1,269 @@
+import type { FastifyInstance } from 'fastify';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type StreamEvent } from '../../endpoint/contract.ts';
+import { type Limits, buildGateway, listenGateway } from '../../endpoint/gateway/index.ts';
+import { RpcError } from '../../keyvault/rpc/index.ts';
+import {
+  type EventStream,
+  type GatewayTarget,
+  gatewayRequest,
+  openEventStream,
+} from '../fixtures/gateway-client.ts';
+import { type FakeEndpoint, ROOM, TOKEN, bearer, fakeEndpoint } from './gateway-helpers.ts';
+
+type Page = { events: StreamEvent[]; cursor: number; gap: boolean } | RpcError;
+
+/** A fake endpoint whose event polls answer from a script, then hold like an idle long poll. */
+function scripted(pages: Page[]) {
+  const polls: { after: number; waitMs: number }[] = [];
+  const fake = fakeEndpoint({
+    events: async (p, ctx) => {
+      polls.push({ after: p.after, waitMs: p.waitMs });
+      const next = pages.shift();
+      if (next instanceof RpcError) throw next;
+      if (next) return next;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, p.waitMs);
+        ctx.signal.addEventListener('abort', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      return { events: [], cursor: p.after, gap: false };
+    },
+  });
+  return { fake, polls };
+}
+
+const message = (seq: number, body: string): StreamEvent => ({
+  seq,
+  type: 'message',
+  roomId: ROOM,
+  item: { eventId: `$e${seq}`, sender: '@a:example.org', ts: seq, decrypted: true, body },
+});
+
+let app: FastifyInstance | undefined;
+let fake: FakeEndpoint | undefined;
+const streams: EventStream[] = [];
+afterEach(async () => {
+  for (const s of streams.splice(0)) s.close();
+  await app?.close();
+  fake?.close();
+  app = undefined;
+  fake = undefined;
+});
+
+async function start(f: FakeEndpoint, limits: Partial<Limits> = {}): Promise<GatewayTarget> {
+  fake = f;
+  app = buildGateway({ endpoint: f.client, limits: { eventWaitMs: 2_000, ...limits } });
+  const listening = await listenGateway(app, { tcp: { host: '127.0.0.1', port: 0 } });
+  if (!listening.tcp) throw new Error('not on TCP');
+  return { host: '127.0.0.1', port: listening.tcp.port };
+}
+
+async function open(target: GatewayTarget, options: { token?: string; lastEventId?: string } = {}) {
+  const stream = await openEventStream(target, { token: TOKEN, ...options });
+  streams.push(stream);
+  return stream;
+}
+
+async function until(check: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('gateway: GET /v1/events (Server-Sent Events)', () => {
+  it('frames each event as id/event/data, polling from the subscription cursor', async () => {
+    const { fake: f, polls } = scripted([
+      { events: [message(11, 'one'), message(12, 'two')], cursor: 12, gap: false },
+      {
+        events: [{ seq: 13, type: 'room', roomId: ROOM, membership: 'leave' }],
+        cursor: 13,
+        gap: false,
+      },
+    ]);
+    const target = await start(f);
+    const stream = await open(target);
+    expect(stream.status).toBe(200);
+    expect(stream.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    expect(stream.headers['cache-control']).toBe('no-store');
+    const first = await stream.next();
+    expect(first).toEqual({ id: '11', event: 'message', data: JSON.stringify(message(11, 'one')) });
+    expect((await stream.next())?.id).toBe('12');
+    const third = await stream.next();
+    expect(third?.event).toBe('room');
+    expect(JSON.parse(third?.data ?? '')).toEqual({
+      seq: 13,
+      type: 'room',
+      roomId: ROOM,
+      membership: 'leave',
+    });
+    // subscribe answered cursor 10: the first poll is after 10, then after each page's cursor.
+    await until(() => polls.length >= 3);
+    expect(polls.slice(0, 3).map((p) => p.after)).toEqual([10, 12, 13]);
+    expect(polls[0]?.waitMs).toBe(2_000);
+    expect(f.calls[0]).toEqual({ method: 'subscribe', params: { auth: { token: TOKEN } } });
+  });
+
+  it('resumes after Last-Event-ID', async () => {
+    const { fake: f, polls } = scripted([]);
+    const target = await start(f);
+    await open(target, { lastEventId: '7' });
+    await until(() => polls.length > 0);
+    expect(polls[0]?.after).toBe(7);
+  });
+
+  it('a Last-Event-ID beyond the cursor: event gap, then from the cursor', async () => {
+    const { fake: f, polls } = scripted([]);
+    const target = await start(f);
+    const stream = await open(target, { lastEventId: '99' });
+    const gap = await stream.next();
+    expect(gap).toEqual({
+      id: '10',
+      event: 'gap',
+      data: JSON.stringify({ after: 99, cursor: 10 }),
+    });
+    await until(() => polls.length > 0);
+    expect(polls[0]?.after).toBe(10);
+  });
+
+  it('a malformed Last-Event-ID: 400 naming the header, before subscribing', async () => {
+    const { fake: f } = scripted([]);
+    const target = await start(f);
+    for (const bad of ['abc', '-2', '1.5', '01', '9'.repeat(30)]) {
+      const res = await gatewayRequest(target, '/v1/events', {
+        token: TOKEN,
+        headers: { 'last-event-id': bad },
+      });
+      expect(res.status).toBe(400);
+      expect(res.text).toContain('header.Last-Event-ID');
+      expect(res.text).not.toContain(bad);
+    }
+    expect(f.calls).toEqual([]);
+  });
+
+  it('passes on the endpoint gap as event: gap, then the events it still has', async () => {
+    const { fake: f } = scripted([
+      { events: [message(50, 'late')], cursor: 50, gap: true },
+      { events: [], cursor: 60, gap: true },
+    ]);
+    const target = await start(f);
+    const stream = await open(target, { lastEventId: '3' });
+    expect(await stream.next()).toEqual({
+      event: 'gap',
+      data: JSON.stringify({ after: 3, cursor: 50 }),
+    });
+    expect((await stream.next())?.id).toBe('50');
+    // A gap with no events carries the cursor as its id, so a reconnect does not repeat it.
+    expect(await stream.next()).toEqual({
+      id: '60',
+      event: 'gap',
+      data: JSON.stringify({ after: 50, cursor: 60 }),
+    });
+  });
+
+  it('sends heartbeat comments', async () => {
+    const { fake: f } = scripted([]);
+    const target = await start(f, { heartbeatMs: 50 });
+    const stream = await open(target);
+    await until(() => stream.comments.filter((c) => c === 'heartbeat').length >= 2);
+  });
+
+  it('on client disconnect: stops polling and unsubscribes', async () => {
+    const { fake: f, polls } = scripted([]);
+    const target = await start(f);
+    const stream = await open(target);
+    await until(() => polls.length === 1);
+    stream.close();
+    await until(() => f.calls.some((c) => c.method === 'unsubscribe'));
+    expect(f.calls.find((c) => c.method === 'unsubscribe')?.params).toEqual({
+      auth: { token: TOKEN },
+      subscription: 'sub_0123456789abcdefghijkl',
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(polls).toHaveLength(1);
+  });
+
+  for (const code of ['UNAUTHENTICATED', 'FORBIDDEN_CAPABILITY']) {
+    it(`a poll failing with ${code} (token revoked): event: error, then the stream ends`, async () => {
+      const { fake: f } = scripted([
+        { events: [message(11, 'one')], cursor: 11, gap: false },
+        new RpcError(code, 'revoked'),
+      ]);
+      const target = await start(f);
+      const stream = await open(target);
+      expect((await stream.next())?.id).toBe('11');
+      const error = await stream.next();
+      expect(error?.event).toBe('error');
+      expect(JSON.parse(error?.data ?? '')).toMatchObject({ error: { code } });
+      expect(await stream.next()).toBeUndefined();
+      await stream.ended;
+      await until(() => f.calls.some((c) => c.method === 'unsubscribe'));
+    });
+  }
+
+  it('a poll that times out is retried, not fatal', async () => {
+    const { fake: f, polls } = scripted([
+      new RpcError('TIMEOUT', 'slow'),
+      { events: [message(11, 'after retry')], cursor: 11, gap: false },
+    ]);
+    const target = await start(f);
+    const stream = await open(target);
+    expect((await stream.next(5_000))?.id).toBe('11');
+    expect(polls.length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('subscribe refused: a JSON error, no stream', async () => {
+    const f = fakeEndpoint({
+      subscribe: () => Promise.reject(new RpcError('FORBIDDEN_CAPABILITY', 'no events.stream')),
+    });
+    const target = await start(f);
+    const res = await gatewayRequest(target, '/v1/events', { token: TOKEN });
+    expect(res.status).toBe(403);
+    expect(res.headers['content-type']).toMatch(/^application\/json/);
+  });
+
+  it('limits streams per token (429) and overall (503), and frees slots on disconnect', async () => {
+    const { fake: f } = scripted([]);
+    const target = await start(f, { maxSubscribers: 3, maxSubscribersPerToken: 2 });
+    const a = await open(target);
+    await open(target);
+    const third = await gatewayRequest(target, '/v1/events', { token: TOKEN });
+    expect(third.status).toBe(429);
+    expect(third.json()).toMatchObject({ error: { code: 'TOO_MANY_STREAMS' } });
+    expect(third.headers['retry-after']).toBeDefined();
+
+    // A token the endpoint refuses at subscribe does not keep the slot it took.
+    for (let i = 0; i < 3; i++) {
+      const refused = await gatewayRequest(target, '/v1/events', { token: `other-${i}` });
+      expect(refused.status).toBe(401);
+    }
+    expect((await open(target, { token: 'other' })).status).toBe(401);
+
+    a.close();
+    await until(() => f.calls.filter((c) => c.method === 'unsubscribe').length === 1);
+    const again = await open(target);
+    expect(again.status).toBe(200);
+    expect((await gatewayRequest(target, '/v1/events', { token: TOKEN })).status).toBe(429);
+  });
+
+  it('overall limit: 503 STREAMS_EXHAUSTED', async () => {
+    const { fake: f } = scripted([]);
+    await open(await start(f, { maxSubscribers: 1, maxSubscribersPerToken: 1 }));
+    const res = await app?.inject({ url: '/v1/events', headers: bearer('another') });
+    expect(res?.statusCode).toBe(503);
+    expect(res?.json()).toMatchObject({ error: { code: 'STREAMS_EXHAUSTED' } });
+  });
+
+  it('closing the gateway ends open streams', async () => {
+    const { fake: f } = scripted([]);
+    const target = await start(f);
+    const stream = await open(target);
+    await app?.close();
+    app = undefined;
+    await stream.ended;
+  });
+});

@@ -1,0 +1,119 @@
+import { readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { openApiDocument } from '../../endpoint/gateway/index.ts';
+import { OPENAPI_PATH, renderOpenApi } from '../../endpoint/gateway/write-openapi.ts';
+import { bearer, fakeEndpoint } from './gateway-helpers.ts';
+import { buildGateway } from '../../endpoint/gateway/index.ts';
+
+type Json = Record<string, unknown>;
+const doc = openApiDocument() as {
+  openapi: string;
+  paths: Record<string, Record<string, Json>>;
+  components: { securitySchemes: Json; schemas: Json };
+  security: unknown;
+};
+
+describe('gateway OpenAPI document', () => {
+  it('the committed openapi.json is what the code generates (run `npm run openapi`)', async () => {
+    const committed = await readFile(OPENAPI_PATH, 'utf8');
+    expect(JSON.parse(committed)).toEqual(doc);
+    expect(committed).toBe(await renderOpenApi());
+  });
+
+  it('is OpenAPI 3.1 with a bearer scheme required everywhere but the document itself', () => {
+    expect(doc.openapi).toBe('3.1.0');
+    expect(doc.components.securitySchemes).toMatchObject({
+      bearer: { type: 'http', scheme: 'bearer' },
+    });
+    expect(doc.security).toEqual([{ bearer: [] }]);
+    expect(doc.paths['/v1/openapi.json']?.get?.security).toEqual([]);
+  });
+
+  it('documents every route with parameters, bodies and responses that have schemas', () => {
+    const operations = Object.entries(doc.paths).flatMap(([path, item]) =>
+      Object.entries(item).map(([method, op]) => ({ path, method, op })),
+    );
+    expect(operations.map((o) => `${o.method} ${o.path}`).sort()).toEqual(
+      [
+        'get /v1/contacts',
+        'get /v1/contacts/{userId}',
+        'get /v1/events',
+        'get /v1/openapi.json',
+        'get /v1/rooms',
+        'get /v1/rooms/{roomId}/timeline',
+        'get /v1/status',
+        'post /v1/rooms',
+        'post /v1/rooms/{roomId}/invite',
+        'post /v1/rooms/{roomId}/leave',
+        'post /v1/rooms/{roomId}/messages',
+      ].sort(),
+    );
+    for (const { path, op } of operations) {
+      const params = (op.parameters ?? []) as { name: string; in: string; schema: Json }[];
+      for (const name of [...path.matchAll(/\{(\w+)\}/g)].map((m) => m[1])) {
+        expect(params.find((p) => p.in === 'path' && p.name === name)).toBeDefined();
+      }
+      for (const p of params) expect(p.schema).toBeTypeOf('object');
+      const responses = op.responses as Record<string, { content?: Record<string, Json> }>;
+      for (const [status, response] of Object.entries(responses)) {
+        const content = Object.values(response.content ?? {});
+        expect(content.length, `${path} ${status}`).toBe(1);
+        expect(content[0]?.schema).toBeTypeOf('object');
+        if (Number(status) >= 400) {
+          expect(content[0]?.schema).toEqual({ $ref: '#/components/schemas/Error' });
+        }
+      }
+      if (op.security === undefined) {
+        for (const status of ['400', '401', '403', '429', '500', '503', '504']) {
+          expect(responses[status], `${path} ${status}`).toBeDefined();
+        }
+      }
+      if (op.requestBody) {
+        expect(responses['413']).toBeDefined();
+        expect(responses['415']).toBeDefined();
+      }
+    }
+  });
+
+  it('uses the contract schemas: bounds and patterns appear in the document', () => {
+    const send = doc.paths['/v1/rooms/{roomId}/messages']?.post as {
+      parameters: { name: string; schema: Json }[];
+      requestBody: { content: { 'application/json': { schema: Json } } };
+      responses: Record<string, Json>;
+    };
+    expect(send.parameters[0]?.schema).toMatchObject({ type: 'string', maxLength: 255 });
+    expect(send.parameters[0]?.schema.pattern).toBeTypeOf('string');
+    expect(send.requestBody.content['application/json'].schema).toMatchObject({
+      type: 'object',
+      required: ['body'],
+      additionalProperties: false,
+      properties: { body: { type: 'string', minLength: 1, maxLength: 32768 } },
+    });
+    expect(Object.keys(send.responses)).toContain('202');
+    const timeline = doc.paths['/v1/rooms/{roomId}/timeline']?.get as {
+      parameters: { name: string; in: string; required: boolean; schema: Json }[];
+    };
+    expect(timeline.parameters.find((p) => p.name === 'limit')).toMatchObject({
+      in: 'query',
+      required: false,
+      schema: { type: 'integer', minimum: 1, maximum: 100, default: 50 },
+    });
+    const events = doc.paths['/v1/events']?.get as {
+      parameters: { name: string; in: string }[];
+      responses: Record<string, { content: Json }>;
+    };
+    expect(events.parameters).toMatchObject([{ name: 'Last-Event-ID', in: 'header' }]);
+    expect(Object.keys(events.responses['200']?.content ?? {})).toEqual(['text/event-stream']);
+  });
+
+  it('the served document is the generated one', async () => {
+    const fake = fakeEndpoint();
+    const app = buildGateway({ endpoint: fake.client });
+    const res = await app.inject({ url: '/v1/openapi.json', headers: bearer('ignored') });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual(doc);
+    expect(fake.calls).toEqual([]);
+    await app.close();
+    fake.close();
+  });
+});
