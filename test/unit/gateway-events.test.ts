@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type StreamEvent } from '../../endpoint/contract.ts';
@@ -56,6 +57,11 @@ afterEach(async () => {
 async function start(f: FakeEndpoint, limits: Partial<Limits> = {}): Promise<GatewayTarget> {
   fake = f;
   app = buildGateway({ endpoint: f.client, limits: { eventWaitMs: 2_000, ...limits } });
+  tracked.clear();
+  app.server.on('connection', (socket: Socket) => {
+    tracked.add(socket);
+    socket.once('close', () => tracked.delete(socket));
+  });
   const listening = await listenGateway(app, { tcp: { host: '127.0.0.1', port: 0 } });
   if (!listening.tcp) throw new Error('not on TCP');
   return { host: '127.0.0.1', port: listening.tcp.port };
@@ -66,6 +72,15 @@ async function open(target: GatewayTarget, options: { token?: string; lastEventI
   streams.push(stream);
   return stream;
 }
+
+/** The server side of every open connection (to cut one off as a vanishing client would). */
+async function connectionsOf(): Promise<Socket[]> {
+  const sockets: Socket[] = [];
+  await new Promise((r) => setTimeout(r, 20));
+  for (const s of tracked) sockets.push(s);
+  return sockets;
+}
+const tracked = new Set<Socket>();
 
 async function until(check: () => boolean, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -185,6 +200,49 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
     });
     await new Promise((r) => setTimeout(r, 100));
     expect(polls).toHaveLength(1);
+  });
+
+  it('a client that leaves while subscribing: unsubscribed, never polled', async () => {
+    let subscribed: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (subscribed = r));
+    const polls: number[] = [];
+    const f = fakeEndpoint({
+      subscribe: async () => {
+        await gate;
+        return { subscription: 'sub_0123456789abcdefghijkl', cursor: 1 };
+      },
+      events: (p) => {
+        polls.push(p.after);
+        return Promise.resolve({ events: [], cursor: p.after, gap: false });
+      },
+    });
+    const target = await start(f, { maxSubscribers: 1 });
+    const request = openEventStream(target, { token: TOKEN });
+    request.catch(() => undefined);
+    await until(() => f.calls.some((c) => c.method === 'subscribe'));
+    // Leave: the gateway has not answered yet, so drop the connection under the request.
+    for (const socket of await connectionsOf()) socket.destroy();
+    subscribed();
+    await until(() => f.calls.some((c) => c.method === 'unsubscribe'));
+    expect(polls).toEqual([]);
+    // Its slot is free again.
+    expect((await open(target)).status).toBe(200);
+  });
+
+  it('a stream outlives the request and header timeouts', async () => {
+    const { fake: f } = scripted([]);
+    const target = await start(f, {
+      requestTimeoutMs: 300,
+      headersTimeoutMs: 300,
+      heartbeatMs: 100,
+      idleTimeoutMs: 1_000,
+    });
+    const stream = await open(target);
+    await new Promise((r) => setTimeout(r, 1_500));
+    let ended = false;
+    void stream.ended.then(() => (ended = true));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(ended).toBe(false);
   });
 
   for (const code of ['UNAUTHENTICATED', 'FORBIDDEN_CAPABILITY']) {

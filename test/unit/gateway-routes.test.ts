@@ -381,7 +381,7 @@ describe('gateway: bad input is a 4xx naming the field, never echoing the value'
     const rooms = await app.inject({ method: 'PUT', url: '/v1/rooms' });
     expect(rooms.statusCode).toBe(405);
     expect(rooms.headers.allow).toBe('GET, POST');
-    for (const method of ['HEAD', 'OPTIONS', 'PATCH'] as const) {
+    for (const method of ['HEAD', 'OPTIONS', 'PATCH', 'TRACE'] as const) {
       expect((await app.inject({ method, url: '/v1/status' })).statusCode).toBe(405);
     }
   });

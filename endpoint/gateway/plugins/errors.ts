@@ -58,7 +58,7 @@ export const errorsPlugin = global(async (app: FastifyInstance) => {
   return Promise.resolve();
 });
 
-const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const;
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE'] as const;
 
 /** For each route's path, every other method answers 405 with an Allow header. */
 export function methodNotAllowed(app: FastifyInstance, routes: readonly RouteDoc[]): void {

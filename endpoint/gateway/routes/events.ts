@@ -94,14 +94,6 @@ async function stream(
   )['Last-Event-ID'];
   const lastEventId = header === undefined ? undefined : Number(header);
   const release = subscribers.acquire(token);
-  let subscription: string;
-  let cursor: number;
-  try {
-    ({ subscription, cursor } = await calls.call('subscribe', { auth: { token } }));
-  } catch (e) {
-    release();
-    throw e;
-  }
   const auth = { token };
   const res = reply.raw;
   const controller = new AbortController();
@@ -110,8 +102,31 @@ async function stream(
   const end = (): void => {
     controller.abort();
   };
-  open.add(end);
+  // Listen for the client leaving from the start: it may go while we subscribe.
   res.on('close', end);
+  let subscription: string;
+  let cursor: number;
+  try {
+    ({ subscription, cursor } = await calls.call('subscribe', { auth }));
+  } catch (e) {
+    res.off('close', end);
+    release();
+    throw e;
+  }
+  const unsubscribe = () => {
+    // The endpoint forgets the subscription now rather than when it expires.
+    calls
+      .stream('unsubscribe', { auth, subscription }, { timeoutMs: limits.endpointTimeoutMs })
+      .catch(() => undefined);
+  };
+  if (closed()) {
+    reply.hijack();
+    res.end();
+    release();
+    unsubscribe();
+    return;
+  }
+  open.add(end);
   reply.hijack();
   res.writeHead(200, {
     'content-type': 'text/event-stream; charset=utf-8',
@@ -168,10 +183,7 @@ async function stream(
     open.delete(end);
     release();
     if (!res.writableEnded) res.end();
-    // The endpoint forgets the subscription now rather than when it expires.
-    calls
-      .stream('unsubscribe', { auth, subscription }, { timeoutMs: limits.endpointTimeoutMs })
-      .catch(() => undefined);
+    unsubscribe();
   }
 }
 
