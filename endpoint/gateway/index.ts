@@ -5,6 +5,7 @@
  */
 export { buildGateway, openApiDocument, type GatewayOptions } from './app.ts';
 export {
+  checkListenConfig,
   listenGateway,
   ListenError,
   LOOPBACK_HOSTS,

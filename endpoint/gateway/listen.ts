@@ -40,6 +40,23 @@ export async function listenGateway(
   return listenUnixSocket(app, resolve(config.socket), config.socketGroup);
 }
 
+/**
+ * The checks listenGateway makes before it binds, without binding: for main.ts to fail fast,
+ * before it starts the endpoint, when the address can never work.
+ */
+export async function checkListenConfig(config: ListenConfig): Promise<void> {
+  if ('tcp' in config) {
+    if (!LOOPBACK_HOSTS.includes(config.tcp.host)) {
+      throw new ListenError(
+        `refusing to listen on TCP host "${config.tcp.host.slice(0, 64)}": only ${LOOPBACK_HOSTS.join(' and ')} are allowed`,
+      );
+    }
+    return;
+  }
+  if (config.socketGroup !== undefined) await groupId(config.socketGroup);
+  await checkDirectory(dirname(resolve(config.socket)));
+}
+
 async function listenTcp(
   app: FastifyInstance,
   tcp: { host: string; port: number },

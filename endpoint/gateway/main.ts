@@ -10,7 +10,7 @@ import { UsageError, parseCommandLine, runMain } from '../../keyvault/cli-main.t
 import { spawnEndpoint } from '../spawn.ts';
 import { buildGateway } from './app.ts';
 import { loadGatewayConfig } from './config.ts';
-import { listenGateway } from './listen.ts';
+import { checkListenConfig, listenGateway } from './listen.ts';
 
 const HELP = `Usage: node endpoint/gateway/main.ts serve --config FILE
 
@@ -49,6 +49,8 @@ async function run(argv: string[]): Promise<number> {
 
 async function serve(configPath: string): Promise<number> {
   const config = await loadGatewayConfig(configPath);
+  // Fail before starting the endpoint (and its vault) when we could never listen.
+  await checkListenConfig(config.listen);
   let stopSignal: (() => void) | undefined;
   const signalled = new Promise<void>((resolve) => (stopSignal = resolve));
   const onSignal = () => {

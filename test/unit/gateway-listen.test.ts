@@ -208,6 +208,16 @@ describe('the gateway command', () => {
     const unknown = await fail(['s3cr3t-T0ken!']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).not.toContain('s3cr3t');
+    const open = join(dir, 'open');
+    await mkdir(open);
+    await chmod(open, 0o777);
+    const config = join(dir, 'gw.json');
+    await writeFile(config, JSON.stringify({ socket: 'open/gw.sock', endpointConfig: 'e.json' }));
+    const unsafe = await fail(['serve', '--config', config]);
+    expect(unsafe.code).toBe(1);
+    expect(unsafe.stderr).toMatch(
+      /^gateway: refusing to create the socket in .*writable by others.*\n$/,
+    );
     const missing = await fail(['serve', '--config', join(dir, 'none.json')]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^gateway: cannot read the config .*none\.json: ENOENT\n$/);

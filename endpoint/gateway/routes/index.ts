@@ -19,7 +19,7 @@ export const jsonRoutes: readonly JsonRoute[] = [
 /** Every route the gateway serves, in the OpenAPI document's order. */
 export const allRoutes: readonly RouteDoc[] = [...jsonRoutes, eventsRoute, openApiRoute];
 
-/** One plugin per group of routes would only repeat this loop: they share one registrar. */
+/** Registers one group of JSON routes (app.ts registers each group as its own plugin). */
 export async function jsonRoutesPlugin(
   app: FastifyInstance,
   opts: { ctx: GatewayContext; routes: readonly JsonRoute[] },
