@@ -199,6 +199,12 @@ describe('rooms, messages and the event stream through the contract', () => {
     const { contacts } = await c.call('contacts', { auth: auth('full') });
     const bobContact = contacts.find((x) => x.userId === bob.userId);
     expect(bobContact?.rooms.sort()).toEqual([roomX, roomY].sort());
+    const one = await c.call('contact', { auth: auth('full'), userId: bob.userId });
+    expect(one.userId).toBe(bob.userId);
+    for (const stranger of ['@nobody:localhost', '@x:example.org', alice.userId]) {
+      const none = await refusal(c.call('contact', { auth: auth('full'), userId: stranger }));
+      expect(none.code).toBe('NOT_FOUND');
+    }
     expect(bobContact?.devices).toContainEqual({
       deviceId: bob.deviceId,
       crossSignedByOwner: true,
