@@ -55,6 +55,8 @@ export interface PollResult {
 export class EventHub {
   readonly #limits: HubLimits;
   readonly #buffer: StreamEvent[] = [];
+  /** The UTF-8 size of each buffered event's JSON, by seq. */
+  readonly #sizes = new Map<number, number>();
   readonly #subscriptions = new Map<string, Subscription>();
   readonly #waiters = new Set<() => void>();
   #head: number;
@@ -71,8 +73,13 @@ export class EventHub {
 
   push(event: HubInput): void {
     this.#head += 1;
-    this.#buffer.push({ ...event, seq: this.#head });
-    if (this.#buffer.length > this.#limits.capacity) this.#buffer.shift();
+    const numbered: StreamEvent = { ...event, seq: this.#head };
+    this.#buffer.push(numbered);
+    this.#sizes.set(numbered.seq, Buffer.byteLength(JSON.stringify(numbered), 'utf8'));
+    if (this.#buffer.length > this.#limits.capacity) {
+      const dropped = this.#buffer.shift();
+      if (dropped) this.#sizes.delete(dropped.seq);
+    }
     for (const wake of [...this.#waiters]) wake();
   }
 
@@ -104,7 +111,14 @@ export class EventHub {
 
   unsubscribe(client: string, id: string): boolean {
     if (this.#subscriptions.get(id)?.client !== client) return false;
-    return this.#subscriptions.delete(id);
+    this.#subscriptions.delete(id);
+    // A poll still waiting for this subscription ends now instead of at its deadline.
+    for (const wake of [...this.#waiters]) wake();
+    return true;
+  }
+
+  isOpen(id: string): boolean {
+    return this.#subscriptions.has(id);
   }
 
   /** Closes every subscription of a client that no longer exists (revoked). */
@@ -120,36 +134,62 @@ export class EventHub {
   async poll(
     after: number,
     visible: (event: StreamEvent) => boolean,
-    options: { waitMs: number; max: number; signal?: AbortSignal },
+    options: {
+      waitMs: number;
+      max: number;
+      maxBytes?: number;
+      signal?: AbortSignal;
+      /** Polling stops (empty) once this turns false: the subscription was closed. */
+      isOpen?: () => boolean;
+    },
   ): Promise<PollResult> {
     const deadline = Date.now() + options.waitMs;
     let cursor = after;
     let gap = false;
     for (;;) {
-      const page = this.#since(cursor, visible, options.max);
+      const page = this.#since(cursor, visible, options.max, options.maxBytes ?? Infinity);
       gap ||= page.gap;
       cursor = page.cursor;
       if (page.events.length > 0 || gap) return { events: page.events, cursor, gap };
       const remaining = deadline - Date.now();
-      if (remaining <= 0 || options.signal?.aborted) return { events: [], cursor, gap };
+      if (remaining <= 0 || options.signal?.aborted || options.isOpen?.() === false) {
+        return { events: [], cursor, gap };
+      }
       await this.#next(remaining, options.signal);
     }
   }
 
-  #since(after: number, visible: (event: StreamEvent) => boolean, max: number): PollResult {
+  #since(
+    after: number,
+    visible: (event: StreamEvent) => boolean,
+    max: number,
+    maxBytes: number,
+  ): PollResult {
     const oldest = this.#buffer[0]?.seq ?? this.#head + 1;
     // A cursor from the future (another run) or from before what we still hold: say so.
     const gap = after > this.#head || after < oldest - 1;
     const from = gap ? oldest - 1 : after;
     const events: StreamEvent[] = [];
     let cursor = from;
+    let bytes = 0;
+    let full = false;
     for (const event of this.#buffer) {
       if (event.seq <= from) continue;
-      if (events.length >= max) break;
+      if (!visible(event)) {
+        cursor = event.seq;
+        continue;
+      }
+      const size = this.#sizes.get(event.seq) ?? 0;
+      // Always at least one event, so a single large one still goes out.
+      if (events.length >= max || (events.length > 0 && bytes + size > maxBytes)) {
+        full = true;
+        break;
+      }
+      bytes += size;
       cursor = event.seq;
-      if (visible(event)) events.push(event);
+      events.push(event);
     }
-    if (events.length < max) cursor = Math.max(cursor, this.#head);
+    if (!full) cursor = Math.max(cursor, this.#head);
     return { events, cursor, gap };
   }
 

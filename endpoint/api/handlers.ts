@@ -10,7 +10,7 @@ import {
 } from '../../policy/index.ts';
 import type { EndpointContract, StreamEvent } from '../contract.ts';
 import type { Endpoint } from '../device.ts';
-import { MatrixApiError } from '../matrix/index.ts';
+import { ClientCode, MatrixApiError } from '../matrix/index.ts';
 import type { Outbox } from '../outbox.ts';
 import type { EventHub } from './events.ts';
 import { timelineItemWire } from './wire.ts';
@@ -25,9 +25,16 @@ export interface ApiDependencies {
   hub: EventHub;
 }
 
-/** Bounds on what contact listings return (they must fit in one RPC frame). */
-const MAX_CONTACTS = 500;
-const MAX_DEVICES = 50;
+/**
+ * Every answer must fit in one RPC frame (1 MiB). Lists are cut to these bounds; pages of
+ * history are cut by size (PAGE_BUDGET_BYTES), since one message can be ~100 KB of UTF-8.
+ */
+const MAX_CONTACTS = 200;
+const MAX_DEVICES = 20;
+const MAX_SHARED_ROOMS = 20;
+const MAX_MEMBERS_LISTED = 100;
+const MAX_ROOMS_LISTED = 500;
+export const PAGE_BUDGET_BYTES = 640 * 1024;
 
 /**
  * The endpoint contract's handlers: every call is authorised against the policy and the
@@ -98,7 +105,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       const devices = await endpoint.engine.devices(userId).catch(() => []);
       contacts.push({
         userId,
-        rooms: byUser.get(userId) ?? [],
+        rooms: (byUser.get(userId) ?? []).slice(0, MAX_SHARED_ROOMS),
         devices: devices.slice(0, MAX_DEVICES),
       });
     }
@@ -122,29 +129,42 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       const client = await guard(auth.token, 'rooms.read');
       const policy = deps.policy();
       return {
-        rooms: visibleRooms(client).map((r) => {
-          const rules = roomTrust(policy, r.roomId);
-          return {
-            roomId: r.roomId,
-            membership: r.membership,
-            members: [...r.members].sort(),
-            roomKeyRecipients: rules.roomKeyRecipients,
-            showUnverifiedMessages: rules.showUnverifiedMessages,
-          };
-        }),
+        rooms: visibleRooms(client)
+          .slice(0, MAX_ROOMS_LISTED)
+          .map((r) => {
+            const rules = roomTrust(policy, r.roomId);
+            return {
+              roomId: r.roomId,
+              membership: r.membership,
+              members: [...r.members].sort().slice(0, MAX_MEMBERS_LISTED),
+              roomKeyRecipients: rules.roomKeyRecipients,
+              showUnverifiedMessages: rules.showUnverifiedMessages,
+            };
+          }),
       };
     },
 
     timeline: async ({ auth, roomId, limit, from }) => {
       await guard(auth.token, 'messages.read', { roomId });
       joinedRoom(roomId);
-      const page = await upstream(() =>
-        endpoint.timeline(roomId, { limit, ...(from === undefined ? {} : { from }) }),
-      );
-      return {
-        items: page.items.map(timelineItemWire),
-        ...(page.next === undefined ? {} : { next: page.next }),
-      };
+      // A page too large for one answer is fetched again with fewer events (the homeserver's
+      // continuation token is per page, so a page cannot be cut after the fact).
+      for (let n = limit; ; n = Math.max(1, Math.floor(n / 2))) {
+        let page;
+        try {
+          page = await endpoint.timeline(roomId, {
+            limit: n,
+            ...(from === undefined ? {} : { from }),
+          });
+        } catch (e) {
+          const tooLarge = e instanceof MatrixApiError && e.errcode === ClientCode.ResponseTooLarge;
+          if (tooLarge && n > 1) continue;
+          throw upstreamError(e);
+        }
+        const items = page.items.map(timelineItemWire);
+        if (n > 1 && byteSize(items) > PAGE_BUDGET_BYTES) continue;
+        return { items, ...(page.next === undefined ? {} : { next: page.next }) };
+      }
     },
 
     send: async ({ auth, roomId, body, replyTo }) => {
@@ -213,7 +233,13 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       const mayRead = client.capabilities.has('messages.read');
       const visible = (event: StreamEvent): boolean =>
         client.mayAccessRoom(event.roomId) && (event.type !== 'message' || mayRead);
-      return hub.poll(after, visible, { waitMs, max: 100, signal: ctx.signal });
+      return hub.poll(after, visible, {
+        waitMs,
+        max: 100,
+        maxBytes: PAGE_BUDGET_BYTES,
+        signal: ctx.signal,
+        isOpen: () => hub.isOpen(subscription),
+      });
     },
 
     unsubscribe: async ({ auth, subscription }) => {
@@ -226,20 +252,26 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
   };
 }
 
+function byteSize(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value), 'utf8');
+}
+
 /** Homeserver failures, as codes a UI can act on. Nothing of the server's body is passed on. */
 async function upstream<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (e) {
-    if (e instanceof MatrixApiError) {
-      if (e.status === 403 || e.status === 404) {
-        throw new RpcError('NOT_FOUND', `the homeserver refused (${e.errcode})`);
-      }
-      if (e.status === 400) {
-        throw new RpcError('INVALID_REQUEST', `the homeserver refused the request (${e.errcode})`);
-      }
-      throw new RpcError('UPSTREAM_FAILED', `the homeserver failed (${e.errcode})`);
-    }
-    throw e;
+    throw upstreamError(e);
   }
+}
+
+function upstreamError(e: unknown): unknown {
+  if (!(e instanceof MatrixApiError)) return e;
+  if (e.status === 403 || e.status === 404) {
+    return new RpcError('NOT_FOUND', `the homeserver refused (${e.errcode})`);
+  }
+  if (e.status === 400) {
+    return new RpcError('INVALID_REQUEST', `the homeserver refused the request (${e.errcode})`);
+  }
+  return new RpcError('UPSTREAM_FAILED', `the homeserver failed (${e.errcode})`);
 }

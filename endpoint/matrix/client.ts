@@ -296,6 +296,8 @@ export class HomeserverClient implements HomeserverApi {
       method: 'GET',
       path: path`/rooms/${roomId}/messages`,
       query: { from: options.from, dir: options.dir, limit: String(options.limit) },
+      // Events may be up to 64 KiB each: a page of 100 can be several MiB.
+      maxBytes: this.#maxLargeBytes,
     });
     return this.#validate(this.#events.messages, res, endpoint);
   }

@@ -15,6 +15,7 @@ import {
   type SynapseUser,
   makeTempDir,
   prepareCompartments,
+  readTimeline,
   startSwtpm,
   startSynapse,
 } from '../fixtures/index.ts';
@@ -227,6 +228,25 @@ describe('rooms, messages and the event stream through the contract', () => {
     );
     expect(sendUnknown.code).toBe('NOT_FOUND');
   });
+
+  it('a page of large messages is cut to fit one answer, and paging still yields every one', async () => {
+    // 20 messages of 40 kB each (near the homeserver's 64 KiB event limit once encrypted): too
+    // much for one answer of the contract (1 MiB frames).
+    const big = Array.from(
+      { length: 20 },
+      (_, i) => `${String(i).padStart(2, '0')}${'x'.repeat(40_000)}`,
+    );
+    for (const body of big) await bob.sendText(roomY, body);
+    const c = endpoint.client;
+    await waitFor(async () => {
+      const items = await readTimeline(c, tokens.full ?? '', roomY, 200);
+      return big.every((b) => items.some((i) => i.body === b));
+    }, 'every large message to be readable through the pages');
+    const first = await c.call('timeline', { auth: auth('full'), roomId: roomY, limit: 20 });
+    expect(first.items.length).toBeGreaterThan(0);
+    expect(first.items.length).toBeLessThan(20);
+    expect(first.next).toBeDefined();
+  }, 90_000);
 
   it('a client limited to one room sees only that room, in lists and on its stream', async () => {
     const c = endpoint.client;
