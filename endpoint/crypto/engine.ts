@@ -330,7 +330,7 @@ export class CryptoEngine {
         roomId,
         sender: event.sender,
         ts: event.origin_server_ts,
-        reason: e instanceof Error ? e.message : String(e),
+        reason: decryptionFailure(e),
       };
     }
   }
@@ -391,4 +391,18 @@ function toUserId(id: string): UserId[] {
   } catch {
     return []; // a malformed id from the server is dropped, not fatal
   }
+}
+
+/**
+ * The crypto core throws MegolmDecryptionError objects that are not Errors: their text is in
+ * `description`, their kind in `code`. Never "[object Object]".
+ */
+function decryptionFailure(e: unknown): string {
+  if (e instanceof Error) return e.message;
+  if (typeof e === 'object' && e !== null) {
+    const { description, message, code } = e as Record<string, unknown>;
+    for (const text of [description, message]) if (typeof text === 'string' && text) return text;
+    if (typeof code === 'string' || typeof code === 'number') return `decryption failed (${code})`;
+  }
+  return typeof e === 'string' ? e : 'decryption failed';
 }

@@ -66,8 +66,8 @@ describe('crash safety of the endpoint compartment', () => {
     await bob.waitForMember(dm, alice.userId);
 
     for (let round = 0; round < ROUNDS; round++) {
-      const sends = 8 + Math.floor(Math.random() * 8);
-      const killAfterMs = 50 + Math.floor(Math.random() * 600);
+      const sends = 12 + Math.floor(Math.random() * 8);
+      const killAfterMs = 100 + Math.floor(Math.random() * 900);
       // An object, not a local: TypeScript cannot see the timer flip it during the awaits.
       const state = { killed: false };
       const killer = sleep(killAfterMs).then(() => {

@@ -221,6 +221,9 @@ describe('room rules decide who gets room keys (stock peer devices)', () => {
     const inHidden = await read(hidden);
     expect(inHidden?.decrypted).toBe(false);
     expect(inHidden?.body).toBeUndefined();
+    // The crypto core's reason, as text (it throws a non-Error object).
+    expect(inHidden?.reason).toMatch(/[a-z]/);
+    expect(inHidden?.reason).not.toContain('[object');
     const inShown = await read(shown);
     expect(inShown?.body).toBe(`from an unsigned device in ${shown}`);
     expect(inShown?.verification).not.toBe('verified');
