@@ -14,9 +14,8 @@ import { readSecret } from '../keyvault/secret.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/rpc/index.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
-import { EventHub, apiHandlers } from './api/index.ts';
+import { EventHub, apiHandlers, timelineItemWire } from './api/index.ts';
 import { endpointContract } from './contract.ts';
-import { timelineItemWire } from './api/wire.ts';
 import { loadEndpointConfig } from './config.ts';
 import { EndpointService } from './service.ts';
 

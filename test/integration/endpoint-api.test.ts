@@ -1,6 +1,5 @@
 import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
 import { type RpcError, isRpcError } from '../../keyvault/rpc/index.ts';
@@ -20,6 +19,7 @@ import {
   startSynapse,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { waitUntil } from '../fixtures/process.ts';
 
 // The endpoint compartment as the gateway sees it: a channel on which every call carries a UI
 // client's token, decided by the endpoint against the policy file and written to the audit log.
@@ -87,13 +87,9 @@ async function refusal(promise: Promise<unknown>): Promise<RpcError> {
   throw new Error('the call was not refused');
 }
 
-async function waitFor(ok: () => Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
+/** The fixtures' poller, with this file's argument order. */
+const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 30_000): Promise<void> =>
+  waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
 
 async function auditEntries(): Promise<Record<string, unknown>[]> {
   const text = await readFile(auditLog, 'utf8');

@@ -30,6 +30,7 @@ import {
   startSynapse,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { waitUntil } from '../fixtures/process.ts';
 
 // The policy's room rules decide who gets room keys, checked against a stock peer's real
 // devices: bob's first device (which we verified) and his second (which bob cross-signed, but
@@ -69,13 +70,9 @@ function setPolicy(overrides: Record<string, unknown>): void {
   policy = parsed.policy;
 }
 
-async function waitFor(ok: () => Promise<boolean> | boolean, what: string, ms = 30_000) {
-  const deadline = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
+/** The fixtures' poller, with this file's argument order. */
+const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 30_000): Promise<void> =>
+  waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
 
 beforeAll(async () => {
   setPolicy({});
