@@ -141,15 +141,19 @@ export class CryptoEngine {
     return this.#outgoing;
   }
 
-  /** Feeds one sync response's crypto-relevant parts to the machine. */
-  async receiveSync(sync: SyncResponse): Promise<void> {
+  /**
+   * Feeds one sync response's crypto-relevant parts to the machine. Returns the verification
+   * requests that arrived by to-device message (sender and flow id), after the core has taken
+   * them in: the core keeps the flows, the caller only learns which ones to look at.
+   */
+  async receiveSync(sync: SyncResponse): Promise<{ sender: string; flowId: string }[]> {
     const changed = (sync.device_lists?.changed ?? []).flatMap(toUserId);
     const left = (sync.device_lists?.left ?? []).flatMap(toUserId);
     const counts = new Map(Object.entries(sync.device_one_time_keys_count ?? {}));
     const fallback = sync.device_unused_fallback_key_types
       ? new Set(sync.device_unused_fallback_key_types)
       : undefined;
-    await this.machine.receiveSyncChanges(
+    const processed = await this.machine.receiveSyncChanges(
       JSON.stringify(sync.to_device?.events ?? []),
       new DeviceLists(changed, left),
       counts,
@@ -167,6 +171,7 @@ export class CryptoEngine {
       }
     }
     if (members.size > 0) await this.machine.updateTrackedUsers([...members].flatMap(toUserId));
+    return processed.flatMap(verificationRequestOf);
   }
 
   /**
@@ -339,6 +344,11 @@ export class CryptoEngine {
     this.machine.close();
   }
 
+  /** Sends one request the machine produced outside its queue (a verification step, say). */
+  send(request: OutgoingRequest): Promise<void> {
+    return this.#send(request);
+  }
+
   async #send(request: OutgoingRequest): Promise<void> {
     let response: string;
     if (request instanceof KeysUploadRequest) {
@@ -382,8 +392,32 @@ export class CryptoEngine {
   }
 }
 
-type OutgoingRequest =
-  Awaited<ReturnType<OlmMachine['outgoingRequests']>>[number] | KeysClaimRequest | ToDeviceRequest;
+export type OutgoingRequest =
+  | Awaited<ReturnType<OlmMachine['outgoingRequests']>>[number]
+  | KeysClaimRequest
+  | ToDeviceRequest
+  | RoomMessageRequest;
+
+/** A to-device m.key.verification.request, as the core passed it on (clear or decrypted). */
+function verificationRequestOf(
+  event: Awaited<ReturnType<OlmMachine['receiveSyncChanges']>>[number],
+): { sender: string; flowId: string }[] {
+  try {
+    const raw = JSON.parse(event.rawEvent) as {
+      type?: unknown;
+      sender?: unknown;
+      content?: { transaction_id?: unknown };
+    };
+    if (raw.type !== 'm.key.verification.request') return [];
+    const flowId = raw.content?.transaction_id;
+    if (typeof raw.sender !== 'string' || typeof flowId !== 'string') return [];
+    return [{ sender: raw.sender, flowId }];
+  } catch {
+    return []; // not JSON: the core already rejected it
+  } finally {
+    event.free();
+  }
+}
 
 function toUserId(id: string): UserId[] {
   try {

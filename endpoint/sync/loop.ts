@@ -10,6 +10,8 @@ export interface SyncHandlers {
   joined(roomId: string, members: { userId: string; membership: string }[]): Promise<void>;
   /** We left the room, or were kicked or banned from it. */
   left(roomId: string): Promise<void>;
+  /** Verification requests that arrived by to-device message (the core holds the flows). */
+  verificationRequests?(requests: { sender: string; flowId: string }[]): Promise<void>;
   /** Persist the token only after everything before it was handled (resume point). */
   saveSince(token: string): Promise<void>;
 }
@@ -92,8 +94,9 @@ export class SyncLoop {
   }
 
   async #handle(sync: SyncResponse): Promise<void> {
-    await this.#engine.receiveSync(sync);
+    const requests = await this.#engine.receiveSync(sync);
     await this.#engine.processOutgoing();
+    if (requests.length > 0) await this.#handlers.verificationRequests?.(requests);
     for (const roomId of Object.keys(sync.rooms?.invite ?? {}))
       await this.#handlers.invited(roomId);
     for (const roomId of Object.keys(sync.rooms?.leave ?? {})) await this.#handlers.left(roomId);
