@@ -32,6 +32,11 @@ export const userId = z
     /^@[\x21-\x39\x3b-\x7e]{1,253}:[\x21-\x7e]{1,253}$/,
     'expected a user id such as "@alice:example.org"',
   );
+/** A Matrix device id (opaque, printable ASCII). */
+export const deviceId = z
+  .string()
+  .max(255)
+  .regex(/^[\x21-\x7e]{1,255}$/, 'expected a device id such as "ABCDEFGHIJ"');
 export const eventId = z
   .string()
   .max(255)
@@ -86,11 +91,71 @@ export const deviceInfo = z
   })
   .strict();
 
+/** A verification flow's id: the to-device transaction id (or a room event id). */
+export const flowId = z
+  .string()
+  .max(255)
+  .regex(/^[\x21-\x7e]{1,255}$/, 'expected a verification id from the list of verifications');
+
+/** A user's cross-signing identity, in Element X's states (endpoint/verification/identity.ts). */
+export const identityState = z.enum([
+  'none',
+  'pinned',
+  'verified',
+  'pin-violation',
+  'verification-violation',
+]);
+export const identity = z
+  .object({
+    state: identityState,
+    /** The master key (unpadded base64 Ed25519), to compare out of band. */
+    masterKey: z.string().optional(),
+    /** Verified by us at some point (cleared by withdrawing verification). */
+    wasVerified: z.boolean(),
+  })
+  .strict();
+
+export const verificationPhase = z.enum([
+  'requested',
+  'ready',
+  'started',
+  'compare',
+  'confirmed',
+  'done',
+  'cancelled',
+]);
+export const verificationFlow = z
+  .object({
+    flowId: z.string(),
+    userId: z.string(),
+    deviceId: z.string().optional(),
+    /** We sent the request (true), or the other side did. */
+    weStarted: z.boolean(),
+    phase: verificationPhase,
+    /** From `compare` on: what both screens must show. */
+    sas: z
+      .object({
+        emoji: z.array(z.object({ symbol: z.string(), name: z.string() }).strict()).max(7),
+        decimals: z.tuple([z.number().int(), z.number().int(), z.number().int()]),
+      })
+      .strict()
+      .optional(),
+    cancelled: z
+      .object({ code: z.string(), reason: z.string(), byUs: z.boolean() })
+      .strict()
+      .optional(),
+    /** Until the flow is cancelled for inactivity (m.timeout). */
+    timeRemainingMs: z.number().int().min(0),
+  })
+  .strict();
+export type VerificationFlowWire = z.infer<typeof verificationFlow>;
+
 export const contact = z
   .object({
     userId: z.string(),
     /** Rooms (that this client may see) we share with the contact. */
     rooms: z.array(z.string()),
+    identity,
     devices: z.array(deviceInfo),
   })
   .strict();
@@ -133,6 +198,23 @@ export const streamEvent = z.discriminatedUnion('type', [
       roomId: z.string(),
       userId: z.string(),
       membership: z.string(),
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** A verification flow moved on (only to clients with the `verification` capability). */
+      type: z.literal('verification'),
+      flow: verificationFlow,
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** A contact's identity changed: new, verified, or a violation to resolve. */
+      type: z.literal('identity'),
+      userId: z.string(),
+      identity,
     })
     .strict(),
 ]);
@@ -252,6 +334,45 @@ export const endpointContract = defineContract({
   unsubscribe: {
     params: z.object({ auth, subscription }).strict(),
     result: empty,
+  },
+  /** verification: the flows in progress or recently finished, with our own devices or contacts. */
+  verifications: {
+    params: z.object({ auth }).strict(),
+    result: z.object({ verifications: z.array(verificationFlow).max(64) }).strict(),
+  },
+  /** verification: asks one device of a contact (or of our own user) to verify by SAS. */
+  verificationRequest: {
+    params: z.object({ auth, userId, deviceId }).strict(),
+    result: verificationFlow,
+  },
+  verification: {
+    params: z.object({ auth, flowId }).strict(),
+    result: verificationFlow,
+  },
+  /** verification: accept an incoming request. */
+  verificationAccept: {
+    params: z.object({ auth, flowId }).strict(),
+    result: verificationFlow,
+  },
+  /** verification: the emoji match (the other side is then verified and cross-signed by us). */
+  verificationConfirm: {
+    params: z.object({ auth, flowId }).strict(),
+    result: verificationFlow,
+  },
+  /** verification: stop, at any step; `mismatch` when the emoji differ. */
+  verificationCancel: {
+    params: z.object({ auth, flowId, mismatch: z.boolean().optional() }).strict(),
+    result: verificationFlow,
+  },
+  /** verification: accept a contact's changed identity (pin the new master key). */
+  identityAcknowledge: {
+    params: z.object({ auth, userId }).strict(),
+    result: z.object({ identity }).strict(),
+  },
+  /** verification: stop requiring that this contact stays verified. */
+  identityWithdraw: {
+    params: z.object({ auth, userId }).strict(),
+    result: z.object({ identity }).strict(),
   },
 });
 export type EndpointContract = typeof endpointContract;

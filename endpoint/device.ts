@@ -8,6 +8,13 @@ import {
 import type { TrustSettings } from './crypto/settings.ts';
 import type { CreateRoomOptions, HomeserverApi, RoomEvent } from './matrix/api.ts';
 import { SyncLoop } from './sync/loop.ts';
+import {
+  type FlowView,
+  type IdentityView,
+  Verifications,
+  changedIdentities,
+  identityOf,
+} from './verification/index.ts';
 
 export type TimelineItem = DecryptedMessage | UndecryptableMessage;
 
@@ -27,7 +34,26 @@ export type EndpointEvent =
   /** Our own membership of a room changed. */
   | { type: 'room'; roomId: string; membership: 'invite' | 'join' | 'leave' }
   /** Someone else's membership of a room changed. */
-  | { type: 'member'; roomId: string; userId: string; membership: string };
+  | { type: 'member'; roomId: string; userId: string; membership: string }
+  /** A verification flow moved on (requested, ready, compare, done, cancelled...). */
+  | { type: 'verification'; flow: FlowView }
+  /** A user's cross-signing identity changed (new, verified, or a violation). */
+  | { type: 'identity'; userId: string; identity: IdentityView };
+
+/**
+ * A send refused because members of the room changed identity and nobody acknowledged it yet.
+ * Retryable on purpose: a queued message waits in the outbox until the change is resolved.
+ */
+export class IdentityChangedError extends Error {
+  readonly users: string[];
+  constructor(users: string[]) {
+    super(
+      `${users.join(', ')} changed cross-signing identity: acknowledge the change or verify again before sending`,
+    );
+    this.name = 'IdentityChangedError';
+    this.users = users;
+  }
+}
 
 export interface EndpointOptions {
   /** A homeserver client already logged in as the endpoint's device. */
@@ -60,6 +86,7 @@ export class Endpoint {
   readonly engine: CryptoEngine;
   readonly userId: string;
   readonly deviceId: string;
+  readonly verifications: Verifications;
   readonly #sync: SyncLoop;
   readonly #rooms = new Map<string, RoomSummary>();
   readonly #listeners = new Set<(item: TimelineItem) => void>();
@@ -77,6 +104,15 @@ export class Endpoint {
     this.#trustFor = options.trustFor;
     this.#saveRooms = options.saveRooms ?? (() => Promise.resolve());
     for (const room of options.rooms ?? []) this.#rooms.set(room.roomId, room);
+    this.verifications = new Verifications(engine, this.#log);
+    this.verifications.onChange((flow) => {
+      this.#emit({ type: 'verification', flow });
+    });
+    engine.machine.registerUserIdentityUpdatedCallback(async (id) => {
+      const userId = id.toString();
+      id.free();
+      this.#emit({ type: 'identity', userId, identity: await identityOf(engine.machine, userId) });
+    });
     const saveSince = options.saveSince ?? (() => Promise.resolve());
     this.#sync = new SyncLoop({
       api,
@@ -85,6 +121,7 @@ export class Endpoint {
       logger: this.#log,
       handlers: {
         saveSince,
+        verificationRequests: (requests) => this.verifications.received(requests),
         invited: async (roomId) => {
           if (this.#rooms.has(roomId)) return;
           this.#rooms.set(roomId, { roomId, membership: 'invite', members: [] });
@@ -212,6 +249,11 @@ export class Endpoint {
     const members = (await this.api.members(roomId))
       .filter((m) => m.membership === 'join' || m.membership === 'invite')
       .map((m) => m.userId);
+    // The core withholds keys from a verified contact's new identity by itself, but not from a
+    // merely pinned one: the policy blocks both until a UI acknowledges (checked again here,
+    // for messages queued before the change).
+    const changed = await changedIdentities(this.engine.machine, members);
+    if (changed.length > 0) throw new IdentityChangedError(changed);
     const content = {
       msgtype: 'm.text',
       body,
@@ -245,6 +287,14 @@ export class Endpoint {
         items.push(await this.engine.decrypt(roomId, event, this.#trust(roomId)));
     }
     return { items, ...(page.end ? { next: page.end } : {}) };
+  }
+
+  /** Members of a room whose identity changed unacknowledged (sending there is blocked). */
+  async changedIdentitiesIn(roomId: string): Promise<string[]> {
+    const members = (await this.api.members(roomId))
+      .filter((m) => m.membership === 'join' || m.membership === 'invite')
+      .map((m) => m.userId);
+    return changedIdentities(this.engine.machine, members);
   }
 
   /** Resolves once a sync that started after this call has been handled. */

@@ -14,7 +14,7 @@ import { readSecret } from '../keyvault/secret.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/rpc/index.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
-import { EventHub, apiHandlers, timelineItemWire } from './api/index.ts';
+import { EventHub, apiHandlers, streamInput } from './api/index.ts';
 import { endpointContract } from './contract.ts';
 import { loadEndpointConfig } from './config.ts';
 import { EndpointService } from './service.ts';
@@ -96,11 +96,7 @@ async function main(argv: string[]): Promise<number> {
   const stopCheckpoints = await checkpointAuditHead(service, audit, log);
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
-    hub.push(
-      event.type === 'message'
-        ? { type: 'message', roomId: event.roomId, item: timelineItemWire(event.item) }
-        : event,
-    );
+    hub.push(streamInput(event));
   });
   const reload = async (): Promise<void> => {
     const result = await policy.reload();

@@ -9,11 +9,18 @@ import {
   roomTrust,
 } from '../../policy/index.ts';
 import type { EndpointContract, StreamEvent } from '../contract.ts';
-import type { Endpoint } from '../device.ts';
+import { type Endpoint, IdentityChangedError } from '../device.ts';
 import { ClientCode, MatrixApiError } from '../matrix/index.ts';
 import type { Outbox } from '../outbox.ts';
 import type { EventHub } from './events.ts';
-import { timelineItemWire } from './wire.ts';
+import {
+  IdentityError,
+  VerificationError,
+  acknowledgeIdentity,
+  identityOf,
+  withdrawVerification,
+} from '../verification/index.ts';
+import { flowWire, identityWire, timelineItemWire } from './wire.ts';
 
 export interface ApiDependencies {
   endpoint: Endpoint;
@@ -103,13 +110,32 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     const contacts = [];
     for (const userId of users) {
       const devices = await endpoint.engine.devices(userId).catch(() => []);
+      const identity = await identityOf(endpoint.engine.machine, userId).catch(() => undefined);
       contacts.push({
         userId,
         rooms: (byUser.get(userId) ?? []).slice(0, MAX_SHARED_ROOMS),
+        identity: identityWire(
+          identity ?? { state: 'none', masterKey: undefined, wasVerified: false },
+        ),
         devices: devices.slice(0, MAX_DEVICES),
       });
     }
     return contacts;
+  };
+
+  /**
+   * Whom a client may verify, or see verifications and identity changes of: our own user, and
+   * users it shares a visible joined room with (so a room allow-list also bounds this).
+   */
+  const mayConcern = (client: AuthorizedClient, userId: string): boolean =>
+    userId === endpoint.userId ||
+    visibleRooms(client).some((r) => r.membership === 'join' && r.members.includes(userId));
+
+  /** A flow the client may see, or NOT_FOUND (never "exists but forbidden"). */
+  const visibleFlow = async (client: AuthorizedClient, flowId: string) => {
+    const flow = await verificationStep(() => endpoint.verifications.get(flowId));
+    if (!mayConcern(client, flow.userId)) throw new RpcError('NOT_FOUND', 'no such verification');
+    return flow;
   };
 
   return {
@@ -170,6 +196,10 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     send: async ({ auth, roomId, body, replyTo }) => {
       await guard(auth.token, 'messages.send', { roomId });
       joinedRoom(roomId);
+      const changed = await upstream(() => endpoint.changedIdentitiesIn(roomId));
+      if (changed.length > 0) {
+        throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
+      }
       const entry = await outbox.enqueue(roomId, body, replyTo === undefined ? {} : { replyTo });
       return { txnId: entry.txnId };
     },
@@ -231,8 +261,20 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
         throw new RpcError('NOT_FOUND', 'no such event stream (closed, or idle for too long)');
       }
       const mayRead = client.capabilities.has('messages.read');
-      const visible = (event: StreamEvent): boolean =>
-        client.mayAccessRoom(event.roomId) && (event.type !== 'message' || mayRead);
+      const mayVerify = client.capabilities.has('verification');
+      const mayContacts = mayVerify || client.capabilities.has('contacts.read');
+      const visible = (event: StreamEvent): boolean => {
+        switch (event.type) {
+          case 'verification':
+            return mayVerify && mayConcern(client, event.flow.userId);
+          case 'identity':
+            return mayContacts && mayConcern(client, event.userId);
+          case 'message':
+            return mayRead && client.mayAccessRoom(event.roomId);
+          default:
+            return client.mayAccessRoom(event.roomId);
+        }
+      };
       return hub.poll(after, visible, {
         waitMs,
         max: 100,
@@ -249,7 +291,89 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       }
       return {};
     },
+
+    verifications: async ({ auth }) => {
+      const client = await guard(auth.token, 'verification');
+      return {
+        verifications: endpoint.verifications
+          .list()
+          .filter((f) => mayConcern(client, f.userId))
+          .map(flowWire),
+      };
+    },
+
+    verificationRequest: async ({ auth, userId, deviceId }) => {
+      const client = await guard(auth.token, 'verification', { target: userId });
+      if (!mayConcern(client, userId)) {
+        throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
+      }
+      const flow = await verificationStep(() =>
+        upstream(() => endpoint.verifications.request(userId, deviceId)),
+      );
+      return flowWire(flow);
+    },
+
+    verification: async ({ auth, flowId }) => {
+      const client = await guard(auth.token, 'verification', { audit: false });
+      return flowWire(await visibleFlow(client, flowId));
+    },
+
+    verificationAccept: async ({ auth, flowId }) => {
+      const client = await guard(auth.token, 'verification');
+      await visibleFlow(client, flowId);
+      return flowWire(
+        await verificationStep(() => upstream(() => endpoint.verifications.accept(flowId))),
+      );
+    },
+
+    verificationConfirm: async ({ auth, flowId }) => {
+      const client = await guard(auth.token, 'verification');
+      await visibleFlow(client, flowId);
+      return flowWire(
+        await verificationStep(() => upstream(() => endpoint.verifications.confirm(flowId))),
+      );
+    },
+
+    verificationCancel: async ({ auth, flowId, mismatch }) => {
+      const client = await guard(auth.token, 'verification');
+      await visibleFlow(client, flowId);
+      const code = mismatch === true ? 'm.mismatched_sas' : 'm.user';
+      return flowWire(
+        await verificationStep(() => upstream(() => endpoint.verifications.cancel(flowId, code))),
+      );
+    },
+
+    identityAcknowledge: async ({ auth, userId }) => {
+      const client = await guard(auth.token, 'verification', { target: userId });
+      if (!mayConcern(client, userId)) {
+        throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
+      }
+      await verificationStep(() => acknowledgeIdentity(endpoint.engine.machine, userId));
+      void outbox.pump(); // messages held back by the change may go now
+      return { identity: identityWire(await identityOf(endpoint.engine.machine, userId)) };
+    },
+
+    identityWithdraw: async ({ auth, userId }) => {
+      const client = await guard(auth.token, 'verification', { target: userId });
+      if (!mayConcern(client, userId)) {
+        throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
+      }
+      await verificationStep(() => withdrawVerification(endpoint.engine.machine, userId));
+      return { identity: identityWire(await identityOf(endpoint.engine.machine, userId)) };
+    },
   };
+}
+
+/** Verification and identity refusals, as RPC errors with the same code and sentence. */
+async function verificationStep<T>(work: () => T | Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (e) {
+    if (e instanceof VerificationError || e instanceof IdentityError) {
+      throw new RpcError(e.code, e.message);
+    }
+    throw e;
+  }
 }
 
 function byteSize(value: unknown): number {

@@ -1,5 +1,7 @@
-import type { TimelineItemWire } from '../contract.ts';
-import { type TimelineItem, isDecrypted } from '../device.ts';
+import type { TimelineItemWire, VerificationFlowWire } from '../contract.ts';
+import { type EndpointEvent, type TimelineItem, isDecrypted } from '../device.ts';
+import type { HubInput } from './events.ts';
+import type { FlowView, IdentityView } from '../verification/index.ts';
 
 /** Longest undecryptable-reason text passed to a UI (the crypto core's messages are short). */
 const MAX_REASON = 500;
@@ -33,4 +35,54 @@ export function timelineItemWire(item: TimelineItem): TimelineItemWire {
     encrypted: item.encrypted,
     verification: item.verification,
   };
+}
+
+/** Longest cancellation reason passed on (the other side chooses it). */
+const MAX_CANCEL_REASON = 200;
+
+export function flowWire(flow: FlowView): VerificationFlowWire {
+  return {
+    flowId: flow.flowId,
+    userId: flow.userId,
+    ...(flow.deviceId === undefined ? {} : { deviceId: flow.deviceId }),
+    weStarted: flow.weStarted,
+    phase: flow.phase,
+    ...(flow.sas === undefined ? {} : { sas: flow.sas }),
+    ...(flow.cancelled === undefined
+      ? {}
+      : {
+          cancelled: {
+            code: flow.cancelled.code.slice(0, 64),
+            reason: flow.cancelled.reason.slice(0, MAX_CANCEL_REASON),
+            byUs: flow.cancelled.byUs,
+          },
+        }),
+    timeRemainingMs: Math.max(0, Math.floor(flow.timeRemainingMs)),
+  };
+}
+
+export function identityWire(identity: IdentityView): {
+  state: IdentityView['state'];
+  masterKey?: string;
+  wasVerified: boolean;
+} {
+  return {
+    state: identity.state,
+    ...(identity.masterKey === undefined ? {} : { masterKey: identity.masterKey }),
+    wasVerified: identity.wasVerified,
+  };
+}
+
+/** What the event stream carries for one thing the endpoint saw. */
+export function streamInput(event: EndpointEvent): HubInput {
+  switch (event.type) {
+    case 'message':
+      return { type: 'message', roomId: event.roomId, item: timelineItemWire(event.item) };
+    case 'verification':
+      return { type: 'verification', flow: flowWire(event.flow) };
+    case 'identity':
+      return { type: 'identity', userId: event.userId, identity: identityWire(event.identity) };
+    default:
+      return event;
+  }
 }

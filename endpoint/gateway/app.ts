@@ -14,6 +14,7 @@ import { allRoutes, jsonRoutesPlugin } from './routes/index.ts';
 import { openApiPlugin } from './routes/openapi.ts';
 import { contactRoutes } from './routes/contacts.ts';
 import { messageRoutes } from './routes/messages.ts';
+import { verificationRoutes } from './routes/verification.ts';
 import { roomRoutes } from './routes/rooms.ts';
 import { statusRoutes } from './routes/status.ts';
 import { Subscribers } from './sse.ts';
@@ -65,6 +66,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   void app.register(jsonRoutesPlugin, { ctx, routes: roomRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: messageRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: contactRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: verificationRoutes });
   void app.register(eventsPlugin, { ctx, subscribers: new Subscribers(limits) });
   void app.register(openApiPlugin, { document: openApiDocument() });
   methodNotAllowed(app, allRoutes);

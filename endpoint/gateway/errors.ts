@@ -45,6 +45,10 @@ export const RPC_STATUS: Readonly<Record<string, number>> = Object.freeze({
   INVALID_REQUEST: 400,
   INVALID_PARAMS: 400,
   NOT_FOUND: 404,
+  /** The verification or identity is not in a state where this step applies. */
+  CONFLICT: 409,
+  /** Members of the room changed identity: acknowledge or verify again, then send. */
+  IDENTITY_CHANGED: 409,
   UPSTREAM_FAILED: 502,
   AUDIT_UNAVAILABLE: 503,
   BUSY: 503,

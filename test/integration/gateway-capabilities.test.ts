@@ -26,10 +26,8 @@ import { useFixture } from '../fixtures/lifecycle.ts';
 const synapse = useFixture(() => startSynapse());
 const tpm = useFixture(() => startSwtpm());
 
-/** The capabilities that have routes today; verification/attestation come with their issues. */
-const ROUTED: readonly Capability[] = CAPABILITIES.filter(
-  (c) => c !== 'verification' && c !== 'attestation',
-);
+/** The capabilities that have routes today; attestation comes with its issue. */
+const ROUTED: readonly Capability[] = CAPABILITIES.filter((c) => c !== 'attestation');
 
 interface Route {
   name: string;
@@ -182,6 +180,37 @@ function routes(): Route[] {
       allowed: [200],
       call: (t) => json(`/v1/contacts/${r(bob.userId)}`, t),
     },
+    {
+      name: 'GET /v1/verifications',
+      capability: 'verification',
+      allowed: [200],
+      call: (t) => json('/v1/verifications', t),
+    },
+    {
+      name: 'POST /v1/verifications',
+      capability: 'verification',
+      // A device bob does not have: the request is refused after authorisation.
+      allowed: [404],
+      call: (t) =>
+        json('/v1/verifications', t, {
+          method: 'POST',
+          body: { userId: bob.userId, deviceId: 'NOSUCHDEVICE' },
+        }),
+    },
+    ...(['', '/accept', '/confirm', '/cancel'] as const).map((step): Route => ({
+      name: `${step === '' ? 'GET' : 'POST'} /v1/verifications/{flowId}${step}`,
+      capability: 'verification',
+      allowed: [404],
+      call: (t) =>
+        json(`/v1/verifications/no-such-flow${step}`, t, step === '' ? {} : { method: 'POST' }),
+    })),
+    ...(['acknowledge', 'withdraw-verification'] as const).map((action): Route => ({
+      name: `POST /v1/contacts/{userId}/identity/${action}`,
+      capability: 'verification',
+      // bob's identity never changed and was never verified: nothing to do.
+      allowed: [409],
+      call: (t) => json(`/v1/contacts/${r(bob.userId)}/identity/${action}`, t, { method: 'POST' }),
+    })),
     {
       name: 'GET /v1/events (SSE)',
       capability: 'events.stream',

@@ -79,7 +79,12 @@ export function defaultHandlers(): Handlers<EndpointContract> {
     },
     contact: async (p) => {
       checkToken(p);
-      return Promise.resolve({ userId: p.userId, rooms: [ROOM], devices: [] });
+      return Promise.resolve({
+        userId: p.userId,
+        rooms: [ROOM],
+        identity: { state: 'none' as const, wasVerified: false },
+        devices: [],
+      });
     },
     subscribe: async (p) => {
       checkToken(p);
@@ -101,8 +106,50 @@ export function defaultHandlers(): Handlers<EndpointContract> {
       checkToken(p);
       return Promise.resolve({});
     },
+    verifications: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ verifications: [FLOW] });
+    },
+    verificationRequest: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ ...FLOW, userId: p.userId, deviceId: p.deviceId });
+    },
+    verification: async (p) => {
+      checkToken(p);
+      if (p.flowId !== FLOW.flowId) throw new RpcError('NOT_FOUND', 'no such verification');
+      return Promise.resolve(FLOW);
+    },
+    verificationAccept: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ ...FLOW, phase: 'ready' as const });
+    },
+    verificationConfirm: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ ...FLOW, phase: 'confirmed' as const });
+    },
+    verificationCancel: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ ...FLOW, phase: 'cancelled' as const });
+    },
+    identityAcknowledge: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ identity: { state: 'pinned' as const, wasVerified: false } });
+    },
+    identityWithdraw: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ identity: { state: 'verified' as const, wasVerified: false } });
+    },
   };
 }
+
+export const FLOW = {
+  flowId: 'flow-1',
+  userId: '@bob:example.org',
+  deviceId: 'BOBDEVICE',
+  weStarted: false,
+  phase: 'requested' as const,
+  timeRemainingMs: 600_000,
+};
 
 export interface FakeEndpoint {
   client: ReturnType<typeof createClient<EndpointContract>>;

@@ -46,6 +46,14 @@ describe('gateway OpenAPI document', () => {
         'post /v1/rooms/{roomId}/invite',
         'post /v1/rooms/{roomId}/leave',
         'post /v1/rooms/{roomId}/messages',
+        'get /v1/verifications',
+        'get /v1/verifications/{flowId}',
+        'post /v1/verifications',
+        'post /v1/verifications/{flowId}/accept',
+        'post /v1/verifications/{flowId}/confirm',
+        'post /v1/verifications/{flowId}/cancel',
+        'post /v1/contacts/{userId}/identity/acknowledge',
+        'post /v1/contacts/{userId}/identity/withdraw-verification',
       ].sort(),
     );
     for (const { path, op } of operations) {

@@ -140,7 +140,12 @@ describe('gateway routes forward one call each, with the token as presented', ()
       headers: bearer(),
     });
     expect(res.statusCode).toBe(200);
-    expect(res.json()).toEqual({ userId: '@a:example.org', rooms: [ROOM], devices: [] });
+    expect(res.json()).toEqual({
+      userId: '@a:example.org',
+      rooms: [ROOM],
+      identity: { state: 'none', wasVerified: false },
+      devices: [],
+    });
     expect(fake.calls).toEqual([
       { method: 'contacts', params: { auth } },
       { method: 'contact', params: { auth, userId: '@a:example.org' } },

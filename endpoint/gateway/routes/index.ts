@@ -7,6 +7,7 @@ import { messageRoutes } from './messages.ts';
 import { openApiRoute } from './openapi.ts';
 import { roomRoutes } from './rooms.ts';
 import { statusRoutes } from './status.ts';
+import { verificationRoutes } from './verification.ts';
 
 /** The JSON routes that forward one call each to the endpoint. */
 export const jsonRoutes: readonly JsonRoute[] = [
@@ -14,6 +15,7 @@ export const jsonRoutes: readonly JsonRoute[] = [
   ...roomRoutes,
   ...messageRoutes,
   ...contactRoutes,
+  ...verificationRoutes,
 ];
 
 /** Every route the gateway serves, in the OpenAPI document's order. */

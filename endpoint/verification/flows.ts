@@ -1,0 +1,337 @@
+import {
+  DeviceId,
+  type OlmMachine,
+  Sas,
+  UserId,
+  type VerificationRequest,
+  VerificationRequestPhase,
+} from '@matrix-org/matrix-sdk-crypto-wasm';
+import type { CryptoEngine, Logger, OutgoingRequest } from '../crypto/engine.ts';
+
+/**
+ * Interactive (SAS) verification, as the local API offers it: a thin layer over the crypto
+ * core's VerificationRequest and Sas objects. The core runs the protocol (commitments, MACs,
+ * timeouts, signing the other side's keys when done); this file only remembers which flows
+ * exist, carries their outgoing messages to the homeserver and describes them as plain data.
+ * Nothing here decides whether two devices match: the user does, by comparing the emoji.
+ */
+
+export type FlowPhase =
+  /** Sent by us, or received: waiting for the other side / for our accept. */
+  | 'requested'
+  /** Both sides accepted; SAS is about to start. */
+  | 'ready'
+  /** SAS started; the short authentication string is not known yet. */
+  | 'started'
+  /** The emoji and decimals can be compared now: confirm or cancel. */
+  | 'compare'
+  /** We confirmed; waiting for the other side's confirmation. */
+  | 'confirmed'
+  | 'done'
+  | 'cancelled';
+
+export interface FlowView {
+  flowId: string;
+  userId: string;
+  deviceId: string | undefined;
+  /** We sent the request (true) or received it (false). */
+  weStarted: boolean;
+  phase: FlowPhase;
+  /** Present from `compare` on: the seven emoji with their English names, and the decimals. */
+  sas:
+    { emoji: { symbol: string; name: string }[]; decimals: [number, number, number] } | undefined;
+  cancelled: { code: string; reason: string; byUs: boolean } | undefined;
+  /** Until the core cancels it for inactivity (m.timeout). */
+  timeRemainingMs: number;
+}
+
+export class VerificationError extends Error {
+  readonly code: 'NOT_FOUND' | 'CONFLICT' | 'INVALID_REQUEST';
+  constructor(code: VerificationError['code'], message: string) {
+    super(message);
+    this.code = code;
+    this.name = 'VerificationError';
+  }
+}
+
+/** Bounds the flows we remember (a peer could send many requests); oldest finished go first. */
+const MAX_FLOWS = 64;
+
+export class Verifications {
+  readonly #engine: CryptoEngine;
+  readonly #machine: OlmMachine;
+  readonly #log: Logger;
+  /** flowId -> the other user (the core looks flows up by both). */
+  readonly #flows = new Map<string, string>();
+  /** Flows whose request (and SAS) changes we follow; the core keeps one callback list each. */
+  readonly #watched = new Set<string>();
+  readonly #watchedSas = new Set<string>();
+  readonly #listeners = new Set<(flow: FlowView) => void>();
+  /** Per-flow serialisation of our own steps, so two API calls cannot interleave in the core. */
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(engine: CryptoEngine, log: Logger) {
+    this.#engine = engine;
+    this.#machine = engine.machine;
+    this.#log = log;
+  }
+
+  onChange(listener: (flow: FlowView) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Called by the sync loop for each m.key.verification.request the core took in. */
+  async received(requests: { sender: string; flowId: string }[]): Promise<void> {
+    for (const { sender, flowId } of requests) {
+      const request = this.#request(sender, flowId);
+      if (!request) continue; // the core refused it (stale, from an unknown device...)
+      this.#remember(flowId, sender);
+      this.#watch(request);
+      this.#announce(request);
+    }
+    return Promise.resolve();
+  }
+
+  list(): FlowView[] {
+    const out: FlowView[] = [];
+    for (const [flowId, userId] of this.#flows) {
+      const request = this.#request(userId, flowId);
+      if (request) out.push(describe(request));
+    }
+    return out;
+  }
+
+  get(flowId: string): FlowView {
+    return describe(this.#known(flowId));
+  }
+
+  /** Asks one device of a user (ours or a contact's) to verify with us by SAS. */
+  request(userId: string, deviceId: string): Promise<FlowView> {
+    return this.#serial(async () => {
+      await this.#engine.track([userId]);
+      await this.#engine.processOutgoing(); // a /keys/query for a user we did not track yet
+      const device = await this.#machine.getDevice(new UserId(userId), new DeviceId(deviceId), 5);
+      if (!device) throw new VerificationError('NOT_FOUND', 'no such device for this user');
+      if (
+        userId === this.#machine.userId.toString() &&
+        deviceId === this.#machine.deviceId.toString()
+      ) {
+        device.free();
+        throw new VerificationError('INVALID_REQUEST', 'a device cannot verify itself');
+      }
+      const [request, outgoing] = device.requestVerification();
+      device.free();
+      this.#remember(request.flowId, userId);
+      this.#watch(request);
+      await this.#engine.send(outgoing);
+      return describe(request);
+    });
+  }
+
+  /** Accepts an incoming request; the SAS start that follows from the other side is accepted too. */
+  accept(flowId: string): Promise<FlowView> {
+    return this.#serial(async () => {
+      const request = this.#known(flowId);
+      if (request.phase() !== VerificationRequestPhase.Requested || request.weStarted()) {
+        throw new VerificationError('CONFLICT', `this verification is ${describe(request).phase}`);
+      }
+      const outgoing = request.accept();
+      if (outgoing) await this.#engine.send(outgoing);
+      return describe(request);
+    });
+  }
+
+  /** The user compared the emoji and they match: the core marks the other side verified. */
+  confirm(flowId: string): Promise<FlowView> {
+    return this.#serial(async () => {
+      const request = this.#known(flowId);
+      const sas = sasOf(request);
+      if (!sas?.canBePresented() || sas.haveWeConfirmed()) {
+        throw new VerificationError(
+          'CONFLICT',
+          `there is nothing to confirm: this verification is ${describe(request).phase}`,
+        );
+      }
+      for (const outgoing of await sas.confirm()) await this.#send(outgoing);
+      // Done: the core signs the other side's keys (user-signing or self-signing key).
+      await this.#engine.processOutgoing();
+      return describe(request);
+    });
+  }
+
+  /** Cancels at any step (m.user): also what a UI does when the emoji differ. */
+  cancel(flowId: string, code: 'm.user' | 'm.mismatched_sas' = 'm.user'): Promise<FlowView> {
+    return this.#serial(async () => {
+      const request = this.#known(flowId);
+      const phase = request.phase();
+      if (phase === VerificationRequestPhase.Done || phase === VerificationRequestPhase.Cancelled) {
+        throw new VerificationError(
+          'CONFLICT',
+          `this verification is already ${describe(request).phase}`,
+        );
+      }
+      const sas = sasOf(request);
+      const outgoing = sas ? sas.cancelWithCode(code) : request.cancel();
+      sas?.free();
+      if (outgoing) await this.#send(outgoing);
+      return describe(request);
+    });
+  }
+
+  #known(flowId: string): VerificationRequest {
+    const userId = this.#flows.get(flowId);
+    const request = userId === undefined ? undefined : this.#request(userId, flowId);
+    if (!request) throw new VerificationError('NOT_FOUND', 'no such verification');
+    return request;
+  }
+
+  #request(userId: string, flowId: string): VerificationRequest | undefined {
+    try {
+      return this.#machine.getVerificationRequest(new UserId(userId), flowId);
+    } catch {
+      return undefined; // a malformed user id from a peer
+    }
+  }
+
+  #remember(flowId: string, userId: string): void {
+    this.#flows.delete(flowId);
+    this.#flows.set(flowId, userId);
+    while (this.#flows.size > MAX_FLOWS) {
+      const oldest = this.#flows.keys().next().value;
+      if (oldest === undefined) break;
+      this.#flows.delete(oldest);
+      this.#watched.delete(oldest);
+      this.#watchedSas.delete(oldest);
+    }
+  }
+
+  /**
+   * Follows a flow's changes: announces each step, starts SAS once a request we sent is ready,
+   * and accepts the other side's SAS start (the user's accept, or their own request, already
+   * said yes to verifying; comparing the emoji is still theirs to do).
+   */
+  #watch(request: VerificationRequest): void {
+    const flowId = request.flowId;
+    if (this.#watched.has(flowId)) return;
+    this.#watched.add(flowId);
+    const userId = request.otherUserId.toString();
+    request.registerChangesCallback(async () => {
+      await this.#serial(async () => {
+        const current = this.#request(userId, flowId);
+        if (!current) return;
+        if (current.phase() === VerificationRequestPhase.Ready && current.weStarted()) {
+          const started = await current.startSas();
+          if (started) {
+            const [sas, outgoing] = started;
+            await this.#send(outgoing);
+            this.#watchSas(sas, userId, flowId);
+          }
+        }
+        const sas = sasOf(current);
+        if (sas) {
+          const outgoing = sas.accept();
+          if (outgoing) await this.#send(outgoing);
+          this.#watchSas(sas, userId, flowId);
+        }
+        this.#announce(current);
+      }).catch((e: unknown) => {
+        this.#log.warn(`verification ${flowId}: ${e instanceof Error ? e.message : 'step failed'}`);
+      });
+    });
+  }
+
+  #watchSas(sas: Sas, userId: string, flowId: string): void {
+    if (this.#watchedSas.has(flowId)) return;
+    this.#watchedSas.add(flowId);
+    sas.registerChangesCallback(() => {
+      const current = this.#request(userId, flowId);
+      if (current) this.#announce(current);
+      return Promise.resolve();
+    });
+  }
+
+  #announce(request: VerificationRequest): void {
+    const view = describe(request);
+    for (const listener of this.#listeners) {
+      try {
+        listener(view);
+      } catch (e) {
+        this.#log.warn(`verification listener failed: ${e instanceof Error ? e.message : 'error'}`);
+      }
+    }
+  }
+
+  async #send(outgoing: OutgoingRequest): Promise<void> {
+    await this.#engine.send(outgoing);
+  }
+
+  #serial<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.#queue.then(work, work);
+    this.#queue = next.catch(() => undefined);
+    return next;
+  }
+}
+
+function sasOf(request: VerificationRequest): Sas | undefined {
+  const flow = request.getVerification();
+  if (flow instanceof Sas) return flow;
+  flow?.free();
+  return undefined;
+}
+
+function describe(request: VerificationRequest): FlowView {
+  const sas = sasOf(request);
+  const cancelInfo = request.cancelInfo ?? sas?.cancelInfo();
+  let phase: FlowPhase;
+  switch (request.phase()) {
+    case VerificationRequestPhase.Created:
+    case VerificationRequestPhase.Requested:
+      phase = 'requested';
+      break;
+    case VerificationRequestPhase.Ready:
+      phase = 'ready';
+      break;
+    case VerificationRequestPhase.Transitioned:
+      phase = !sas?.canBePresented() ? 'started' : sas.haveWeConfirmed() ? 'confirmed' : 'compare';
+      if (sas?.isCancelled()) phase = 'cancelled';
+      break;
+    case VerificationRequestPhase.Done:
+      phase = 'done';
+      break;
+    case VerificationRequestPhase.Cancelled:
+      phase = 'cancelled';
+      break;
+  }
+  let shown: FlowView['sas'];
+  if (sas?.canBePresented() && (phase === 'compare' || phase === 'confirmed')) {
+    const emoji = sas.emoji() ?? [];
+    const decimals = sas.decimals();
+    shown = {
+      emoji: emoji.map((e) => {
+        const item = { symbol: e.symbol, name: e.description };
+        e.free();
+        return item;
+      }),
+      decimals: [decimals?.[0] ?? 0, decimals?.[1] ?? 0, decimals?.[2] ?? 0],
+    };
+  }
+  const view: FlowView = {
+    flowId: request.flowId,
+    userId: request.otherUserId.toString(),
+    deviceId: request.otherDeviceId?.toString() ?? sas?.otherDeviceId.toString(),
+    weStarted: request.weStarted(),
+    phase,
+    sas: shown,
+    cancelled: cancelInfo
+      ? {
+          code: cancelInfo.cancelCode(),
+          reason: cancelInfo.reason(),
+          byUs: cancelInfo.cancelledbyUs(),
+        }
+      : undefined,
+    timeRemainingMs: request.timeRemainingMillis(),
+  };
+  sas?.free();
+  return view;
+}
