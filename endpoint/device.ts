@@ -5,6 +5,7 @@ import {
   type Logger,
   type UndecryptableMessage,
 } from './crypto/engine.ts';
+import type { ExtraMasterSignatures, MasterKeySigner } from './crypto/cross-signing.ts';
 import type { TrustSettings } from './crypto/settings.ts';
 import type { CreateRoomOptions, HomeserverApi, RoomEvent } from './matrix/api.ts';
 import { SyncLoop } from './sync/loop.ts';
@@ -65,6 +66,13 @@ export interface EndpointOptions {
   logger?: Logger;
   /** For the user-interactive auth of the first cross-signing upload. */
   password?: string;
+  /**
+   * Where the cross-signing master key lives (the vault's, in the service). Without it the
+   * crypto core makes its own master key: for tests and benchmarks that run with no vault.
+   */
+  masterKey?: MasterKeySigner;
+  /** More signatures on the master key before its first upload (the X.509 one). */
+  extraMasterSignatures?: ExtraMasterSignatures;
   /** Where the previous run stopped syncing (from the sealed store). */
   since?: string;
   saveSince?: (token: string) => Promise<void>;
@@ -181,6 +189,12 @@ export class Endpoint {
     const localpart = api.userId.slice(1).split(':')[0] ?? '';
     await engine.ensureCrossSigning(
       options.password === undefined ? undefined : { user: localpart, password: options.password },
+      options.masterKey && {
+        signer: options.masterKey,
+        ...(options.extraMasterSignatures
+          ? { extraMasterSignatures: options.extraMasterSignatures }
+          : {}),
+      },
     );
     const endpoint = new Endpoint(api, engine, options);
     endpoint.#sync.start();

@@ -2,6 +2,7 @@ import { hkdfSync } from 'node:crypto';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { Vault } from '../keyvault/vault.ts';
+import { type ExtraMasterSignatures, vaultMasterKeySigner } from './crypto/cross-signing.ts';
 import type { Logger } from './crypto/engine.ts';
 import type { TrustSettings } from './crypto/settings.ts';
 import { Endpoint } from './device.ts';
@@ -27,6 +28,8 @@ export interface ServiceOptions {
   /** Per-room trust from the policy; overrides `trust`. */
   trustFor?: (roomId: string) => TrustSettings;
   logger?: Logger;
+  /** More signatures on the vault's master key before its first upload (the X.509 one). */
+  extraMasterSignatures?: ExtraMasterSignatures;
 }
 
 const sessionSchema = z.object({
@@ -107,6 +110,11 @@ export class EndpointService {
         api,
         store: { name: CRYPTO_DB, key: engineKey },
         password: options.password,
+        // The master key never leaves the vault: the endpoint gets signatures, not the seed.
+        masterKey: vaultMasterKeySigner(options.vault),
+        ...(options.extraMasterSignatures
+          ? { extraMasterSignatures: options.extraMasterSignatures }
+          : {}),
         ...(since ? { since } : {}),
         saveSince: (token) => state.put('sync/since', token),
         ...(rooms ? { rooms } : {}),

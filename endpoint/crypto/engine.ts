@@ -14,7 +14,13 @@ import {
   UserId,
   initAsync,
 } from '@matrix-org/matrix-sdk-crypto-wasm';
-import type { HomeserverApi, RoomEvent, SyncResponse } from '../matrix/api.ts';
+import type { HomeserverApi, RoomEvent, SyncResponse, UiaAuth } from '../matrix/api.ts';
+import {
+  type CrossSigningOutcome,
+  type ExtraMasterSignatures,
+  type MasterKeySigner,
+  ensureVaultCrossSigning,
+} from './cross-signing.ts';
 import {
   DEFAULT_TRUST,
   type TrustSettings,
@@ -176,12 +182,36 @@ export class CryptoEngine {
 
   /**
    * Sets up cross-signing if this account has none yet, so that the MSC4153 default (room
-   * keys only to cross-signed devices) includes our own device. The keys are the engine's for
-   * now; issue 6 moves the master key into the vault.
+   * keys only to cross-signed devices) includes our own device. With `master` (the service
+   * always passes the vault's), the master key stays in the vault and only the subkeys live
+   * here (see cross-signing.ts). Without it (tests and benchmarks with no vault), the machine
+   * makes all three keys itself, as before issue 6.
    */
   async ensureCrossSigning(
     uia: { user: string; password: string } | undefined,
-  ): Promise<'created' | 'present' | 'uploaded' | 'foreign'> {
+    master?: { signer: MasterKeySigner; extraMasterSignatures?: ExtraMasterSignatures },
+  ): Promise<CrossSigningOutcome> {
+    const auth: UiaAuth | undefined = uia && {
+      type: 'm.login.password',
+      identifier: { type: 'm.id.user', user: uia.user },
+      password: uia.password,
+    };
+    if (master) {
+      return ensureVaultCrossSigning({
+        machine: this.machine,
+        api: this.#api,
+        send: (request) => this.#send(request),
+        master: master.signer,
+        uia: auth,
+        extraMasterSignatures: master.extraMasterSignatures,
+        warn: (m) => {
+          this.#log.warn(m);
+        },
+        info: (m) => {
+          this.#log.info(m);
+        },
+      });
+    }
     const local = await this.machine.crossSigningStatus();
     const haveKeys = local.hasMaster && local.hasSelfSigning && local.hasUserSigning;
     const published = await this.#publishedMasterKey();
@@ -198,14 +228,7 @@ export class CryptoEngine {
     const requests = await this.machine.bootstrapCrossSigning(!haveKeys);
     const uploadKeys: unknown = requests.uploadKeysRequest;
     if (uploadKeys instanceof KeysUploadRequest) await this.#send(uploadKeys);
-    await this.#api.deviceSigningUpload(
-      requests.uploadSigningKeysRequest.body,
-      uia && {
-        type: 'm.login.password',
-        identifier: { type: 'm.id.user', user: uia.user },
-        password: uia.password,
-      },
-    );
+    await this.#api.deviceSigningUpload(requests.uploadSigningKeysRequest.body, auth);
     await this.#send(requests.uploadSignaturesRequest);
     return haveKeys ? 'uploaded' : 'created';
   }
