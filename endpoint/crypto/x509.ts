@@ -1,0 +1,253 @@
+/**
+ * Our X.509 identity (issue 6): the institution's certificate vouches for our cross-signing
+ * master key, so that peers configured with the institution's CA see us verified without
+ * comparing emoji. The private key is the vault's `x509-identity` key (RSASSA-PSS, SHA-512,
+ * salt 64; HSM or TPM); the certificate chain comes from the configuration.
+ *
+ * The signature is a CMS SignedData in the master key's `signatures`, under our MXID, with the
+ * key id `io.element.x509:<unpadded base64 of the root CA's SKI>` (what matrix-sdk-crypto 0.19
+ * in matrix-sdk-crypto-wasm 18.9.0 writes and accepts; see /work/shared/notes/x509-identity.md):
+ * v3, detached id-data content (the master key's canonical JSON without `signatures` and
+ * `unsigned`), the chain's certificates, one SignerInfo identified by the leaf's SKI, SHA-512,
+ * RSASSA-PSS (MGF1-SHA-512, salt 64), no signed attributes.
+ *
+ * Why we build it: the master key lives in the vault (cross-signing.ts), and the crypto core
+ * only adds an X.509 signature to master keys it generates itself (bootstrapCrossSigning).
+ * So this file makes the same structure with the ASN.1 schema packages and the vault's
+ * signature, and cross-signing.ts adds it through its `extraMasterSignatures` hook.
+ */
+import { X509Certificate } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import {
+  CMSVersion,
+  CertificateChoices,
+  CertificateSet,
+  ContentInfo,
+  DigestAlgorithmIdentifier,
+  DigestAlgorithmIdentifiers,
+  SignatureAlgorithmIdentifier,
+  SignerInfos,
+  EncapsulatedContentInfo,
+  SignedData,
+  SignerIdentifier,
+  SignerInfo,
+  id_data,
+  id_signedData,
+} from '@peculiar/asn1-cms';
+import { RsaSaPssParams, id_RSASSA_PSS, id_mgf1, id_sha512, sha512 } from '@peculiar/asn1-rsa';
+import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
+import {
+  AlgorithmIdentifier,
+  AuthorityKeyIdentifier,
+  Certificate,
+  SubjectKeyIdentifier,
+  id_ce_authorityKeyIdentifier,
+  id_ce_subjectKeyIdentifier,
+} from '@peculiar/asn1-x509';
+import type { Vault } from '../../keyvault/vault.ts';
+
+export const X509_ALGORITHM = 'io.element.x509';
+
+export class X509ConfigError extends Error {
+  readonly code = 'ENDPOINT_X509';
+}
+
+/** The configured chain, parsed and checked for what the signature needs. */
+export interface X509Chain {
+  /** Leaf first, then intermediates; the root left out. PEM, normalised. */
+  pem: string;
+  der: Uint8Array[];
+  leafSki: Uint8Array;
+  /** `io.element.x509:<root SKI>`: the key id the signature is stored under. */
+  keyId: string;
+  /** The earliest notAfter over the chain, ms since the epoch (the validity the core wants). */
+  notAfterMs: number;
+  leaf: X509Certificate;
+}
+
+export interface X509Material {
+  /** Every configured CA certificate, PEM, for the crypto core's verifier. */
+  caCertsPem: string | undefined;
+  chain: X509Chain | undefined;
+}
+
+function splitPem(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
+
+function extension<T>(cert: Certificate, oid: string, type: new () => T): T | undefined {
+  const ext = cert.tbsCertificate.extensions?.find((e) => e.extnID === oid);
+  return ext ? AsnConvert.parse(ext.extnValue, type) : undefined;
+}
+
+function unpadded(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString('base64').replace(/=+$/, '');
+}
+
+async function readPem(path: string, what: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new X509ConfigError(
+      `x509: cannot read the ${what} ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+    );
+  }
+  const pems = splitPem(text);
+  if (pems.length === 0) throw new X509ConfigError(`x509: no PEM certificate in ${path}`);
+  return pems;
+}
+
+/** Parses a chain (leaf first, root left out) and checks what the signature depends on. */
+export function parseChain(pems: string[], source = 'the chain'): X509Chain {
+  let parsed: { node: X509Certificate; asn: Certificate }[];
+  try {
+    parsed = pems.map((p) => {
+      const node = new X509Certificate(p);
+      return { node, asn: AsnConvert.parse(node.raw, Certificate) };
+    });
+  } catch {
+    throw new X509ConfigError(`x509: ${source} holds a certificate that does not parse`);
+  }
+  const first = parsed[0];
+  const last = parsed[parsed.length - 1];
+  if (!first || !last) throw new X509ConfigError(`x509: ${source} is empty`);
+  if (first.node.publicKey.asymmetricKeyType !== 'rsa') {
+    throw new X509ConfigError(`x509: the leaf in ${source} must have an RSA key`);
+  }
+  const ski = extension(first.asn, id_ce_subjectKeyIdentifier, SubjectKeyIdentifier);
+  if (!ski) {
+    throw new X509ConfigError(`x509: the leaf in ${source} has no Subject Key Identifier`);
+  }
+  const aki = extension(last.asn, id_ce_authorityKeyIdentifier, AuthorityKeyIdentifier);
+  if (!aki?.keyIdentifier) {
+    throw new X509ConfigError(
+      `x509: the last certificate in ${source} has no Authority Key Identifier`,
+    );
+  }
+  return {
+    pem: parsed.map((c) => c.node.toString().trim() + '\n').join(''),
+    der: parsed.map((c) => new Uint8Array(c.node.raw)),
+    leafSki: new Uint8Array(ski.buffer),
+    keyId: `${X509_ALGORITHM}:${unpadded(new Uint8Array(aki.keyIdentifier.buffer))}`,
+    notAfterMs: Math.min(...parsed.map((c) => new Date(c.node.validTo).getTime())),
+    leaf: first.node,
+  };
+}
+
+/** Reads the endpoint config's `x509` section (paths already absolute). */
+export async function loadX509Material(config: {
+  caCerts: string[];
+  chain?: string | undefined;
+}): Promise<X509Material> {
+  const cas: string[] = [];
+  for (const path of config.caCerts) cas.push(...(await readPem(path, 'CA certificate file')));
+  const chain = config.chain
+    ? parseChain(await readPem(config.chain, 'chain file'), config.chain)
+    : undefined;
+  return { caCertsPem: cas.length > 0 ? cas.join('\n') + '\n' : undefined, chain };
+}
+
+/** X.690: SET OF elements in ascending order of their encodings. */
+function derOrder(a: Uint8Array, b: Uint8Array): number {
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    const d = (a[i] ?? 0) - (b[i] ?? 0);
+    if (d !== 0) return d;
+  }
+  return 0;
+}
+
+/** The CMS SignedData (PEM, label CMS) over `content`, given the leaf key's signature. */
+export function cmsSignature(chain: X509Chain, signature: Uint8Array): string {
+  // SHA-512 with explicit NULL parameters (the core refuses other digest parameters).
+  const digest = () => new DigestAlgorithmIdentifier({ algorithm: id_sha512, parameters: null });
+  const pss = new SignatureAlgorithmIdentifier({
+    algorithm: id_RSASSA_PSS,
+    parameters: AsnConvert.serialize(
+      new RsaSaPssParams({
+        hashAlgorithm: sha512,
+        maskGenAlgorithm: new AlgorithmIdentifier({
+          algorithm: id_mgf1,
+          parameters: AsnConvert.serialize(sha512),
+        }),
+        saltLength: 64,
+      }),
+    ),
+  });
+  const certificates = [...chain.der]
+    .sort(derOrder)
+    .map((der) => new CertificateChoices({ certificate: AsnConvert.parse(der, Certificate) }));
+  const signedData = new SignedData({
+    version: CMSVersion.v3,
+    digestAlgorithms: new DigestAlgorithmIdentifiers([digest()]),
+    encapContentInfo: new EncapsulatedContentInfo({ eContentType: id_data }),
+    certificates: new CertificateSet(certificates),
+    signerInfos: new SignerInfos([
+      new SignerInfo({
+        version: CMSVersion.v3,
+        sid: new SignerIdentifier({
+          subjectKeyIdentifier: new SubjectKeyIdentifier(chain.leafSki),
+        }),
+        digestAlgorithm: digest(),
+        signatureAlgorithm: pss,
+        signature: new OctetString(signature),
+      }),
+    ]),
+  });
+  const der = AsnConvert.serialize(
+    new ContentInfo({ contentType: id_signedData, content: AsnConvert.serialize(signedData) }),
+  );
+  const b64 = Buffer.from(der)
+    .toString('base64')
+    .replace(/(.{64})/g, '$1\n')
+    .trim();
+  return `-----BEGIN CMS-----\n${b64}\n-----END CMS-----\n`;
+}
+
+/** What the crypto core's X.509 signer callback must return (the .d.ts omits the scheme). */
+export interface RawX509Signature {
+  signature_scheme: 'RsaPssSha512';
+  signature_bytes: Uint8Array;
+  certificate_chain: string;
+}
+
+export interface VaultX509Signer {
+  chain: X509Chain;
+  /** The crypto core's `raw_x509_signer`: signs the given bytes with the vault's key. */
+  rawSigner: (item: Uint8Array) => Promise<RawX509Signature>;
+  /** The crypto core's `raw_x509_validity`: the chain's earliest notAfter, ms. */
+  rawValidity: () => number;
+  /** cross-signing.ts's hook: `{ "io.element.x509:<ski>": "<CMS PEM>" }` for a master key. */
+  extraMasterSignatures: (canonicalMasterKeyBytes: Uint8Array) => Promise<Record<string, string>>;
+}
+
+/**
+ * The vault's `x509-identity` key with the configured chain. Refuses a chain whose leaf is
+ * not the vault's key: such a signature would be uploaded and silently ignored by every peer.
+ */
+export async function vaultX509Signer(
+  vault: Pick<Vault, 'publicKey' | 'sign'>,
+  chain: X509Chain,
+): Promise<VaultX509Signer> {
+  const info = await vault.publicKey('x509-identity');
+  const vaultKey = Buffer.from(info.spki);
+  const leafKey = chain.leaf.publicKey.export({ type: 'spki', format: 'der' });
+  if (!vaultKey.equals(leafKey)) {
+    throw new X509ConfigError(
+      "x509: the chain's leaf certificate is not for the vault's x509-identity key (issue it with node deploy/x509/main.ts issue --vault-config ...)",
+    );
+  }
+  const sign = (bytes: Uint8Array) => vault.sign('x509-identity', bytes);
+  return {
+    chain,
+    rawSigner: async (item) => ({
+      signature_scheme: 'RsaPssSha512',
+      signature_bytes: await sign(item),
+      certificate_chain: chain.pem,
+    }),
+    rawValidity: () => chain.notAfterMs,
+    extraMasterSignatures: async (bytes) => ({
+      [chain.keyId]: cmsSignature(chain, await sign(bytes)),
+    }),
+  };
+}
