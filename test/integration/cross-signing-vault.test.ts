@@ -1,10 +1,11 @@
 import { UserId } from '@matrix-org/matrix-sdk-crypto-wasm';
 import { createPublicKey, verify } from 'node:crypto';
-import { readFile, readdir } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Pkcs11Config, TpmConfig } from '../../keyvault/config.ts';
 import { openPkcs11Vault } from '../../keyvault/pkcs11/index.ts';
+import { spawnVault } from '../../keyvault/spawn.ts';
 import { openTpmVault } from '../../keyvault/tpm/backend.ts';
 import type { Vault, VaultBackend } from '../../keyvault/vault.ts';
 import {
@@ -443,6 +444,39 @@ describe('cross-signing with the master key in a PKCS#11 token (SoftHSM2)', () =
       }
     } finally {
       await vault.close();
+    }
+  });
+});
+
+describe('with the vault in its own process (the compartments as deployed)', () => {
+  it('bootstraps over the vault RPC: the endpoint process only ever sees signatures', async () => {
+    const erinUser = await synapse().registerUser('erin');
+    const configPath = join(dir, 'erin-vault.json');
+    // On the other swtpm, which carol's vault (a different state dir) has finished with.
+    await writeFile(configPath, JSON.stringify(tpmConfig(otherTpm(), join(dir, 'erin-vault'))));
+    // Provisioning is the operator's `vault init`; swtpm serves one connection at a time.
+    const local = await openTpmVault(tpmConfig(otherTpm(), join(dir, 'erin-vault')));
+    await local.provision();
+    await local.close();
+    const spawned = await spawnVault(configPath);
+    try {
+      const counted = counting(spawned.vault as unknown as VaultBackend);
+      const service = await startService(counted.vault, erinUser, join(dir, 'erin-data'));
+      try {
+        const masterPublic = await vaultMasterBase64(spawned.vault);
+        const keys = await published(erinUser.accessToken, erinUser.userId);
+        expect(keyOf(keys.master)).toBe(masterPublic);
+        expect(signedBy(keys.selfSigning ?? {}, erinUser.userId, masterPublic)).toBe(true);
+        expect(signedBy(keys.userSigning ?? {}, erinUser.userId, masterPublic)).toBe(true);
+        expect(counted.masterSigns()).toBe(2);
+        const status = await service.endpoint.engine.machine.crossSigningStatus();
+        expect(status.hasMaster).toBe(false);
+        expect(status.hasSelfSigning).toBe(true);
+      } finally {
+        await service.stop();
+      }
+    } finally {
+      await spawned.stop();
     }
   });
 });
