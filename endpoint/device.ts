@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import {
   CryptoEngine,
   type DecryptedMessage,
+  type EngineOptions,
   type Logger,
   type UndecryptableMessage,
 } from './crypto/engine.ts';
@@ -73,6 +74,8 @@ export interface EndpointOptions {
   masterKey?: MasterKeySigner;
   /** More signatures on the master key before its first upload (the X.509 one). */
   extraMasterSignatures?: ExtraMasterSignatures;
+  /** X.509 identities: CAs whose users are verified, our own signer (crypto/x509.ts). */
+  x509?: EngineOptions['x509'];
   /** Where the previous run stopped syncing (from the sealed store). */
   since?: string;
   saveSince?: (token: string) => Promise<void>;
@@ -183,6 +186,7 @@ export class Endpoint {
       ...(options.store ? { store: options.store } : {}),
       ...(options.trust ? { trust: options.trust } : {}),
       ...(options.logger ? { logger: options.logger } : {}),
+      ...(options.x509 ? { x509: options.x509 } : {}),
     });
     // Publish our device keys, and our cross-signing identity, before anyone needs them.
     await engine.processOutgoing();

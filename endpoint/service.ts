@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type { Vault } from '../keyvault/vault.ts';
 import { type ExtraMasterSignatures, vaultMasterKeySigner } from './crypto/cross-signing.ts';
 import type { Logger } from './crypto/engine.ts';
+import { type X509Material, x509Setup } from './crypto/x509.ts';
 import type { TrustSettings } from './crypto/settings.ts';
 import { Endpoint } from './device.ts';
 import { HomeserverClient } from './matrix/index.ts';
@@ -30,6 +31,11 @@ export interface ServiceOptions {
   logger?: Logger;
   /** More signatures on the vault's master key before its first upload (the X.509 one). */
   extraMasterSignatures?: ExtraMasterSignatures;
+  /**
+   * X.509 identities (the config's `x509`, loaded): peers signed by these CAs are verified;
+   * with a chain, our master key is signed by the vault's x509-identity key (crypto/x509.ts).
+   */
+  x509?: X509Material;
 }
 
 const sessionSchema = z.object({
@@ -106,15 +112,16 @@ export class EndpointService {
       }
       const since = await state.get('sync/since', z.string());
       const rooms = await state.get('rooms', roomsSchema);
+      const x509 = options.x509 && (await x509Setup(options.vault, options.x509));
+      const extraMasterSignatures = options.extraMasterSignatures ?? x509?.extraMasterSignatures;
       const endpoint = await Endpoint.start({
         api,
         store: { name: CRYPTO_DB, key: engineKey },
         password: options.password,
         // The master key never leaves the vault: the endpoint gets signatures, not the seed.
         masterKey: vaultMasterKeySigner(options.vault),
-        ...(options.extraMasterSignatures
-          ? { extraMasterSignatures: options.extraMasterSignatures }
-          : {}),
+        ...(extraMasterSignatures ? { extraMasterSignatures } : {}),
+        ...(x509 ? { x509: x509.engine } : {}),
         ...(since ? { since } : {}),
         saveSince: (token) => state.put('sync/since', token),
         ...(rooms ? { rooms } : {}),
@@ -123,6 +130,11 @@ export class EndpointService {
         ...(options.trustFor ? { trustFor: options.trustFor } : {}),
         logger: log,
       });
+      // A renewed certificate (a new chain file) is signed in at start: expiry refresh.
+      if (x509?.refresh) {
+        const done = await x509.refresh(api, endpoint.userId);
+        if (done === 'signed') log.info('x509: signed our master key with the configured chain');
+      }
       const outbox = new Outbox(
         state,
         (entry) =>

@@ -27,6 +27,7 @@ import {
   decryptionSettings,
   encryptionSettings,
 } from './settings.ts';
+import type { VaultX509Signer } from './x509.ts';
 
 /**
  * A thin adapter around the Rust crypto core's OlmMachine, in the manner of matrix-js-sdk's
@@ -80,6 +81,15 @@ export interface EngineOptions {
   store?: { name: string; key: Uint8Array };
   trust?: TrustSettings;
   logger?: Logger;
+  /**
+   * X.509 identities (issue 6, see x509.ts): `caCertsPem` makes peers whose master key carries
+   * a valid signature from one of these CAs verified; `signer` (the vault's x509-identity key
+   * and the configured chain) signs our own master key when the core does.
+   */
+  x509?: {
+    caCertsPem?: string | undefined;
+    signer?: Pick<VaultX509Signer, 'rawSigner' | 'rawValidity'> | undefined;
+  };
 }
 
 let initialised: Promise<void> | undefined;
@@ -106,13 +116,35 @@ export class CryptoEngine {
     await initialised;
     const userId = new UserId(options.userId);
     const deviceId = new DeviceId(options.deviceId);
+    // The 18.9.0 .d.ts types the signer's result without `signature_scheme`, which the
+    // runtime requires (without it: no signature, one warning); ours has it.
+    const ca = options.x509?.caCertsPem;
+    const signer = options.x509?.signer?.rawSigner;
+    const validity = options.x509?.signer?.rawValidity;
     let machine: OlmMachine;
     if (options.store) {
       const handle = await StoreHandle.openWithKey(options.store.name, options.store.key);
-      machine = await OlmMachine.initFromStore(userId, deviceId, handle);
+      machine = await OlmMachine.initFromStore(
+        userId,
+        deviceId,
+        handle,
+        undefined,
+        ca,
+        signer,
+        validity,
+      );
       handle.free();
     } else {
-      machine = await OlmMachine.initialize(userId, deviceId);
+      machine = await OlmMachine.initialize(
+        userId,
+        deviceId,
+        undefined,
+        undefined,
+        undefined,
+        ca,
+        signer,
+        validity,
+      );
     }
     return new CryptoEngine(machine, options);
   }

@@ -45,6 +45,8 @@ import {
   id_ce_subjectKeyIdentifier,
 } from '@peculiar/asn1-x509';
 import type { Vault } from '../../keyvault/vault.ts';
+import type { HomeserverApi } from '../matrix/api.ts';
+import { canonicalJson } from './cross-signing.ts';
 
 export const X509_ALGORITHM = 'io.element.x509';
 
@@ -250,4 +252,105 @@ export async function vaultX509Signer(
       [chain.keyId]: cmsSignature(chain, await sign(bytes)),
     }),
   };
+}
+
+/** What the service wires in: the engine's part, the cross-signing hook, and the refresh. */
+export interface X509Setup {
+  engine: { caCertsPem?: string | undefined; signer?: VaultX509Signer | undefined };
+  extraMasterSignatures?: VaultX509Signer['extraMasterSignatures'];
+  /** Makes the published master key carry a signature by the configured chain. */
+  refresh?: (
+    api: Pick<HomeserverApi, 'keysQuery' | 'signaturesUpload'>,
+    userId: string,
+  ) => Promise<X509RefreshOutcome>;
+}
+
+export type X509RefreshOutcome = 'current' | 'signed' | 'no-identity';
+
+export async function x509Setup(
+  vault: Pick<Vault, 'publicKey' | 'sign'>,
+  material: X509Material,
+): Promise<X509Setup> {
+  const signer = material.chain ? await vaultX509Signer(vault, material.chain) : undefined;
+  return {
+    engine: { caCertsPem: material.caCertsPem, signer },
+    ...(signer
+      ? {
+          extraMasterSignatures: signer.extraMasterSignatures,
+          refresh: (api, userId) => refreshMasterSignature(api, userId, signer),
+        }
+      : {}),
+  };
+}
+
+interface MasterKey {
+  user_id: string;
+  usage: string[];
+  keys: Record<string, string>;
+  signatures?: Record<string, Record<string, string>>;
+  unsigned?: unknown;
+}
+
+/** The certificates inside a CMS signature we (or anyone) made, DER. */
+export function cmsCertificates(pem: string): Uint8Array[] {
+  const b64 = pem.replace(/-----(BEGIN|END) CMS-----/g, '').replace(/\s+/g, '');
+  const info = AsnConvert.parse(Buffer.from(b64, 'base64'), ContentInfo);
+  const signed = AsnConvert.parse(info.content, SignedData);
+  const out: Uint8Array[] = [];
+  if (!signed.certificates) return out;
+  for (const choice of signed.certificates) {
+    if (choice.certificate) out.push(new Uint8Array(AsnConvert.serialize(choice.certificate)));
+  }
+  return out;
+}
+
+/**
+ * Expiry refresh: when the published master key has no signature from the configured chain
+ * (a renewed certificate in the chain file, read at start), signs it again and uploads the
+ * signature. A signature whose certificates are exactly the configured chain is left alone,
+ * so a restart with the same chain signs nothing.
+ */
+export async function refreshMasterSignature(
+  api: Pick<HomeserverApi, 'keysQuery' | 'signaturesUpload'>,
+  userId: string,
+  signer: VaultX509Signer,
+): Promise<X509RefreshOutcome> {
+  const response = JSON.parse(
+    await api.keysQuery(JSON.stringify({ device_keys: { [userId]: [] } })),
+  ) as { master_keys?: Record<string, MasterKey> };
+  const master = response.master_keys?.[userId];
+  const masterPublic = Object.entries(master?.keys ?? {}).find(([id]) =>
+    id.startsWith('ed25519:'),
+  )?.[1];
+  if (!master || !masterPublic) return 'no-identity';
+  const existing = master.signatures?.[userId]?.[signer.chain.keyId];
+  if (existing && sameCertificates(existing, signer.chain.der)) return 'current';
+  const bare: Record<string, unknown> = { ...master };
+  delete bare.signatures;
+  delete bare.unsigned;
+  const bytes = new TextEncoder().encode(canonicalJson(bare));
+  const sigs = await signer.extraMasterSignatures(bytes);
+  const signed = { ...bare, signatures: { [userId]: sigs } };
+  const answer = JSON.parse(
+    await api.signaturesUpload(JSON.stringify({ [userId]: { [masterPublic]: signed } })),
+  ) as { failures?: Record<string, Record<string, unknown>> };
+  const failure = answer.failures?.[userId]?.[masterPublic];
+  if (failure) {
+    throw new Error(
+      `x509: the homeserver refused the X.509 signature: ${JSON.stringify(failure).slice(0, 300)}`,
+    );
+  }
+  return 'signed';
+}
+
+function sameCertificates(cmsPem: string, chain: Uint8Array[]): boolean {
+  try {
+    const inside = cmsCertificates(cmsPem)
+      .map((c) => Buffer.from(c).toString('base64'))
+      .sort();
+    const ours = chain.map((c) => Buffer.from(c).toString('base64')).sort();
+    return inside.length === ours.length && inside.every((c, i) => c === ours[i]);
+  } catch {
+    return false; // unparsable: replace it
+  }
 }
