@@ -25,6 +25,18 @@ export const endpointConfig = z
     policy: z.string().min(1),
     /** The audit log; default `<dataDir>/audit.log`. */
     auditLog: z.string().min(1).optional(),
+    /**
+     * X.509 identities (deploy/x509/README.md): `caCerts`, PEM files of the CAs whose users are
+     * verified without emoji; `chain`, our certificate chain (leaf for the vault's
+     * x509-identity key first, then intermediates, root left out), read at every start.
+     */
+    x509: z
+      .object({
+        caCerts: z.array(z.string().min(1)).max(64),
+        chain: z.string().min(1).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 export type EndpointConfig = z.infer<typeof endpointConfig>;
@@ -59,5 +71,13 @@ export async function loadEndpointConfig(path: string): Promise<ResolvedEndpoint
     policy: resolve(base, c.policy),
     auditLog: resolve(base, c.auditLog ?? join(c.dataDir, 'audit.log')),
     password: 'file' in c.password ? { file: resolve(base, c.password.file) } : c.password,
+    ...(c.x509
+      ? {
+          x509: {
+            caCerts: c.x509.caCerts.map((f) => resolve(base, f)),
+            ...(c.x509.chain ? { chain: resolve(base, c.x509.chain) } : {}),
+          },
+        }
+      : {}),
   };
 }

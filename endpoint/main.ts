@@ -17,6 +17,7 @@ import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.t
 import { EventHub, apiHandlers, streamInput } from './api/index.ts';
 import { endpointContract } from './contract.ts';
 import { loadEndpointConfig } from './config.ts';
+import { loadX509Material } from './crypto/x509.ts';
 import { EndpointService } from './service.ts';
 
 const usage = `Usage: node endpoint/main.ts serve --config FILE
@@ -72,6 +73,8 @@ async function main(argv: string[]): Promise<number> {
     await audit.close();
     throw e;
   }
+  // Read before the vault starts: a missing or unusable certificate fails in one line.
+  const x509 = config.x509 && (await loadX509Material(config.x509));
   const password = await readSecret(config.password, 'password');
   const vault = await spawnVault(config.vaultConfig);
   let service: EndpointService;
@@ -84,6 +87,7 @@ async function main(argv: string[]): Promise<number> {
       password: password.toString('utf8'),
       trustFor: (roomId) => roomTrust(policy.current, roomId).trust,
       logger: log,
+      ...(x509 ? { x509 } : {}),
     });
   } catch (e) {
     await vault.stop();
