@@ -229,7 +229,7 @@ export function checkChain(input: CheckInput): CheckReport {
     if (first) {
       problems.push({
         code: 'CMS_ORDER',
-        message: `intermediate ${first.subject} sorts before the leaf in the CMS certificate set, and peers would take it for the leaf (known bug); use an intermediate whose certificate is longer than the leaf's (an RSA intermediate key, e.g. RSA-4096, or a longer subject), see deploy/x509/README.md`,
+        message: `intermediate ${first.subject} sorts before the leaf in the CMS certificate set, and peers would take it for the leaf (known bug); the intermediate's certificate must be longer than the leaf's (an RSA root, whose signature on it outweighs the leaf's key, or a long root name), see deploy/x509/README.md`,
       });
     }
   }
