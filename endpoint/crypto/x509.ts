@@ -11,10 +11,14 @@
  * `unsigned`), the chain's certificates, one SignerInfo identified by the leaf's SKI, SHA-512,
  * RSASSA-PSS (MGF1-SHA-512, salt 64), no signed attributes.
  *
- * Why we build it: the master key lives in the vault (cross-signing.ts), and the crypto core
- * only adds an X.509 signature to master keys it generates itself (bootstrapCrossSigning).
- * So this file makes the same structure with the ASN.1 schema packages and the vault's
- * signature, and cross-signing.ts adds it through its `extraMasterSignatures` hook.
+ * Why we build it: the master key lives in the vault (cross-signing.ts), so the core's own
+ * bootstrap (which signs the master it generates) is not used. The core can sign a master key
+ * it did not generate, through the same callback, in OwnUserIdentity.verify(); but only once
+ * that identity is published, so the first upload would go out unsigned. Building the same
+ * structure here (the integration test checks it equals the core's, byte for byte, but for the
+ * randomised PSS signature) lets the signature travel with the first upload through
+ * cross-signing.ts's `extraMasterSignatures` hook, and the refresh below reuse it. The core
+ * still gets our signer: its verify() path then signs with the vault too.
  */
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';

@@ -1,4 +1,6 @@
-import { UserId } from '@matrix-org/matrix-sdk-crypto-wasm';
+import { OwnUserIdentity, UserId } from '@matrix-org/matrix-sdk-crypto-wasm';
+import { ContentInfo, SignedData } from '@peculiar/asn1-cms';
+import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { type KeyObject, constants, generateKeyPairSync, sign } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -264,6 +266,38 @@ describe('our X.509 identity (the vault signs)', () => {
     expect(await theySee(dave, alice.userId)).toBe(false);
   });
 });
+
+describe("the crypto core's own X.509 path", () => {
+  it('OwnUserIdentity.verify() signs even our vault-held master key, in the same CMS as ours', async () => {
+    // Found while building this: the core adds an X.509 signature through our signer callback
+    // to a master key it did not generate when asked to verify our own identity. It makes the
+    // same structure as crypto/x509.ts: only the (randomised) PSS signature bytes differ.
+    const engine = service?.endpoint.engine;
+    if (!engine) throw new Error('no endpoint');
+    const before = x509Signs[0] ?? 0;
+    const own = await engine.machine.getIdentity(new UserId(alice.userId));
+    if (!(own instanceof OwnUserIdentity)) throw new Error('no own identity');
+    const request = await own.verify(); // built, not sent
+    own.free();
+    expect(x509Signs[0]).toBe(before + 1);
+    const body = JSON.parse(request.body) as Record<string, Record<string, MasterKey>>;
+    const theirs = x509SignatureOf(Object.values(body[alice.userId] ?? {})[0]);
+    const ours = x509SignatureOf(await publishedMaster(alice.userId));
+    expect(theirs?.[0]).toBe(ours?.[0]);
+    expect(withoutSignature(theirs?.[1] ?? '')).toEqual(withoutSignature(ours?.[1] ?? ''));
+    expect(withoutSignature(ours?.[1] ?? '').length).toBeGreaterThan(1000);
+  });
+});
+
+/** A CMS SignedData's DER with the SignerInfo's signature bytes emptied. */
+function withoutSignature(pem: string): string {
+  const der = Buffer.from(pem.replace(/-----(BEGIN|END) CMS-----|\s+/g, ''), 'base64');
+  const info = AsnConvert.parse(der, ContentInfo);
+  const signed = AsnConvert.parse(info.content, SignedData);
+  for (const signer of signed.signerInfos) signer.signature = new OctetString(new Uint8Array(0));
+  info.content = AsnConvert.serialize(signed);
+  return Buffer.from(AsnConvert.serialize(info)).toString('hex');
+}
 
 describe("peers' X.509 identities (we verify)", () => {
   it('an X.509-signed stock peer under a configured CA is verified, with its devices', async () => {
