@@ -61,8 +61,11 @@ export class Verifications {
   readonly #engine: CryptoEngine;
   readonly #machine: OlmMachine;
   readonly #log: Logger;
-  /** flowId -> the other user (the core looks flows up by both). */
-  readonly #flows = new Map<string, string>();
+  /**
+   * The flows, by id. We keep the core's objects ourselves: the core forgets a flow once it is
+   * done or cancelled, and a UI must still be able to see how it ended.
+   */
+  readonly #flows = new Map<string, VerificationRequest>();
   /** Flows whose request (and SAS) changes we follow; the core keeps one callback list each. */
   readonly #watched = new Set<string>();
   readonly #watchedSas = new Set<string>();
@@ -84,9 +87,10 @@ export class Verifications {
   /** Called by the sync loop for each m.key.verification.request the core took in. */
   async received(requests: { sender: string; flowId: string }[]): Promise<void> {
     for (const { sender, flowId } of requests) {
+      if (this.#flows.has(flowId)) continue;
       const request = this.#request(sender, flowId);
       if (!request) continue; // the core refused it (stale, from an unknown device...)
-      this.#remember(flowId, sender);
+      this.#remember(request);
       this.#watch(request);
       this.#announce(request);
     }
@@ -94,12 +98,7 @@ export class Verifications {
   }
 
   list(): FlowView[] {
-    const out: FlowView[] = [];
-    for (const [flowId, userId] of this.#flows) {
-      const request = this.#request(userId, flowId);
-      if (request) out.push(describe(request));
-    }
-    return out;
+    return [...this.#flows.values()].map(describe);
   }
 
   get(flowId: string): FlowView {
@@ -122,7 +121,7 @@ export class Verifications {
       }
       const [request, outgoing] = device.requestVerification();
       device.free();
-      this.#remember(request.flowId, userId);
+      this.#remember(request);
       this.#watch(request);
       await this.#engine.send(outgoing);
       return describe(request);
@@ -180,8 +179,7 @@ export class Verifications {
   }
 
   #known(flowId: string): VerificationRequest {
-    const userId = this.#flows.get(flowId);
-    const request = userId === undefined ? undefined : this.#request(userId, flowId);
+    const request = this.#flows.get(flowId);
     if (!request) throw new VerificationError('NOT_FOUND', 'no such verification');
     return request;
   }
@@ -194,15 +192,16 @@ export class Verifications {
     }
   }
 
-  #remember(flowId: string, userId: string): void {
-    this.#flows.delete(flowId);
-    this.#flows.set(flowId, userId);
+  #remember(request: VerificationRequest): void {
+    this.#flows.set(request.flowId, request);
     while (this.#flows.size > MAX_FLOWS) {
-      const oldest = this.#flows.keys().next().value;
+      const oldest =
+        [...this.#flows].find(([, r]) => r.isDone() || r.isCancelled()) ?? [...this.#flows][0];
       if (oldest === undefined) break;
-      this.#flows.delete(oldest);
-      this.#watched.delete(oldest);
-      this.#watchedSas.delete(oldest);
+      this.#flows.delete(oldest[0]);
+      this.#watched.delete(oldest[0]);
+      this.#watchedSas.delete(oldest[0]);
+      oldest[1].free();
     }
   }
 
@@ -215,37 +214,38 @@ export class Verifications {
     const flowId = request.flowId;
     if (this.#watched.has(flowId)) return;
     this.#watched.add(flowId);
-    const userId = request.otherUserId.toString();
-    request.registerChangesCallback(async () => {
-      await this.#serial(async () => {
-        const current = this.#request(userId, flowId);
+    // The core may call this while it holds its own locks: never make it wait for our queue.
+    request.registerChangesCallback(() => {
+      void this.#serial(async () => {
+        const current = this.#flows.get(flowId);
         if (!current) return;
         if (current.phase() === VerificationRequestPhase.Ready && current.weStarted()) {
           const started = await current.startSas();
           if (started) {
             const [sas, outgoing] = started;
             await this.#send(outgoing);
-            this.#watchSas(sas, userId, flowId);
+            this.#watchSas(sas, flowId);
           }
         }
         const sas = sasOf(current);
         if (sas) {
           const outgoing = sas.accept();
           if (outgoing) await this.#send(outgoing);
-          this.#watchSas(sas, userId, flowId);
+          this.#watchSas(sas, flowId);
         }
         this.#announce(current);
       }).catch((e: unknown) => {
         this.#log.warn(`verification ${flowId}: ${e instanceof Error ? e.message : 'step failed'}`);
       });
+      return Promise.resolve();
     });
   }
 
-  #watchSas(sas: Sas, userId: string, flowId: string): void {
+  #watchSas(sas: Sas, flowId: string): void {
     if (this.#watchedSas.has(flowId)) return;
     this.#watchedSas.add(flowId);
     sas.registerChangesCallback(() => {
-      const current = this.#request(userId, flowId);
+      const current = this.#flows.get(flowId);
       if (current) this.#announce(current);
       return Promise.resolve();
     });
@@ -293,8 +293,12 @@ function describe(request: VerificationRequest): FlowView {
       phase = 'ready';
       break;
     case VerificationRequestPhase.Transitioned:
-      phase = !sas?.canBePresented() ? 'started' : sas.haveWeConfirmed() ? 'confirmed' : 'compare';
+      // After our confirmation the core no longer "presents" the SAS: check that first.
       if (sas?.isCancelled()) phase = 'cancelled';
+      else if (sas?.isDone()) phase = 'done';
+      else if (sas?.haveWeConfirmed()) phase = 'confirmed';
+      else if (sas?.canBePresented()) phase = 'compare';
+      else phase = 'started';
       break;
     case VerificationRequestPhase.Done:
       phase = 'done';
@@ -304,9 +308,9 @@ function describe(request: VerificationRequest): FlowView {
       break;
   }
   let shown: FlowView['sas'];
-  if (sas?.canBePresented() && (phase === 'compare' || phase === 'confirmed')) {
-    const emoji = sas.emoji() ?? [];
-    const decimals = sas.decimals();
+  const emoji = phase === 'compare' || phase === 'confirmed' ? sas?.emoji() : undefined;
+  const decimals = emoji ? sas?.decimals() : undefined;
+  if (emoji) {
     shown = {
       emoji: emoji.map((e) => {
         const item = { symbol: e.symbol, name: e.description };

@@ -1,0 +1,488 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openTpmVault } from '../../keyvault/tpm/backend.ts';
+import type { VaultBackend } from '../../keyvault/vault.ts';
+import {
+  type RpcClient,
+  createClient,
+  inProcessPair,
+  isRpcError,
+  serve,
+} from '../../keyvault/rpc/index.ts';
+import { EventHub, apiHandlers, streamInput } from '../../endpoint/api/index.ts';
+import {
+  type EndpointContract,
+  type StreamEvent,
+  type VerificationFlowWire,
+  endpointContract,
+} from '../../endpoint/contract.ts';
+import { EndpointService } from '../../endpoint/service.ts';
+import {
+  type AuditRecord,
+  Authorizer,
+  CAPABILITIES,
+  type Policy,
+  generateToken,
+  roomTrust,
+  tokenSha256,
+  validatePolicy,
+} from '../../policy/index.ts';
+import {
+  type SasOutcome,
+  StockPeer,
+  type SynapseUser,
+  makeTempDir,
+  startSwtpm,
+  startSynapse,
+} from '../fixtures/index.ts';
+import { useFixture } from '../fixtures/lifecycle.ts';
+import { waitUntil } from '../fixtures/process.ts';
+
+// Interactive verification and identity-change protection through the endpoint's authorised
+// contract (the handlers the gateway forwards to), against stock matrix-js-sdk peers on a real
+// Synapse, with the endpoint's keys in a swtpm-backed vault. Each peer is an independent SAS
+// implementation: the emoji both sides show must agree, and each must end up verified by the
+// other. The stream events are read through subscribe/events, as the gateway's SSE does.
+const synapse = useFixture(() => startSynapse());
+const tpm = useFixture(() => startSwtpm());
+
+const token = generateToken();
+const auth = { token };
+let policy: Policy;
+let vault: VaultBackend;
+let service: EndpointService;
+let rpc: RpcClient<EndpointContract>;
+let hub: EventHub;
+let dataDir: string;
+let alice: SynapseUser;
+let bob: StockPeer;
+let bobPassword: string;
+let carol: StockPeer;
+let dave: StockPeer;
+let davePassword: string;
+let bobRoom: string;
+let daveRoom: string;
+let subscription: string;
+let cursor = -1;
+const seen: StreamEvent[] = [];
+const stops: (() => Promise<unknown>)[] = [];
+
+const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 60_000): Promise<void> =>
+  waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
+
+function makePolicy(): Policy {
+  const parsed = validatePolicy({
+    version: 1,
+    clients: [
+      {
+        name: 'ui',
+        tokenSha256: tokenSha256(token),
+        created: new Date().toISOString(),
+        capabilities: [...CAPABILITIES],
+        rateLimit: { requestsPerMinute: 60_000 },
+      },
+      {
+        name: 'reader',
+        tokenSha256: tokenSha256(READER),
+        created: new Date().toISOString(),
+        capabilities: ['contacts.read', 'messages.send', 'events.stream'],
+        rateLimit: { requestsPerMinute: 60_000 },
+      },
+    ],
+  });
+  if (!parsed.ok) throw new Error(JSON.stringify(parsed.problems));
+  return parsed.policy;
+}
+const READER = generateToken();
+
+/** A vault releases the store key once per lifetime: each start opens it anew, like a boot. */
+async function openVault(): Promise<VaultBackend> {
+  const t = tpm();
+  return openTpmVault({
+    backend: 'tpm',
+    stateDir: `${dataDir}/../vault`,
+    transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
+    pcrs: [16],
+    nvCounterIndex: 0x01a0cafe,
+  });
+}
+
+async function startService(): Promise<void> {
+  vault = await openVault();
+  await vault.provision();
+  service = await EndpointService.start({
+    vault,
+    dataDir,
+    homeserver: synapse().baseUrl,
+    user: alice.localpart,
+    password: alice.password,
+    trustFor: (roomId) => roomTrust(policy, roomId).trust,
+  });
+  hub = new EventHub();
+  service.endpoint.onChange((event) => {
+    hub.push(streamInput(event));
+  });
+  const audit = { append: (_: AuditRecord) => Promise.resolve() };
+  const [a, b] = inProcessPair();
+  serve(
+    b,
+    endpointContract,
+    apiHandlers({
+      endpoint: service.endpoint,
+      outbox: service.outbox,
+      authorizer: new Authorizer(() => policy),
+      audit,
+      policy: () => policy,
+      hub,
+    }),
+  );
+  rpc = createClient(a, endpointContract, { timeoutMs: 60_000 });
+  ({ subscription, cursor } = await rpc.call('subscribe', { auth }));
+}
+
+async function stopService(): Promise<void> {
+  rpc.close();
+  await service.stop();
+  await vault.close();
+}
+
+/** Reads what the event stream has for us now (a poll that does not wait). */
+async function drain(): Promise<StreamEvent[]> {
+  const page = await rpc.call('events', { auth, subscription, after: cursor, waitMs: 0 });
+  cursor = page.cursor;
+  seen.push(...page.events);
+  return seen;
+}
+
+async function flowWhere(
+  test: (f: VerificationFlowWire) => boolean,
+  what: string,
+): Promise<VerificationFlowWire> {
+  let found: VerificationFlowWire | undefined;
+  await waitFor(async () => {
+    found = (await rpc.call('verifications', { auth })).verifications.find(test);
+    return found !== undefined;
+  }, what);
+  return found as VerificationFlowWire;
+}
+
+async function phase(
+  flowId: string,
+  wanted: VerificationFlowWire['phase'],
+): Promise<VerificationFlowWire> {
+  let flow: VerificationFlowWire | undefined;
+  await waitFor(async () => {
+    flow = await rpc.call('verification', { auth, flowId });
+    if (flow.phase === 'cancelled' && wanted !== 'cancelled') {
+      throw new Error(`verification cancelled: ${JSON.stringify(flow.cancelled)}`);
+    }
+    return flow.phase === wanted;
+  }, `verification ${flowId} to reach ${wanted}`).catch((e: unknown) => {
+    throw new Error(`${String(e)}; last seen: ${JSON.stringify(flow)}`);
+  });
+  return flow as VerificationFlowWire;
+}
+
+async function contactState(userId: string): Promise<string> {
+  return (await rpc.call('contact', { auth, userId })).identity.state;
+}
+
+async function refusal(call: () => Promise<unknown>): Promise<{ code: string; message: string }> {
+  const error = await call().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!isRpcError(error)) throw new Error(`expected a refusal, got ${String(error)}`);
+  return { code: error.code, message: error.message };
+}
+
+async function dmWith(peer: StockPeer): Promise<string> {
+  const { roomId } = await rpc.call('createRoom', { auth, invite: [peer.userId], isDirect: true });
+  await peer.acceptInvite(roomId);
+  await peer.waitForMember(roomId, alice.userId);
+  await waitFor(
+    async () =>
+      (await rpc.call('rooms', { auth })).rooms.some(
+        (r) => r.roomId === roomId && r.members.includes(peer.userId),
+      ),
+    `${peer.userId} in our room list`,
+  );
+  return roomId;
+}
+
+async function startPeer(name: string): Promise<{ peer: StockPeer; password: string }> {
+  const user = await synapse().registerUser(name);
+  const peer = await StockPeer.start(synapse().baseUrl, user);
+  stops.push(() => peer.stop());
+  await peer.bootstrapCrossSigning(user.password);
+  return { peer, password: user.password };
+}
+
+beforeAll(async () => {
+  policy = makePolicy();
+  const dir = await makeTempDir('verification');
+  dataDir = `${dir}/data`;
+  alice = await synapse().registerUser('alice');
+  ({ peer: bob, password: bobPassword } = await startPeer('bob'));
+  ({ peer: carol } = await startPeer('carol'));
+  ({ peer: dave, password: davePassword } = await startPeer('dave'));
+  await startService();
+  bobRoom = await dmWith(bob);
+  await dmWith(carol);
+  daveRoom = await dmWith(dave);
+}, 240_000);
+
+afterAll(async () => {
+  await stopService().catch(() => undefined);
+  for (const stop of stops.reverse()) await stop();
+});
+
+describe('SAS verification with stock matrix-js-sdk peers', () => {
+  it('a peer verifies us: the request arrives, we accept, both show the same emoji, both end verified', async () => {
+    expect(await contactState(bob.userId)).toBe('pinned');
+    const bobSide = bob.verifyDevice(alice.userId, service.endpoint.deviceId, 90_000);
+    const incoming = await flowWhere(
+      (f) => f.userId === bob.userId && !f.weStarted && f.phase === 'requested',
+      "bob's request",
+    );
+    expect(incoming.deviceId).toBe(bob.deviceId);
+    await rpc.call('verificationAccept', { auth, flowId: incoming.flowId });
+    const compare = await phase(incoming.flowId, 'compare');
+    const confirmed = await rpc.call('verificationConfirm', { auth, flowId: incoming.flowId });
+    expect(['confirmed', 'done']).toContain(confirmed.phase);
+    const outcome = await bobSide;
+    expectSameSas(compare, outcome);
+    await phase(incoming.flowId, 'done');
+
+    // bob is verified here: his identity, and his device through it (our user-signing key).
+    await waitFor(async () => (await contactState(bob.userId)) === 'verified', 'bob verified');
+    const contact = await rpc.call('contact', { auth, userId: bob.userId });
+    expect(contact.identity.wasVerified).toBe(true);
+    expect(contact.devices).toContainEqual({
+      deviceId: bob.deviceId,
+      crossSignedByOwner: true,
+      verified: true,
+    });
+    // ...and we are verified at bob's.
+    await waitFor(async () => {
+      const status = await bob.crypto.getDeviceVerificationStatus(
+        alice.userId,
+        service.endpoint.deviceId,
+      );
+      return status?.isVerified() ?? false;
+    }, 'our device verified at bob');
+
+    // Each step reached the event stream.
+    const phases = (await drain())
+      .filter((e) => e.type === 'verification' && e.flow.flowId === incoming.flowId)
+      .map((e) => (e.type === 'verification' ? e.flow.phase : ''));
+    expect(phases).toContain('requested');
+    expect(phases).toContain('compare');
+    expect(phases.at(-1)).toBe('done');
+  }, 120_000);
+
+  it('we verify a peer: our request, SAS starts once they accept, emoji agree, they are verified', async () => {
+    const done: SasOutcome[] = [];
+    carol.acceptVerifications((o) => done.push(o));
+    const flow = await rpc.call('verificationRequest', {
+      auth,
+      userId: carol.userId,
+      deviceId: carol.deviceId,
+    });
+    expect(flow).toMatchObject({ weStarted: true, phase: 'requested', userId: carol.userId });
+    const compare = await phase(flow.flowId, 'compare');
+    expect(compare.sas?.emoji).toHaveLength(7);
+    for (const e of compare.sas?.emoji ?? []) expect(e.name).toMatch(/^[A-Z][a-z ]+$/i);
+    await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
+    await phase(flow.flowId, 'done');
+    await waitFor(() => done.length === 1, "carol's side to finish");
+    expectSameSas(compare, done[0] as SasOutcome);
+    await waitFor(async () => (await contactState(carol.userId)) === 'verified', 'carol verified');
+  }, 120_000);
+
+  it('the emoji differ: cancelling with mismatch leaves the peer unverified on both sides', async () => {
+    // Settled at once, so its rejection is never "unhandled" while we work the other side.
+    const daveSide = dave.verifyDevice(alice.userId, service.endpoint.deviceId, 90_000).then(
+      () => 'verified',
+      (e: unknown) => String(e),
+    );
+    const incoming = await flowWhere(
+      (f) => f.userId === dave.userId && f.phase === 'requested',
+      "dave's request",
+    );
+    await rpc.call('verificationAccept', { auth, flowId: incoming.flowId });
+    await phase(incoming.flowId, 'compare');
+    const cancelled = await rpc.call('verificationCancel', {
+      auth,
+      flowId: incoming.flowId,
+      mismatch: true,
+    });
+    expect(cancelled.phase).toBe('cancelled');
+    expect(cancelled.cancelled).toMatchObject({ code: 'm.mismatched_sas', byUs: true });
+    expect(await daveSide).toContain('m.mismatched_sas');
+    expect(await contactState(dave.userId)).toBe('pinned');
+    const status = await dave.crypto.getDeviceVerificationStatus(
+      alice.userId,
+      service.endpoint.deviceId,
+    );
+    expect(status?.isVerified()).toBe(false);
+    // A finished flow takes no more steps.
+    const again = await refusal(() =>
+      rpc.call('verificationConfirm', { auth, flowId: incoming.flowId }),
+    );
+    expect(again.code).toBe('CONFLICT');
+  }, 120_000);
+
+  it('refuses steps on unknown flows and devices, and from clients without the capability', async () => {
+    expect((await refusal(() => rpc.call('verification', { auth, flowId: 'nope' }))).code).toBe(
+      'NOT_FOUND',
+    );
+    const unknownDevice = await refusal(() =>
+      rpc.call('verificationRequest', { auth, userId: bob.userId, deviceId: 'NOTADEVICE' }),
+    );
+    expect(unknownDevice.code).toBe('NOT_FOUND');
+    const stranger = await refusal(() =>
+      rpc.call('verificationRequest', {
+        auth,
+        userId: '@nobody:example.org',
+        deviceId: 'X',
+      }),
+    );
+    expect(stranger.code).toBe('NOT_FOUND');
+    const reader = await refusal(() => rpc.call('verifications', { auth: { token: READER } }));
+    expect(reader.code).toBe('FORBIDDEN_CAPABILITY');
+    const ack = await refusal(() =>
+      rpc.call('identityAcknowledge', { auth: { token: READER }, userId: bob.userId }),
+    );
+    expect(ack.code).toBe('FORBIDDEN_CAPABILITY');
+  });
+
+  it('the verified state survives a restart of the endpoint', async () => {
+    await stopService();
+    await startService();
+    expect(await contactState(bob.userId)).toBe('verified');
+    expect(await contactState(carol.userId)).toBe('verified');
+    expect(await contactState(dave.userId)).toBe('pinned');
+  }, 120_000);
+});
+
+describe('a device the homeserver injects for a verified contact', () => {
+  it('gets no room keys, and its messages are not shown as from bob', async () => {
+    // bob logs in again and uploads device keys, but never cross-signs the new device: exactly
+    // what a malicious homeserver can fake.
+    const injected = await StockPeer.start(
+      synapse().baseUrl,
+      await synapse().login('bob', bobPassword),
+    );
+    stops.push(() => injected.stop());
+    await waitFor(
+      async () =>
+        (await rpc.call('contact', { auth, userId: bob.userId })).devices.some(
+          (d) => d.deviceId === injected.deviceId,
+        ),
+      'the injected device to be listed',
+    );
+    const listed = (await rpc.call('contact', { auth, userId: bob.userId })).devices.find(
+      (d) => d.deviceId === injected.deviceId,
+    );
+    expect(listed).toEqual({
+      deviceId: injected.deviceId,
+      crossSignedByOwner: false,
+      verified: false,
+    });
+    expect(await contactState(bob.userId)).toBe('verified');
+
+    await rpc.call('send', { auth, roomId: bobRoom, body: 'for bob, not his new device' });
+    const atBob = await bob.waitForMessage(bobRoom, 'for bob, not his new device');
+    await waitFor(() => injected.undecryptable.has(atBob.eventId), 'the injected device to fail');
+    expect(injected.messages.some((m) => m.body === 'for bob, not his new device')).toBe(false);
+
+    const eventId = await injected.sendText(bobRoom, 'I am bob, trust me');
+    let item;
+    await waitFor(async () => {
+      item = (await rpc.call('timeline', { auth, roomId: bobRoom, limit: 20 })).items.find(
+        (i) => i.eventId === eventId,
+      );
+      return item !== undefined;
+    }, 'the injected message to arrive');
+    expect(item).toMatchObject({ decrypted: false });
+    expect(item).not.toHaveProperty('body');
+  }, 120_000);
+});
+
+describe('identity-change protection', () => {
+  it("a pinned contact's new identity blocks sending until a UI acknowledges it", async () => {
+    const before = (await rpc.call('contact', { auth, userId: dave.userId })).identity;
+    await dave.bootstrapCrossSigning(davePassword); // a new master key, as after a reset
+    await waitFor(
+      async () => (await contactState(dave.userId)) === 'pin-violation',
+      "dave's identity change to be noticed",
+    );
+    const changed = (await rpc.call('contact', { auth, userId: dave.userId })).identity;
+    expect(changed.masterKey).not.toBe(before.masterKey);
+    const events = await drain();
+    expect(
+      events.some(
+        (e) =>
+          e.type === 'identity' && e.userId === dave.userId && e.identity.state === 'pin-violation',
+      ),
+    ).toBe(true);
+
+    const blocked = await refusal(() =>
+      rpc.call('send', { auth, roomId: daveRoom, body: 'must wait' }),
+    );
+    expect(blocked.code).toBe('IDENTITY_CHANGED');
+    expect(blocked.message).toContain(dave.userId);
+    // Other rooms are not affected.
+    await rpc.call('send', { auth, roomId: bobRoom, body: 'bob is fine' });
+    await bob.waitForMessage(bobRoom, 'bob is fine');
+
+    const { identity } = await rpc.call('identityAcknowledge', { auth, userId: dave.userId });
+    expect(identity.state).toBe('pinned');
+    expect(identity.masterKey).toBe(changed.masterKey);
+    await rpc.call('send', { auth, roomId: daveRoom, body: 'after the acknowledgement' });
+    await dave.waitForMessage(daveRoom, 'after the acknowledgement');
+    // Nothing left to acknowledge.
+    const twice = await refusal(() =>
+      rpc.call('identityAcknowledge', { auth, userId: dave.userId }),
+    );
+    expect(twice.code).toBe('CONFLICT');
+  }, 120_000);
+
+  it("a verified contact's new identity is a verification violation, resolved by re-verifying", async () => {
+    await bob.bootstrapCrossSigning(bobPassword);
+    await waitFor(
+      async () => (await contactState(bob.userId)) === 'verification-violation',
+      "bob's identity change to be noticed",
+    );
+    expect(
+      (await refusal(() => rpc.call('send', { auth, roomId: bobRoom, body: 'must wait' }))).code,
+    ).toBe('IDENTITY_CHANGED');
+
+    // Re-verify bob (his new identity) by SAS: the block lifts without an acknowledgement.
+    const done: SasOutcome[] = [];
+    bob.acceptVerifications((o) => done.push(o));
+    const flow = await rpc.call('verificationRequest', {
+      auth,
+      userId: bob.userId,
+      deviceId: bob.deviceId,
+    });
+    await phase(flow.flowId, 'compare');
+    await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
+    await phase(flow.flowId, 'done');
+    await waitFor(
+      async () => (await contactState(bob.userId)) === 'verified',
+      'bob verified again',
+    );
+    await rpc.call('send', { auth, roomId: bobRoom, body: 'verified again' });
+    await bob.waitForMessage(bobRoom, 'verified again');
+
+    // Withdrawing verification: bob stays signed, but a later change is only a pin violation.
+    const { identity } = await rpc.call('identityWithdraw', { auth, userId: bob.userId });
+    expect(identity.wasVerified).toBe(false);
+  }, 180_000);
+});
+
+function expectSameSas(ours: VerificationFlowWire, theirs: SasOutcome): void {
+  expect(ours.sas?.emoji.map((e) => [e.symbol, e.name])).toEqual(theirs.emoji);
+  expect(ours.sas?.decimals).toEqual(theirs.decimals);
+}
