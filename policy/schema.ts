@@ -29,8 +29,9 @@ export function isCapability(value: unknown): value is Capability {
  * Who receives room keys when we encrypt:
  * - `verified-only`: only devices we verified (interactively, or via a verified identity);
  * - `cross-signed`: devices their owner cross-signed (MSC4153, Element X's default);
- * - `tofu`: as `cross-signed`, and the first identity seen for a user is pinned: if it changes,
- *   sending to that user is blocked until the change is approved.
+ * - `tofu`: the same as `cross-signed` (kept for older policies): every rule pins the first
+ *   identity seen for a user, and sending to a room is blocked while a member's identity changed
+ *   and nobody with the `verification` capability acknowledged it.
  */
 export const ROOM_KEY_RECIPIENTS = ['verified-only', 'cross-signed', 'tofu'] as const;
 export type RoomKeyRecipients = (typeof ROOM_KEY_RECIPIENTS)[number];

@@ -241,7 +241,7 @@ describe('room trust', () => {
     expect(sharingStrategyFor('tofu')).toBe('identity-based');
   });
 
-  it('applies a room override over the default, and flags TOFU for the endpoint', () => {
+  it('applies a room override over the default', () => {
     const policy = policyWith([], {
       default: { roomKeyRecipients: 'tofu' },
       overrides: {
@@ -253,14 +253,12 @@ describe('room trust', () => {
       roomKeyRecipients: 'tofu',
       showUnverifiedMessages: false,
       trust: { sharing: 'identity-based', decryption: 'cross-signed-or-legacy' },
-      blockOnIdentityChange: true,
     });
     expect(roomTrust(policy, ROOM)).toEqual({
       encryptionRequired: true,
       roomKeyRecipients: 'verified-only',
       showUnverifiedMessages: true,
       trust: { sharing: 'verified-devices-only', decryption: 'untrusted' },
-      blockOnIdentityChange: false,
     });
   });
 
