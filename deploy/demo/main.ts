@@ -4,12 +4,18 @@
  * compartment) behind the gateway (the local API, on a Unix socket), and a stock matrix-js-sdk
  * client; then the two hold an end-to-end encrypted conversation through the local API, each
  * message shown with its verification state, and the policy refuses what a client may not do.
- * Later issues add verification and attestation.
+ * Then verification (issue 6): SAS with the stock peer (both screens' emoji), X.509 identities
+ * from a demo CA (the vault's key for ours, a second stock peer with its own), and what happens
+ * when the peer's identity changes (sending blocks until acknowledged). Everything goes through
+ * the local API; the peers are driven through matrix-js-sdk's public API only.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { constants, createPrivateKey, sign } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs, promisify } from 'node:util';
 import {
   type SpawnedGateway,
   type SseEvent,
@@ -18,6 +24,7 @@ import {
 } from '../../endpoint/gateway/index.ts';
 import { verifyAuditLog } from '../../policy/index.ts';
 import {
+  type SasOutcome,
   StockPeer,
   type Swtpm,
   type Synapse,
@@ -26,6 +33,9 @@ import {
   startSynapse,
 } from '../../test/fixtures/index.ts';
 
+const run = promisify(execFile);
+const x509Tool = join(import.meta.dirname, '..', 'x509', 'main.ts');
+
 const usage = `Usage: bash deploy/demo.sh [--json] [--keep]
 
 Starts a local Synapse homeserver and an swtpm TPM 2.0, provisions the keyvault on the TPM,
@@ -33,6 +43,11 @@ launches the gateway (the local API on a Unix socket), the endpoint and its vaul
 processes), and a stock Matrix client (matrix-js-sdk with its Rust crypto). The two exchange
 end-to-end encrypted messages both ways through the local API; each is shown with its
 verification state; the policy refuses what a client may not do, and the audit log shows it.
+Then verification: we verify the stock client by emoji (SAS; both screens are printed); a
+demo CA (deploy/x509) vouches for our identity (signed by the vault's TPM key) and for a
+second stock client's, so each sees the other verified without emoji; and the first client
+resets its identity: the contact turns verification-violation, sending to it is refused
+(409 IDENTITY_CHANGED) until we acknowledge the change through the API.
 Then everything is stopped again.
 
   --json   print one JSON object with the results instead of progress lines
@@ -52,6 +67,71 @@ interface Line {
   seenBy: string;
   state: string;
 }
+
+type Emoji = { symbol: string; name: string };
+interface Flow {
+  flowId: string;
+  phase: string;
+  sas?: { emoji: Emoji[]; decimals: [number, number, number] };
+  cancelled?: { code: string; reason: string };
+}
+interface Identity {
+  state: string;
+  masterKey?: string;
+  wasVerified: boolean;
+}
+interface Contact {
+  identity: Identity;
+  devices: { deviceId: string; crossSignedByOwner: boolean; verified: boolean }[];
+}
+
+/** What the verification steps found, for --json. */
+interface Summary {
+  sas?: {
+    flowId: string;
+    ours: Emoji[];
+    theirs: Emoji[];
+    decimals: number[];
+    match: boolean;
+    contact: Identity;
+  };
+  x509?: {
+    ca: string;
+    keyId: string;
+    ourLeaf: string;
+    peer: string;
+    weSeePeer: Identity;
+    peerSeesUs: boolean;
+  };
+  identityChange?: {
+    before: Identity;
+    event: Identity;
+    refused: { status: number; code: string };
+    acknowledged: Identity;
+    delivered: boolean;
+  };
+}
+
+async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    // A DemoError ends the wait (a cancelled flow); anything else is retried.
+    const value = await probe().catch((e: unknown) => {
+      if (e instanceof DemoError) throw e;
+      return undefined;
+    });
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(250);
+  }
+}
+
+const emojiLine = (emoji: readonly Emoji[]): string =>
+  emoji.map((e) => `${e.symbol} ${e.name}`).join('  ');
 
 async function main(): Promise<number> {
   let args;
@@ -78,6 +158,7 @@ async function main(): Promise<number> {
   };
   const checks: Check[] = [];
   const conversation: Line[] = [];
+  const summary: Summary = {};
   const stops: (() => Promise<void>)[] = [];
   let stopping: Promise<void> | undefined;
   const stopAll = (): Promise<void> =>
@@ -136,6 +217,7 @@ async function main(): Promise<number> {
               'rooms.create',
               'contacts.read',
               'events.stream',
+              'verification',
             ],
           },
           { name: 'alert-bot', capabilities: ['messages.send'], requestsPerMinute: 30 },
@@ -151,6 +233,69 @@ async function main(): Promise<number> {
       ];
     });
 
+    // Before the endpoint starts: the certificate tool reads the vault's public key (a TPM
+    // simulator takes one client at a time), and the endpoint reads its x509 config at start.
+    const carolUser = await synapse.registerUser('carol');
+    const certs = await step(
+      'X.509: a demo CA and two leaves (deploy/x509 certificate tool)',
+      async () => {
+        const tool = async (...toolArgs: string[]) => {
+          const { stdout } = await run(process.execPath, [x509Tool, ...toolArgs, '--json'], {
+            cwd: dir,
+          });
+          return JSON.parse(stdout) as Record<string, string>;
+        };
+        const caName = 'Demo Institution Root';
+        const ca = await tool('ca', '--out', 'ca', '--name', caName);
+        const ours = await tool(
+          'issue',
+          '--user',
+          alice.userId,
+          '--ca',
+          'ca.pem',
+          '--ca-key',
+          'ca.key',
+          '--vault-config',
+          'vault.json',
+          '--out',
+          'alice',
+        );
+        const theirs = await tool(
+          'issue',
+          '--user',
+          carolUser.userId,
+          '--ca',
+          'ca.pem',
+          '--ca-key',
+          'ca.key',
+          '--out',
+          'carol',
+        );
+        const endpointConfig = join(dir, 'endpoint.json');
+        const config = JSON.parse(await readFile(endpointConfig, 'utf8')) as Record<
+          string,
+          unknown
+        >;
+        config.x509 = { caCerts: ['ca.pem'], chain: 'alice.chain.pem' };
+        await writeFile(endpointConfig, JSON.stringify(config));
+        say(`    CA "${caName}" (key id ${ca.ski ?? ''}), RSA-3072, key in ca.key`);
+        say(
+          `    ${alice.userId}: leaf for the vault's x509-identity key (its private key stays in the TPM)`,
+        );
+        say(`    ${carolUser.userId}: leaf for a new RSA-2048 key of her own (carol.key)`);
+        return [
+          {
+            caName,
+            keyId: ca.ski ?? '',
+            ourLeaf: ours.ski ?? '',
+            carolNotAfter: Date.parse(theirs.notAfter ?? ''),
+          },
+          'endpoint config: "x509": { "caCerts": ["ca.pem"], "chain": "alice.chain.pem" }',
+        ];
+      },
+    );
+
+    let ourDevice = '';
     const gateway = await step<SpawnedGateway>(
       'Gateway, endpoint and vault compartments (three processes)',
       async () => {
@@ -163,6 +308,7 @@ async function main(): Promise<number> {
         stops.push(() => g.stop());
         const res = await g.request('/v1/status', { token });
         const status = res.json() as { userId: string; deviceId: string };
+        ourDevice = status.deviceId;
         return [
           g,
           `GET /v1/status on ${g.socketPath ?? 'the socket'} (mode 0600): ${status.userId}, device ${status.deviceId}; its crypto store is sealed by the TPM's store key`,
@@ -175,10 +321,12 @@ async function main(): Promise<number> {
       return res.json() as Record<string, unknown>;
     };
 
+    let bobPassword = '';
     const bob = await step<StockPeer>(
       'Stock Matrix client (matrix-js-sdk, Rust crypto)',
       async () => {
         const user = await synapse.registerUser('bob');
+        bobPassword = user.password;
         const peer = await StockPeer.start(synapse.baseUrl, user);
         stops.push(() => peer.stop());
         await peer.bootstrapCrossSigning(user.password);
@@ -189,58 +337,65 @@ async function main(): Promise<number> {
       },
     );
 
-    await step('An encrypted conversation through the local API, both ways', async () => {
-      const { roomId } = (await api('/v1/rooms', {
-        method: 'POST',
-        body: { invite: [bob.userId], isDirect: true },
-      })) as { roomId: string };
-      await bob.acceptInvite(roomId);
-      await bob.waitForMember(roomId, alice.userId);
-      const room = encodeURIComponent(roomId);
-      const stream = await openEventStream(gateway.target, { token });
+    const bobRoom = await step(
+      'An encrypted conversation through the local API, both ways',
+      async () => {
+        const { roomId } = (await api('/v1/rooms', {
+          method: 'POST',
+          body: { invite: [bob.userId], isDirect: true },
+        })) as { roomId: string };
+        await bob.acceptInvite(roomId);
+        await bob.waitForMember(roomId, alice.userId);
+        const room = encodeURIComponent(roomId);
+        const stream = await openEventStream(gateway.target, { token });
 
-      const first = 'Hello Bob. My keys live in a TPM.';
-      await api(`/v1/rooms/${room}/messages`, { method: 'POST', body: { body: first } });
-      const atBob = await bob.waitForMessage(roomId, first);
-      conversation.push({
-        from: alice.userId,
-        body: atBob.body,
-        seenBy: bob.userId,
-        state: atBob.encrypted ? 'decrypted (Megolm)' : 'NOT ENCRYPTED',
-      });
+        const first = 'Hello Bob. My keys live in a TPM.';
+        await api(`/v1/rooms/${room}/messages`, { method: 'POST', body: { body: first } });
+        const atBob = await bob.waitForMessage(roomId, first);
+        conversation.push({
+          from: alice.userId,
+          body: atBob.body,
+          seenBy: bob.userId,
+          state: atBob.encrypted ? 'decrypted (Megolm)' : 'NOT ENCRYPTED',
+        });
 
-      const reply = 'Hi! Decrypted here by a stock matrix-js-sdk.';
-      await bob.sendText(roomId, reply);
-      // The reply arrives on the event stream (server-sent events), decrypted by the endpoint.
-      type Item = { sender: string; body?: string; verification?: string };
-      let seen: Item | undefined;
-      const deadline = Date.now() + 30_000;
-      while (!seen && Date.now() < deadline) {
-        const event: SseEvent | undefined = await stream.next(deadline - Date.now());
-        if (event?.event !== 'message') continue;
-        const data = JSON.parse(event.data) as { item: Item };
-        if (data.item.body === reply) seen = data.item;
-      }
-      stream.close();
-      if (!seen) throw new Error('the reply did not arrive on the event stream');
-      conversation.push({
-        from: bob.userId,
-        body: seen.body ?? '',
-        seenBy: alice.userId,
-        state: `decrypted, on GET /v1/events; sender ${seen.verification ?? 'unknown'} (verification comes with issue 6)`,
-      });
-      for (const l of conversation) say(`    ${l.from} → ${l.seenBy}: "${l.body}"  [${l.state}]`);
-      // What the homeserver stored: ciphertext only.
-      const stored = await fetch(
-        `${synapse.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=20`,
-        { headers: { authorization: `Bearer ${bob.client.getAccessToken() ?? ''}` } },
-      );
-      const text = await stored.text();
-      if (text.includes(first) || text.includes(reply) || !text.includes('m.megolm.v1.aes-sha2')) {
-        throw new Error('the homeserver holds plaintext');
-      }
-      return [undefined, `room ${roomId}; the homeserver stored only Megolm ciphertext`];
-    });
+        const reply = 'Hi! Decrypted here by a stock matrix-js-sdk.';
+        await bob.sendText(roomId, reply);
+        // The reply arrives on the event stream (server-sent events), decrypted by the endpoint.
+        type Item = { sender: string; body?: string; verification?: string };
+        let seen: Item | undefined;
+        const deadline = Date.now() + 30_000;
+        while (!seen && Date.now() < deadline) {
+          const event: SseEvent | undefined = await stream.next(deadline - Date.now());
+          if (event?.event !== 'message') continue;
+          const data = JSON.parse(event.data) as { item: Item };
+          if (data.item.body === reply) seen = data.item;
+        }
+        stream.close();
+        if (!seen) throw new Error('the reply did not arrive on the event stream');
+        conversation.push({
+          from: bob.userId,
+          body: seen.body ?? '',
+          seenBy: alice.userId,
+          state: `decrypted, on GET /v1/events; sender ${seen.verification ?? 'unknown'}`,
+        });
+        for (const l of conversation) say(`    ${l.from} → ${l.seenBy}: "${l.body}"  [${l.state}]`);
+        // What the homeserver stored: ciphertext only.
+        const stored = await fetch(
+          `${synapse.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=20`,
+          { headers: { authorization: `Bearer ${bob.client.getAccessToken() ?? ''}` } },
+        );
+        const text = await stored.text();
+        if (
+          text.includes(first) ||
+          text.includes(reply) ||
+          !text.includes('m.megolm.v1.aes-sha2')
+        ) {
+          throw new Error('the homeserver holds plaintext');
+        }
+        return [roomId, `room ${roomId}; the homeserver stored only Megolm ciphertext`];
+      },
+    );
 
     await step('The policy decides, the audit log records', async () => {
       const noToken = await gateway.request('/v1/rooms');
@@ -259,6 +414,189 @@ async function main(): Promise<number> {
       ];
     });
 
+    await step(`SAS verification of ${bob.userId}'s device, by emoji`, async () => {
+      let theirs: SasOutcome | undefined;
+      let done: SasOutcome | undefined;
+      // bob plays a user who accepts, compares and confirms (matrix-js-sdk's own SAS).
+      bob.acceptVerifications(
+        (o) => (done = o),
+        (o) => (theirs = o),
+      );
+      const requested = (await api('/v1/verifications', {
+        method: 'POST',
+        body: { userId: bob.userId, deviceId: bob.deviceId },
+      })) as unknown as Flow;
+      const flowPath = `/v1/verifications/${encodeURIComponent(requested.flowId)}`;
+      const phase = (wanted: string) =>
+        waitFor(`verification phase ${wanted}`, async () => {
+          const flow = (await api(flowPath)) as unknown as Flow;
+          if (flow.phase === 'cancelled') {
+            throw new DemoError(`verification cancelled: ${flow.cancelled?.code ?? ''}`);
+          }
+          return flow.phase === wanted ? flow : undefined;
+        });
+      const compare = await phase('compare');
+      const ours = compare.sas?.emoji ?? [];
+      const shown = await waitFor("bob's screen", () => Promise.resolve(theirs));
+      const theirEmoji = shown.emoji.map(([symbol, name]) => ({ symbol, name }));
+      const match =
+        ours.length === 7 &&
+        JSON.stringify(ours) === JSON.stringify(theirEmoji) &&
+        JSON.stringify(compare.sas?.decimals) === JSON.stringify(shown.decimals);
+      say(`    ${alice.userId} (GET ${flowPath}):`);
+      say(`      ${emojiLine(ours)}`);
+      say(`    ${bob.userId} (matrix-js-sdk):`);
+      say(`      ${emojiLine(theirEmoji)}`);
+      say(
+        `    ${match ? 'the same' : 'DIFFERENT'} (decimals ${compare.sas?.decimals.join(' ') ?? ''}): ${match ? 'POST …/confirm' : 'POST …/cancel {"mismatch":true}'}`,
+      );
+      if (!match) {
+        await api(`${flowPath}/cancel`, { method: 'POST', body: { mismatch: true } });
+        throw new Error('the two screens showed different emoji');
+      }
+      await api(`${flowPath}/confirm`, { method: 'POST', body: {} });
+      await phase('done');
+      await waitFor("bob's side to finish", () => Promise.resolve(done));
+      const contact = await waitFor('bob to be verified', async () => {
+        const c = (await api(
+          `/v1/contacts/${encodeURIComponent(bob.userId)}`,
+        )) as unknown as Contact;
+        return c.identity.state === 'verified' ? c : undefined;
+      });
+      const device = contact.devices.find((d) => d.deviceId === bob.deviceId);
+      await waitFor('bob to see our device verified', async () => {
+        const status = await bob.crypto.getDeviceVerificationStatus(alice.userId, ourDevice);
+        return status?.isVerified() ? true : undefined;
+      });
+      summary.sas = {
+        flowId: requested.flowId,
+        ours,
+        theirs: theirEmoji,
+        decimals: compare.sas?.decimals ?? [],
+        match,
+        contact: contact.identity,
+      };
+      return [
+        undefined,
+        `GET /v1/contacts/${bob.userId}: identity ${contact.identity.state}, device ${bob.deviceId} ${device?.verified ? 'verified' : 'not verified'}; and bob's client sees our device ${ourDevice} verified`,
+      ];
+    });
+
+    await step('X.509: identities vouched for by the demo CA, no emoji', async () => {
+      const key = createPrivateKey(await readFile(join(dir, 'carol.key')));
+      const chainPem = await readFile(join(dir, 'carol.chain.pem'), 'utf8');
+      const carol = await StockPeer.start(synapse.baseUrl, carolUser, {
+        crypto: {
+          caCertsPem: await readFile(join(dir, 'ca.pem'), 'utf8'),
+          x509Signer: (item: Uint8Array) =>
+            Promise.resolve({
+              signature_scheme: 'RsaPssSha512' as const,
+              signature_bytes: new Uint8Array(
+                sign('sha512', item, {
+                  key,
+                  padding: constants.RSA_PKCS1_PSS_PADDING,
+                  saltLength: 64,
+                }),
+              ),
+              certificate_chain: chainPem,
+            }),
+          x509Validity: () => certs.carolNotAfter,
+        },
+      });
+      stops.push(() => carol.stop());
+      await carol.bootstrapCrossSigning(carolUser.password); // the SDK signs her master key
+      const { roomId } = (await api('/v1/rooms', {
+        method: 'POST',
+        body: { invite: [carol.userId], isDirect: true },
+      })) as { roomId: string };
+      await carol.acceptInvite(roomId);
+      await carol.waitForMember(roomId, alice.userId);
+      const contact = await waitFor("carol's identity to be verified here", async () => {
+        const c = (await api(
+          `/v1/contacts/${encodeURIComponent(carol.userId)}`,
+        )) as unknown as Contact;
+        return c.identity.state === 'verified' ? c : undefined;
+      });
+      say(
+        `    we see ${carol.userId}: identity ${contact.identity.state} (GET /v1/contacts; no SAS was run with her)`,
+      );
+      await waitFor('carol to see us verified', async () => {
+        await carol.crypto.getUserDeviceInfo([alice.userId], true);
+        const status = await carol.crypto.getUserVerificationStatus(alice.userId);
+        return status.isVerified() ? true : undefined;
+      });
+      say(
+        `    ${carol.userId} (matrix-js-sdk with the CA) sees ${alice.userId} verified: the vault's CMS signature on our master key`,
+      );
+      summary.x509 = {
+        ca: certs.caName,
+        keyId: certs.keyId,
+        ourLeaf: certs.ourLeaf,
+        peer: carol.userId,
+        weSeePeer: contact.identity,
+        peerSeesUs: true,
+      };
+      return [
+        undefined,
+        `both identities verified through "${certs.caName}" (key id ${certs.keyId})`,
+      ];
+    });
+
+    await step(`${bob.userId} resets his identity (a new master key)`, async () => {
+      const contactPath = `/v1/contacts/${encodeURIComponent(bob.userId)}`;
+      const before = ((await api(contactPath)) as unknown as Contact).identity;
+      const stream = await openEventStream(gateway.target, { token });
+      let event: Identity | undefined;
+      try {
+        await bob.bootstrapCrossSigning(bobPassword); // as after "reset cross-signing"
+        const deadline = Date.now() + 60_000;
+        while (!event && Date.now() < deadline) {
+          const e: SseEvent | undefined = await stream.next(deadline - Date.now());
+          if (e === undefined) break;
+          if (e.event !== 'identity') continue;
+          const data = JSON.parse(e.data) as { userId: string; identity: Identity };
+          if (data.userId === bob.userId && data.identity.state !== before.state) {
+            event = data.identity;
+          }
+        }
+      } finally {
+        stream.close();
+      }
+      if (!event) throw new Error('no identity event on GET /v1/events');
+      say(
+        `    GET /v1/events: identity ${bob.userId} ${before.state} → ${event.state} (master key ${short(before.masterKey)} → ${short(event.masterKey)})`,
+      );
+      const room = encodeURIComponent(bobRoom);
+      const refusedRes = await gateway.request(`/v1/rooms/${room}/messages`, {
+        token,
+        method: 'POST',
+        body: { body: 'Are you still you?' },
+      });
+      const refused = {
+        status: refusedRes.status,
+        code: (refusedRes.json() as { error?: { code?: string } }).error?.code ?? '',
+      };
+      say(`    POST /v1/rooms/…/messages → ${refused.status} ${refused.code}`);
+      if (refused.status !== 409 || refused.code !== 'IDENTITY_CHANGED') {
+        throw new Error(`sending was not blocked (${refused.status} ${refused.code})`);
+      }
+      const { identity: acknowledged } = (await api(`${contactPath}/identity/acknowledge`, {
+        method: 'POST',
+        body: {},
+      })) as unknown as { identity: Identity };
+      const after = 'Acknowledged your new identity.';
+      await api(`/v1/rooms/${room}/messages`, { method: 'POST', body: { body: after } });
+      const atBob = await bob.waitForMessage(bobRoom, after);
+      say(
+        `    POST …/identity/acknowledge → ${acknowledged.state}; then "${atBob.body}" is sent, and decrypted by ${bob.userId}`,
+      );
+      summary.identityChange = { before, event, refused, acknowledged, delivered: true };
+      return [
+        undefined,
+        'a changed identity blocks sending until a UI with `verification` acknowledges it',
+      ];
+    });
+
     if (args.keep && !json) {
       say(
         `\nEverything is running. Synapse: ${synapse.baseUrl}  swtpm: TPM2TOOLS_TCTI=${tpm.tcti}`,
@@ -271,18 +609,24 @@ async function main(): Promise<number> {
     }
     await stopAll();
     say('\nStopped everything again.');
-    if (json) process.stdout.write(`${JSON.stringify({ ok: true, checks, conversation })}\n`);
+    if (json)
+      process.stdout.write(`${JSON.stringify({ ok: true, checks, conversation, ...summary })}\n`);
     return 0;
   } catch (e) {
     await stopAll();
     const message = e instanceof DemoError ? e.message : `unexpected failure: ${String(e)}`;
-    if (json) process.stdout.write(`${JSON.stringify({ ok: false, error: message, checks })}\n`);
+    if (json)
+      process.stdout.write(
+        `${JSON.stringify({ ok: false, error: message, checks, ...summary })}\n`,
+      );
     else process.stderr.write(`demo: ${message}\n`);
     return 1;
   }
 }
 
 class DemoError extends Error {}
+
+const short = (key: string | undefined): string => (key ? `${key.slice(0, 8)}…` : 'none');
 
 // The demo prints through process.stdout only; the SDK's debug chatter (some of its child
 // loggers are pinned to DEBUG) goes nowhere.
