@@ -112,7 +112,9 @@ export class EndpointService {
       }
       const since = await state.get('sync/since', z.string());
       const rooms = await state.get('rooms', roomsSchema);
-      const x509 = options.x509 && (await x509Setup(options.vault, options.x509));
+      const userId = api.userId;
+      if (!userId) throw new Error('endpoint: no homeserver session after login');
+      const x509 = options.x509 && (await x509Setup(options.vault, options.x509, userId));
       const extraMasterSignatures = options.extraMasterSignatures ?? x509?.extraMasterSignatures;
       const endpoint = await Endpoint.start({
         api,
@@ -131,9 +133,15 @@ export class EndpointService {
         logger: log,
       });
       // A renewed certificate (a new chain file) is signed in at start: expiry refresh.
+      // A renewed certificate (a new chain file) is signed in at start: expiry refresh.
       if (x509?.refresh) {
-        const done = await x509.refresh(api, endpoint.userId);
+        const done = await x509.refresh(api);
         if (done === 'signed') log.info('x509: signed our master key with the configured chain');
+        if (done === 'foreign') {
+          log.warn(
+            "x509: the published cross-signing master key is not the vault's; not signing it",
+          );
+        }
       }
       const outbox = new Outbox(
         state,

@@ -276,7 +276,11 @@ async function signOwnDeviceIfNeeded(ctx: VaultCrossSigningContext, userId: stri
   }
 }
 
-async function publishedIdentity(api: HomeserverApi, userId: string): Promise<PublishedIdentity> {
+/** What the homeserver publishes as `userId`'s cross-signing keys (its word, not verified). */
+export async function publishedIdentity(
+  api: Pick<HomeserverApi, 'keysQuery'>,
+  userId: string,
+): Promise<PublishedIdentity> {
   const response = JSON.parse(
     await api.keysQuery(JSON.stringify({ device_keys: { [userId]: [] } })),
   ) as {

@@ -50,7 +50,13 @@ import {
 } from '@peculiar/asn1-x509';
 import type { Vault } from '../../keyvault/vault.ts';
 import type { HomeserverApi } from '../matrix/api.ts';
-import { canonicalJson } from './cross-signing.ts';
+import {
+  keyOf,
+  publishedIdentity,
+  signingBytes,
+  unpadded,
+  vaultMasterKeySigner,
+} from './cross-signing.ts';
 
 export const X509_ALGORITHM = 'io.element.x509';
 
@@ -84,10 +90,6 @@ function splitPem(text: string): string[] {
 function extension<T>(cert: Certificate, oid: string, type: new () => T): T | undefined {
   const ext = cert.tbsCertificate.extensions?.find((e) => e.extnID === oid);
   return ext ? AsnConvert.parse(ext.extnValue, type) : undefined;
-}
-
-function unpadded(bytes: Uint8Array): string {
-  return Buffer.from(bytes).toString('base64').replace(/=+$/, '');
 }
 
 async function readPem(path: string, what: string): Promise<string[]> {
@@ -217,23 +219,96 @@ export interface RawX509Signature {
   certificate_chain: string;
 }
 
+/** Our user and the vault's cross-signing master key (unpadded base64 Ed25519). */
+export interface OwnMaster {
+  userId: string;
+  masterPublic: string;
+}
+
+export class X509RefusedError extends Error {
+  readonly code = 'ENDPOINT_X509_REFUSED';
+}
+
+/** The canonical JSON of our master key as the vault holds it (what we may sign, exactly). */
+export function ourMasterKeyBytes(own: OwnMaster): Uint8Array {
+  return signingBytes({
+    user_id: own.userId,
+    usage: ['master'],
+    keys: { [`ed25519:${own.masterPublic}`]: own.masterPublic },
+  });
+}
+
+/**
+ * The only thing the x509-identity key ever signs: our own master key, the vault's. Anything
+ * else (another user's key, a master key the homeserver made up, extra fields) is refused:
+ * a CMS signature over it would make every peer trusting our CA see it as our identity.
+ * Requires the exact canonical bytes, so no JSON parser differences (duplicate keys, escapes)
+ * can make a verifier read something else. The error names the field, never any value.
+ */
+export function assertOurMasterKey(bytes: Uint8Array, own: OwnMaster): void {
+  const refuse = (why: string): never => {
+    throw new X509RefusedError(`x509: refusing to sign: not our cross-signing master key (${why})`);
+  };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch {
+    return refuse('not JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    return refuse('not a JSON object');
+  }
+  const o = parsed as Record<string, unknown>;
+  const fields = Object.keys(o).sort().join(',');
+  if (fields !== 'keys,usage,user_id') refuse('unexpected fields');
+  if (o.user_id !== own.userId) refuse('another user');
+  if (!Array.isArray(o.usage) || o.usage.length !== 1 || o.usage[0] !== 'master') {
+    refuse('usage is not ["master"]');
+  }
+  const keys = o.keys;
+  if (typeof keys !== 'object' || keys === null || Array.isArray(keys)) refuse('no keys');
+  const entries = Object.entries(keys as Record<string, unknown>);
+  const [only] = entries;
+  if (
+    entries.length !== 1 ||
+    !only ||
+    only[0] !== `ed25519:${own.masterPublic}` ||
+    only[1] !== own.masterPublic
+  ) {
+    refuse("the key is not the vault's master key");
+  }
+  if (!Buffer.from(bytes).equals(Buffer.from(ourMasterKeyBytes(own)))) {
+    refuse('not canonical JSON');
+  }
+}
+
 export interface VaultX509Signer {
   chain: X509Chain;
-  /** The crypto core's `raw_x509_signer`: signs the given bytes with the vault's key. */
+  /** Whose master key this signer signs (and nothing else). */
+  own: OwnMaster;
+  /**
+   * The crypto core's `raw_x509_signer`: signs the given bytes with the vault's key, once
+   * assertOurMasterKey accepts them.
+   */
   rawSigner: (item: Uint8Array) => Promise<RawX509Signature>;
   /** The crypto core's `raw_x509_validity`: the chain's earliest notAfter, ms. */
   rawValidity: () => number;
-  /** cross-signing.ts's hook: `{ "io.element.x509:<ski>": "<CMS PEM>" }` for a master key. */
+  /**
+   * cross-signing.ts's hook: `{ "io.element.x509:<ski>": "<CMS PEM>" }` for our master key
+   * (refuses any other bytes).
+   */
   extraMasterSignatures: (canonicalMasterKeyBytes: Uint8Array) => Promise<Record<string, string>>;
 }
 
 /**
- * The vault's `x509-identity` key with the configured chain. Refuses a chain whose leaf is
- * not the vault's key: such a signature would be uploaded and silently ignored by every peer.
+ * The vault's `x509-identity` key with the configured chain, for `own`'s master key only.
+ * Refuses a chain whose leaf is not the vault's key: such a signature would be uploaded and
+ * silently ignored by every peer.
  */
 export async function vaultX509Signer(
   vault: Pick<Vault, 'publicKey' | 'sign'>,
   chain: X509Chain,
+  own: OwnMaster,
 ): Promise<VaultX509Signer> {
   const info = await vault.publicKey('x509-identity');
   const vaultKey = Buffer.from(info.spki);
@@ -243,9 +318,13 @@ export async function vaultX509Signer(
       "x509: the chain's leaf certificate is not for the vault's x509-identity key (issue it with node deploy/x509/main.ts issue --vault-config ...)",
     );
   }
-  const sign = (bytes: Uint8Array) => vault.sign('x509-identity', bytes);
+  const sign = (bytes: Uint8Array) => {
+    assertOurMasterKey(bytes, own);
+    return vault.sign('x509-identity', bytes);
+  };
   return {
     chain,
+    own: { ...own },
     rawSigner: async (item) => ({
       signature_scheme: 'RsaPssSha512',
       signature_bytes: await sign(item),
@@ -265,34 +344,36 @@ export interface X509Setup {
   /** Makes the published master key carry a signature by the configured chain. */
   refresh?: (
     api: Pick<HomeserverApi, 'keysQuery' | 'signaturesUpload'>,
-    userId: string,
   ) => Promise<X509RefreshOutcome>;
 }
 
-export type X509RefreshOutcome = 'current' | 'signed' | 'no-identity';
+/** `foreign`: the published master key is not the vault's; nothing was signed. */
+export type X509RefreshOutcome = 'current' | 'signed' | 'no-identity' | 'foreign';
 
+/**
+ * `userId` is ours (the session's); the master key is the vault's `cross-signing-master`, the
+ * only key the x509-identity key will ever sign for.
+ */
 export async function x509Setup(
   vault: Pick<Vault, 'publicKey' | 'sign'>,
   material: X509Material,
+  userId: string,
 ): Promise<X509Setup> {
-  const signer = material.chain ? await vaultX509Signer(vault, material.chain) : undefined;
+  const signer = material.chain
+    ? await vaultX509Signer(vault, material.chain, {
+        userId,
+        masterPublic: await vaultMasterKeySigner(vault).publicKeyBase64(),
+      })
+    : undefined;
   return {
     engine: { caCertsPem: material.caCertsPem, signer },
     ...(signer
       ? {
           extraMasterSignatures: signer.extraMasterSignatures,
-          refresh: (api, userId) => refreshMasterSignature(api, userId, signer),
+          refresh: (api) => refreshMasterSignature(api, signer),
         }
       : {}),
   };
-}
-
-interface MasterKey {
-  user_id: string;
-  usage: string[];
-  keys: Record<string, string>;
-  signatures?: Record<string, Record<string, string>>;
-  unsigned?: unknown;
 }
 
 /** The certificates inside a CMS signature we (or anyone) made, DER. */
@@ -311,30 +392,34 @@ export function cmsCertificates(pem: string): Uint8Array[] {
 /**
  * Expiry refresh: when the published master key has no signature from the configured chain
  * (a renewed certificate in the chain file, read at start), signs it again and uploads the
- * signature. A signature whose certificates are exactly the configured chain is left alone,
- * so a restart with the same chain signs nothing.
+ * signature. A signature whose certificates are exactly the configured chain is left alone, so a restart with the same chain signs nothing.
+ *
+ * The /keys/query answer is the homeserver's word: only the vault's master key is signed
+ * (`foreign` otherwise), and what is signed and uploaded is built here, not taken from it.
  */
 export async function refreshMasterSignature(
   api: Pick<HomeserverApi, 'keysQuery' | 'signaturesUpload'>,
-  userId: string,
   signer: VaultX509Signer,
 ): Promise<X509RefreshOutcome> {
-  const response = JSON.parse(
-    await api.keysQuery(JSON.stringify({ device_keys: { [userId]: [] } })),
-  ) as { master_keys?: Record<string, MasterKey> };
-  const master = response.master_keys?.[userId];
-  const masterPublic = Object.entries(master?.keys ?? {}).find(([id]) =>
-    id.startsWith('ed25519:'),
-  )?.[1];
-  if (!master || !masterPublic) return 'no-identity';
+  const { userId, masterPublic } = signer.own;
+  const published = await publishedIdentity(api, userId);
+  const master = published.master;
+  const publishedPublic = keyOf(master);
+  if (!master || !publishedPublic) return 'no-identity';
+  if (publishedPublic !== masterPublic) return 'foreign';
+  // The published key, as peers will check the signature against it, must be ours exactly
+  // (throws otherwise: a master key with other fields would not verify under our signature).
+  const bytes = signingBytes({ ...master });
+  assertOurMasterKey(bytes, signer.own);
   const existing = master.signatures?.[userId]?.[signer.chain.keyId];
-  if (existing && sameCertificates(existing, signer.chain.der)) return 'current';
-  const bare: Record<string, unknown> = { ...master };
-  delete bare.signatures;
-  delete bare.unsigned;
-  const bytes = new TextEncoder().encode(canonicalJson(bare));
+  if (existing && sameCertificates(existing, signer.chain)) return 'current';
   const sigs = await signer.extraMasterSignatures(bytes);
-  const signed = { ...bare, signatures: { [userId]: sigs } };
+  const signed = {
+    user_id: userId,
+    usage: ['master'],
+    keys: { [`ed25519:${masterPublic}`]: masterPublic },
+    signatures: { [userId]: sigs },
+  };
   const answer = JSON.parse(
     await api.signaturesUpload(JSON.stringify({ [userId]: { [masterPublic]: signed } })),
   ) as { failures?: Record<string, Record<string, unknown>> };
@@ -347,12 +432,12 @@ export async function refreshMasterSignature(
   return 'signed';
 }
 
-function sameCertificates(cmsPem: string, chain: Uint8Array[]): boolean {
+function sameCertificates(cmsPem: string, chain: X509Chain): boolean {
   try {
     const inside = cmsCertificates(cmsPem)
       .map((c) => Buffer.from(c).toString('base64'))
       .sort();
-    const ours = chain.map((c) => Buffer.from(c).toString('base64')).sort();
+    const ours = chain.der.map((c) => Buffer.from(c).toString('base64')).sort();
     return inside.length === ours.length && inside.every((c, i) => c === ours[i]);
   } catch {
     return false; // unparsable: replace it

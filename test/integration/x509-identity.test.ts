@@ -16,7 +16,7 @@ import {
   issueLeaf,
 } from '../../deploy/x509/index.ts';
 import { signingBytes } from '../../endpoint/crypto/cross-signing.ts';
-import { cmsCertificates, loadX509Material } from '../../endpoint/crypto/x509.ts';
+import { cmsCertificates, loadX509Material, x509Setup } from '../../endpoint/crypto/x509.ts';
 import { EndpointService } from '../../endpoint/service.ts';
 import { type SynapseUser, makeTempDir, startSwtpm, startSynapse } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
@@ -436,5 +436,48 @@ describe('expiry refresh', () => {
     vault = await openVault();
     service = await startService(join(dir, 'alice.renewed.pem'));
     expect(x509Signs[0]).toBe(before + 1);
+  });
+
+  it('a homeserver serving its own master key for us gets no X.509 signature from any path', async () => {
+    if (!service) throw new Error('no endpoint');
+    const real = service.endpoint.api;
+    const material = await loadX509Material({
+      caCerts: [join(dir, 'root.pem')],
+      chain: join(dir, 'alice.renewed.pem'),
+    });
+    const setup = await x509Setup(counting(vault), material, alice.userId);
+    const { publicKey } = generateKeyPairSync('ed25519');
+    const theirs = publicKey.export({ type: 'spki', format: 'der' }).subarray(12);
+    const foreignKey = theirs.toString('base64').replace(/=+$/, '');
+    const foreign = {
+      user_id: alice.userId,
+      usage: ['master'],
+      keys: { [`ed25519:${foreignKey}`]: foreignKey },
+    };
+    let uploads = 0;
+    // The real homeserver's answer, with our master key swapped for the homeserver's.
+    const lying = {
+      keysQuery: async (body: string) => {
+        const answer = JSON.parse(await real.keysQuery(body)) as {
+          master_keys?: Record<string, unknown>;
+        };
+        answer.master_keys = { ...answer.master_keys, [alice.userId]: foreign };
+        return JSON.stringify(answer);
+      },
+      signaturesUpload: (body: string) => {
+        uploads++;
+        return real.signaturesUpload(body);
+      },
+    };
+    const before = x509Signs[0] ?? 0;
+    expect(await setup.refresh?.(lying)).toBe('foreign');
+    const bytes = signingBytes({ ...foreign });
+    await expect(setup.engine.signer?.rawSigner(bytes)).rejects.toThrow(/refusing to sign/);
+    await expect(setup.extraMasterSignatures?.(bytes)).rejects.toThrow(/refusing to sign/);
+    expect(x509Signs[0]).toBe(before);
+    expect(uploads).toBe(0);
+    // The real answer, our master key with a current signature: nothing to do.
+    expect(await setup.refresh?.(real)).toBe('current');
+    expect(x509Signs[0]).toBe(before);
   });
 });

@@ -8,12 +8,14 @@ import {
   X509ConfigError,
   cmsSignature,
   loadX509Material,
+  ourMasterKeyBytes,
   parseChain,
   vaultX509Signer,
 } from '../../endpoint/crypto/x509.ts';
 import { openssl } from '../fixtures/x509.ts';
 
 const ALICE = '@alice:example.org';
+const OWN = { userId: ALICE, masterPublic: 'A'.repeat(43) };
 
 function pssSign(key: ReturnType<typeof generateKeyPairSync>['privateKey'], data: Uint8Array) {
   return new Uint8Array(
@@ -131,16 +133,16 @@ describe('the CMS X.509 signature and the vault-backed signer', { timeout: 60_00
         Promise.resolve(pssSign(privateKey, message)),
     };
     const leaf = await issueLeaf(root, { userId: ALICE, publicKey: spki });
-    const signer = await vaultX509Signer(vault, parseChain([leaf.certPem]));
+    const signer = await vaultX509Signer(vault, parseChain([leaf.certPem]), OWN);
     expect(signer.rawValidity()).toBe(leaf.notAfter.getTime());
-    const raw = await signer.rawSigner(new Uint8Array([1, 2, 3]));
+    const raw = await signer.rawSigner(ourMasterKeyBytes(OWN));
     expect(raw.signature_scheme).toBe('RsaPssSha512');
     expect(raw.signature_bytes).toHaveLength(256);
     expect(raw.certificate_chain).toBe(leaf.certPem.trim() + '\n');
-    const sigs = await signer.extraMasterSignatures(new Uint8Array([1, 2, 3]));
+    const sigs = await signer.extraMasterSignatures(ourMasterKeyBytes(OWN));
     expect(Object.keys(sigs)).toEqual([`io.element.x509:${root.skiBase64}`]);
     const other = await issueLeaf(root, { userId: ALICE });
-    await expect(vaultX509Signer(vault, parseChain([other.certPem]))).rejects.toThrow(
+    await expect(vaultX509Signer(vault, parseChain([other.certPem]), OWN)).rejects.toThrow(
       /not for the vault's x509-identity key/,
     );
   });
