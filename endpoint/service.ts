@@ -4,7 +4,7 @@ import { z } from 'zod';
 import type { Vault } from '../keyvault/vault.ts';
 import { type ExtraMasterSignatures, vaultMasterKeySigner } from './crypto/cross-signing.ts';
 import type { Logger } from './crypto/engine.ts';
-import { type X509Material, x509Setup } from './crypto/x509.ts';
+import { type X509Material, refreshAtStart, x509Setup } from './crypto/x509.ts';
 import type { TrustSettings } from './crypto/settings.ts';
 import { Endpoint } from './device.ts';
 import { HomeserverClient } from './matrix/index.ts';
@@ -133,16 +133,9 @@ export class EndpointService {
         logger: log,
       });
       // A renewed certificate (a new chain file) is signed in at start: expiry refresh.
-      // A renewed certificate (a new chain file) is signed in at start: expiry refresh.
-      if (x509?.refresh) {
-        const done = await x509.refresh(api);
-        if (done === 'signed') log.info('x509: signed our master key with the configured chain');
-        if (done === 'foreign') {
-          log.warn(
-            "x509: the published cross-signing master key is not the vault's; not signing it",
-          );
-        }
-      }
+      // A refusal (by the homeserver, or of what it serves) is a warning: it must not keep
+      // the endpoint from starting.
+      if (x509?.refresh) await refreshAtStart(x509.refresh, api, log);
       const outbox = new Outbox(
         state,
         (entry) =>

@@ -432,6 +432,30 @@ export async function refreshMasterSignature(
   return 'signed';
 }
 
+/**
+ * The refresh at start, which never fails the start: whatever goes wrong (the homeserver
+ * refuses the upload, serves a master key that is not ours or JSON we cannot canonicalise) is
+ * one warning line, and the endpoint runs on with the signature it has.
+ */
+export async function refreshAtStart(
+  refresh: NonNullable<X509Setup['refresh']>,
+  api: Pick<HomeserverApi, 'keysQuery' | 'signaturesUpload'>,
+  log: { warn(message: string): void; info(message: string): void },
+): Promise<X509RefreshOutcome | 'failed'> {
+  try {
+    const done = await refresh(api);
+    if (done === 'signed') log.info('x509: signed our master key with the configured chain');
+    if (done === 'foreign') {
+      log.warn("x509: the published cross-signing master key is not the vault's; not signing it");
+    }
+    return done;
+  } catch (e) {
+    const message = (e instanceof Error ? e.message : String(e)).replace(/\s+/g, ' ');
+    log.warn(`x509: master key signature not refreshed: ${message.slice(0, 300)}`);
+    return 'failed';
+  }
+}
+
 function sameCertificates(cmsPem: string, chain: X509Chain): boolean {
   try {
     const inside = cmsCertificates(cmsPem)

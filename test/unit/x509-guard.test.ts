@@ -9,6 +9,7 @@ import {
   assertOurMasterKey,
   parseChain,
   ourMasterKeyBytes,
+  refreshAtStart,
   refreshMasterSignature,
   vaultX509Signer,
 } from '../../endpoint/crypto/x509.ts';
@@ -220,5 +221,37 @@ describe('the vault X.509 signer and the refresh', { timeout: 60_000 }, () => {
     // A renewed chain: signed again.
     expect(await refreshMasterSignature(fakeApi(published).api, other)).toBe('signed');
     expect(vault.signed).toHaveLength(2);
+  });
+
+  it('at start, a refusal is one warning line and never an error', async () => {
+    const warnings: string[] = [];
+    const log = { warn: (m: string) => warnings.push(m), info: () => undefined };
+    const refresh = (api: Parameters<typeof refreshMasterSignature>[0]) =>
+      refreshMasterSignature(api, signer);
+    // The homeserver refuses the upload.
+    const refusing = fakeApi(masterKey(ALICE, OWN.masterPublic), {
+      [ALICE]: { [OWN.masterPublic]: { errcode: 'M_INVALID_SIGNATURE', error: 'no\nway' } },
+    });
+    expect(await refreshAtStart(refresh, refusing.api, log)).toBe('failed');
+    // It serves JSON that cannot be canonicalised.
+    const control = fakeApi(masterKey(ALICE, OWN.masterPublic, { unsigned: 'x' }));
+    control.api.keysQuery = () =>
+      Promise.resolve(
+        `{"master_keys":{"${ALICE}":{"user_id":"${ALICE}","usage":["master"],"keys":{"ed25519:${OWN.masterPublic}":"${OWN.masterPublic}"},"x":"\\u0001"}}}`,
+      );
+    expect(await refreshAtStart(refresh, control.api, log)).toBe('failed');
+    expect(warnings[1]).toMatch(/JSON/);
+    // It is down.
+    const down = fakeApi(undefined);
+    down.api.keysQuery = () => Promise.reject(new Error('connect ECONNREFUSED'));
+    expect(await refreshAtStart(refresh, down.api, log)).toBe('failed');
+    // It serves a foreign key.
+    expect(await refreshAtStart(refresh, fakeApi(masterKey(ALICE, FOREIGN)).api, log)).toBe(
+      'foreign',
+    );
+    expect(warnings).toHaveLength(4);
+    for (const w of warnings) expect(w).not.toContain('\n');
+    expect(warnings[0]).toContain('refused the X.509 signature');
+    expect(warnings[3]).toContain("not the vault's");
   });
 });
