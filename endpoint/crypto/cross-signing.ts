@@ -164,7 +164,7 @@ export async function ensureVaultCrossSigning(
   const haveSubkeys = status.hasSelfSigning && status.hasUserSigning;
   status.free();
   if (publishedMaster === masterPublic && haveSubkeys) {
-    await learnOwnIdentity(ctx, userId);
+    await learnOwnIdentity(ctx, userId, masterPublic);
     const fresh = await ctx.machine.crossSigningStatus();
     const stillHave = fresh.hasSelfSigning && fresh.hasUserSigning;
     fresh.free();
@@ -237,7 +237,7 @@ async function bootstrap(
       }),
       ctx.uia,
     );
-    await learnOwnIdentity(ctx, userId);
+    await learnOwnIdentity(ctx, userId, masterPublic);
     const imported = await ctx.machine.importCrossSigningKeys(
       undefined,
       unpadded(sskSeed),
@@ -260,9 +260,52 @@ async function bootstrap(
   await signOwnDeviceIfNeeded(ctx, userId);
 }
 
-/** An out-of-band /keys/query for our own user, so the machine holds the published identity. */
-async function learnOwnIdentity(ctx: VaultCrossSigningContext, userId: string): Promise<void> {
+/**
+ * An out-of-band /keys/query for our own user, so the machine holds the published identity;
+ * then checks that the identity the machine now holds has the vault's master key. The answer
+ * is the homeserver's: it could serve its own master key signing our real subkeys, and the
+ * machine would count that identity as verified (it compares only the subkeys it holds).
+ * The endpoint refuses to start rather than trust it.
+ */
+async function learnOwnIdentity(
+  ctx: VaultCrossSigningContext,
+  userId: string,
+  masterPublic: string,
+): Promise<void> {
   await ctx.send(ctx.machine.queryKeysForUsers([new UserId(userId)]));
+  if (!(await ownMasterMatches(ctx.machine, userId, masterPublic))) {
+    throw new OwnIdentityMismatchError(
+      "cross-signing: the homeserver served our identity with a master key that is not the vault's; refusing to trust it",
+    );
+  }
+}
+
+export class OwnIdentityMismatchError extends Error {
+  readonly code = 'ENDPOINT_OWN_IDENTITY_MISMATCH';
+}
+
+/**
+ * Whether the machine's view of our own identity has exactly the vault's master key
+ * (`masterPublic`, unpadded base64). False when the machine knows no identity for us, or its
+ * master key has any other (or more than one) ed25519 key. For the runtime check too: call it
+ * when our own identity is updated.
+ */
+export async function ownMasterMatches(
+  machine: Pick<OlmMachine, 'getIdentity'>,
+  userId: string,
+  masterPublic: string,
+): Promise<boolean> {
+  const identity = await machine.getIdentity(new UserId(userId));
+  if (!identity) return false;
+  try {
+    if (!('userSigningKey' in identity)) return false; // not an own identity
+    const master = JSON.parse(identity.masterKey) as CrossSigningKey;
+    return master.user_id === userId && keyOf(master) === masterPublic;
+  } catch {
+    return false;
+  } finally {
+    identity.free();
+  }
 }
 
 async function signOwnDeviceIfNeeded(ctx: VaultCrossSigningContext, userId: string): Promise<void> {

@@ -1,5 +1,5 @@
 import { UserId } from '@matrix-org/matrix-sdk-crypto-wasm';
-import { createPublicKey, verify } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,9 +13,13 @@ import {
   ed25519PublicFromSeed,
   ed25519RawFromSpki,
   keyOf,
+  ownMasterMatches,
   signingBytes,
   unpadded,
+  vaultMasterKeySigner,
 } from '../../endpoint/crypto/cross-signing.ts';
+import { CryptoEngine } from '../../endpoint/crypto/engine.ts';
+import { HomeserverClient } from '../../endpoint/matrix/index.ts';
 import { EndpointService } from '../../endpoint/service.ts';
 import {
   StockPeer,
@@ -372,6 +376,92 @@ describe('cross-signing with the master key in the TPM vault', () => {
       },
       { timeoutMs: 30_000, intervalMs: 250 },
     );
+  });
+  it('refuses our identity when the homeserver serves our subkeys under its own master key', async () => {
+    // The homeserver answers the core's /keys/query for us with its own master key M' signing
+    // our real subkeys: the core would hold a verified own identity that is not the vault's.
+    const api = new HomeserverClient({ baseUrl: synapse().baseUrl });
+    await api.login(alice.localpart, alice.password);
+    const attacker = generateKeyPairSync('ed25519');
+    const theirs = unpadded(
+      attacker.publicKey.export({ type: 'spki', format: 'der' }).subarray(12),
+    );
+    const theirId = `ed25519:${theirs}`;
+    const resign = (key: CrossSigningKey): CrossSigningKey => {
+      const bare = { user_id: key.user_id, usage: key.usage, keys: key.keys };
+      const signature = sign(null, signingBytes({ ...bare }), attacker.privateKey);
+      return { ...bare, signatures: { [alice.userId]: { [theirId]: unpadded(signature) } } };
+    };
+    let armed = false;
+    let rewritten = 0;
+    const lying = new Proxy(api, {
+      get(target, key) {
+        if (key === 'keysQuery') {
+          return async (body: string) => {
+            const text = await target.keysQuery(body);
+            // The truth until our subkeys are uploaded; then the core's query is lied to.
+            if (!armed) return text;
+            const answer = JSON.parse(text) as {
+              master_keys?: Record<string, CrossSigningKey>;
+              self_signing_keys?: Record<string, CrossSigningKey>;
+              user_signing_keys?: Record<string, CrossSigningKey>;
+            };
+            const ssk = answer.self_signing_keys?.[alice.userId];
+            const usk = answer.user_signing_keys?.[alice.userId];
+            if (!answer.master_keys?.[alice.userId] || !ssk || !usk) return text;
+            rewritten++;
+            answer.master_keys[alice.userId] = {
+              user_id: alice.userId,
+              usage: ['master'],
+              keys: { [theirId]: theirs },
+            };
+            answer.self_signing_keys = { ...answer.self_signing_keys, [alice.userId]: resign(ssk) };
+            answer.user_signing_keys = { ...answer.user_signing_keys, [alice.userId]: resign(usk) };
+            return JSON.stringify(answer);
+          };
+        }
+        if (key === 'deviceSigningUpload') {
+          return async (...args: Parameters<HomeserverClient['deviceSigningUpload']>) => {
+            const answer = await target.deviceSigningUpload(...args);
+            armed = true;
+            return answer;
+          };
+        }
+        const value: unknown = Reflect.get(target, key);
+        return typeof value === 'function' ? (value as () => unknown).bind(target) : value;
+      },
+    });
+    const engine = await CryptoEngine.open({
+      api: lying,
+      userId: alice.userId,
+      deviceId: api.deviceId ?? '',
+    });
+    try {
+      await engine.processOutgoing();
+      await expect(
+        engine.ensureCrossSigning(
+          { user: alice.localpart, password: alice.password },
+          { signer: vaultMasterKeySigner(counted.vault) },
+        ),
+      ).rejects.toThrow(/master key that is not the vault's/);
+      expect(rewritten).toBeGreaterThan(0);
+      // The core did take the lie (so it would have trusted it) and was stopped before the
+      // subkeys went in.
+      const identity = await engine.machine.getIdentity(new UserId(alice.userId));
+      expect(identity?.masterKey).toContain(theirs);
+      identity?.free();
+      expect(await ownMasterMatches(engine.machine, alice.userId, masterPublic)).toBe(false);
+      expect(await ownMasterMatches(engine.machine, alice.userId, theirs)).toBe(true);
+      const status = await engine.machine.crossSigningStatus();
+      expect([status.hasSelfSigning, status.hasUserSigning]).toEqual([false, false]);
+      status.free();
+      // The running endpoint's core, told the truth, matches the vault.
+      expect(
+        await ownMasterMatches(running().endpoint.engine.machine, alice.userId, masterPublic),
+      ).toBe(true);
+    } finally {
+      engine.close();
+    }
   });
 });
 
