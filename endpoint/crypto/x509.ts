@@ -20,7 +20,7 @@
  * cross-signing.ts's `extraMasterSignatures` hook, and the refresh below reuse it. The core
  * still gets our signer: its verify() path then signs with the vault too.
  */
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, constants, verify } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import {
   CMSVersion,
@@ -376,11 +376,15 @@ export async function x509Setup(
   };
 }
 
-/** The certificates inside a CMS signature we (or anyone) made, DER. */
-export function cmsCertificates(pem: string): Uint8Array[] {
+function cmsSignedData(pem: string): SignedData {
   const b64 = pem.replace(/-----(BEGIN|END) CMS-----/g, '').replace(/\s+/g, '');
   const info = AsnConvert.parse(Buffer.from(b64, 'base64'), ContentInfo);
-  const signed = AsnConvert.parse(info.content, SignedData);
+  return AsnConvert.parse(info.content, SignedData);
+}
+
+/** The certificates inside a CMS signature we (or anyone) made, DER. */
+export function cmsCertificates(pem: string): Uint8Array[] {
+  const signed = cmsSignedData(pem);
   const out: Uint8Array[] = [];
   if (!signed.certificates) return out;
   for (const choice of signed.certificates) {
@@ -392,7 +396,8 @@ export function cmsCertificates(pem: string): Uint8Array[] {
 /**
  * Expiry refresh: when the published master key has no signature from the configured chain
  * (a renewed certificate in the chain file, read at start), signs it again and uploads the
- * signature. A signature whose certificates are exactly the configured chain is left alone, so a restart with the same chain signs nothing.
+ * signature. A signature whose certificates are exactly the configured chain and which
+ * verifies over our master key is left alone, so a restart with the same chain signs nothing.
  *
  * The /keys/query answer is the homeserver's word: only the vault's master key is signed
  * (`foreign` otherwise), and what is signed and uploaded is built here, not taken from it.
@@ -412,7 +417,7 @@ export async function refreshMasterSignature(
   const bytes = signingBytes({ ...master });
   assertOurMasterKey(bytes, signer.own);
   const existing = master.signatures?.[userId]?.[signer.chain.keyId];
-  if (existing && sameCertificates(existing, signer.chain)) return 'current';
+  if (existing && currentSignature(existing, signer.chain, bytes)) return 'current';
   const sigs = await signer.extraMasterSignatures(bytes);
   const signed = {
     user_id: userId,
@@ -456,13 +461,27 @@ export async function refreshAtStart(
   }
 }
 
-function sameCertificates(cmsPem: string, chain: X509Chain): boolean {
+/**
+ * A published CMS signature is current when it carries exactly the configured chain and its
+ * signature verifies, with the leaf's key, over `content` (our master key's canonical JSON).
+ */
+function currentSignature(cmsPem: string, chain: X509Chain, content: Uint8Array): boolean {
   try {
     const inside = cmsCertificates(cmsPem)
       .map((c) => Buffer.from(c).toString('base64'))
       .sort();
     const ours = chain.der.map((c) => Buffer.from(c).toString('base64')).sort();
-    return inside.length === ours.length && inside.every((c, i) => c === ours[i]);
+    const sameChain = inside.length === ours.length && inside.every((c, i) => c === ours[i]);
+    if (!sameChain) return false;
+    const signerInfos = cmsSignedData(cmsPem).signerInfos;
+    const [only] = signerInfos;
+    if (signerInfos.length !== 1 || !only || only.signedAttrs) return false;
+    return verify(
+      'sha512',
+      content,
+      { key: chain.leaf.publicKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 64 },
+      new Uint8Array(only.signature.buffer),
+    );
   } catch {
     return false; // unparsable: replace it
   }

@@ -223,6 +223,26 @@ describe('the vault X.509 signer and the refresh', { timeout: 60_000 }, () => {
     expect(vault.signed).toHaveLength(2);
   });
 
+  it('re-signs when the published CMS has our chain but does not verify over our master key', async () => {
+    const hs = fakeApi(masterKey(ALICE, OWN.masterPublic));
+    await refreshMasterSignature(hs.api, signer);
+    const upload = JSON.parse(hs.uploads[0] ?? '{}') as Record<
+      string,
+      Record<string, { signatures: Record<string, Record<string, string>> }>
+    >;
+    const cms = upload[ALICE]?.[OWN.masterPublic]?.signatures[ALICE]?.[signer.chain.keyId] ?? '';
+    // Our chain and structure, but signature bytes that do not verify over our master key.
+    const der = Buffer.from(cms.replace(/-----(BEGIN|END) CMS-----|\s+/g, ''), 'base64');
+    der[der.length - 5] = (der[der.length - 5] ?? 0) ^ 0xff;
+    const tampered = `-----BEGIN CMS-----\n${der.toString('base64')}\n-----END CMS-----\n`;
+    vault.signed.length = 0;
+    const published = masterKey(ALICE, OWN.masterPublic, {
+      signatures: { [ALICE]: { [signer.chain.keyId]: tampered } },
+    });
+    expect(await refreshMasterSignature(fakeApi(published).api, signer)).toBe('signed');
+    expect(vault.signed).toHaveLength(1);
+  });
+
   it('at start, a refusal is one warning line and never an error', async () => {
     const warnings: string[] = [];
     const log = { warn: (m: string) => warnings.push(m), info: () => undefined };
