@@ -126,9 +126,9 @@ export const verificationPhase = z.enum([
 ]);
 export const verificationFlow = z
   .object({
-    flowId: z.string(),
+    flowId,
     userId: z.string(),
-    deviceId: z.string().optional(),
+    deviceId: deviceId.optional(),
     /** We sent the request (true), or the other side did. */
     weStarted: z.boolean(),
     phase: verificationPhase,
@@ -340,9 +340,12 @@ export const endpointContract = defineContract({
     params: z.object({ auth }).strict(),
     result: z.object({ verifications: z.array(verificationFlow).max(64) }).strict(),
   },
-  /** verification: asks one device of a contact (or of our own user) to verify by SAS. */
+  /**
+   * verification: asks one device of a contact (or of our own user) to verify by SAS; without
+   * a device, the contact's one (cross-signed) device, or CONFLICT when they have several.
+   */
   verificationRequest: {
-    params: z.object({ auth, userId, deviceId }).strict(),
+    params: z.object({ auth, userId, deviceId: deviceId.optional() }).strict(),
     result: verificationFlow,
   },
   verification: {
@@ -364,9 +367,22 @@ export const endpointContract = defineContract({
     params: z.object({ auth, flowId, mismatch: z.boolean().optional() }).strict(),
     result: verificationFlow,
   },
-  /** verification: accept a contact's changed identity (pin the new master key). */
+  /**
+   * verification: accept a contact's changed identity (pin the new master key). `masterKey`:
+   * the key the user was shown; refused (CONFLICT) if the identity changed again since.
+   */
   identityAcknowledge: {
-    params: z.object({ auth, userId }).strict(),
+    params: z
+      .object({
+        auth,
+        userId,
+        masterKey: z
+          .string()
+          .max(64)
+          .regex(/^[A-Za-z0-9+/]{43}$/, 'expected an unpadded base64 Ed25519 key')
+          .optional(),
+      })
+      .strict(),
     result: z.object({ identity }).strict(),
   },
   /** verification: stop requiring that this contact stays verified. */

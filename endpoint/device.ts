@@ -6,7 +6,11 @@ import {
   type Logger,
   type UndecryptableMessage,
 } from './crypto/engine.ts';
-import type { ExtraMasterSignatures, MasterKeySigner } from './crypto/cross-signing.ts';
+import {
+  type ExtraMasterSignatures,
+  type MasterKeySigner,
+  ownMasterMatches,
+} from './crypto/cross-signing.ts';
 import type { TrustSettings } from './crypto/settings.ts';
 import type { CreateRoomOptions, HomeserverApi, RoomEvent } from './matrix/api.ts';
 import { SyncLoop } from './sync/loop.ts';
@@ -48,6 +52,8 @@ export type EndpointEvent =
  */
 export class IdentityChangedError extends Error {
   readonly users: string[];
+  /** The outbox keeps the room's messages, in order, until the change is resolved. */
+  readonly hold = true;
   constructor(users: string[]) {
     super(
       `${users.join(', ')} changed cross-signing identity: acknowledge the change or verify again before sending`,
@@ -105,6 +111,8 @@ export class Endpoint {
   readonly #log: Logger;
   readonly #trustFor: ((roomId: string) => TrustSettings) | undefined;
   readonly #saveRooms: (rooms: RoomSummary[]) => Promise<void>;
+  /** The vault's master public key, when it holds ours: our identity must keep it. */
+  #ourMaster: string | undefined;
 
   private constructor(api: HomeserverApi, engine: CryptoEngine, options: EndpointOptions) {
     this.api = api;
@@ -122,6 +130,18 @@ export class Endpoint {
     engine.machine.registerUserIdentityUpdatedCallback(async (id) => {
       const userId = id.toString();
       id.free();
+      if (
+        userId === this.userId &&
+        this.#ourMaster !== undefined &&
+        !(await ownMasterMatches(engine.machine, userId, this.#ourMaster))
+      ) {
+        // Someone replaced the account's identity (a reset elsewhere, or the homeserver): the
+        // vault's key no longer signs for us. Every send stops (our own identity is in every
+        // room); a restart refuses to start until an operator looks.
+        this.#log.warn(
+          "our account's cross-signing identity is no longer the vault's master key: sending is stopped",
+        );
+      }
       this.#emit({ type: 'identity', userId, identity: await identityOf(engine.machine, userId) });
     });
     const saveSince = options.saveSince ?? (() => Promise.resolve());
@@ -201,6 +221,7 @@ export class Endpoint {
       },
     );
     const endpoint = new Endpoint(api, engine, options);
+    endpoint.#ourMaster = await options.masterKey?.publicKeyBase64();
     endpoint.#sync.start();
     return endpoint;
   }
@@ -264,14 +285,6 @@ export class Endpoint {
     txnId = `mte.${randomBytes(12).toString('hex')}`,
     options: { replyTo?: string } = {},
   ): Promise<string> {
-    const members = (await this.api.members(roomId))
-      .filter((m) => m.membership === 'join' || m.membership === 'invite')
-      .map((m) => m.userId);
-    // The core withholds keys from a verified contact's new identity by itself, but not from a
-    // merely pinned one: the policy blocks both until a UI acknowledges (checked again here,
-    // for messages queued before the change).
-    const changed = await changedIdentities(this.engine.machine, members);
-    if (changed.length > 0) throw new IdentityChangedError(changed);
     const content = {
       msgtype: 'm.text',
       body,
@@ -279,12 +292,23 @@ export class Endpoint {
         ? {}
         : { 'm.relates_to': { 'm.in_reply_to': { event_id: options.replyTo } } }),
     };
+    const members = (await this.api.members(roomId))
+      .filter((m) => m.membership === 'join' || m.membership === 'invite')
+      .map((m) => m.userId);
+    // The core withholds keys from a verified contact's new identity by itself, but not from a
+    // merely pinned one: the policy blocks both until a UI acknowledges. The engine runs this
+    // after it refreshed the device lists and before any key leaves, so a key change the
+    // homeserver slips into that refresh is caught too.
     const encrypted = await this.engine.encrypt(
       roomId,
       'm.room.message',
       content,
       members,
       this.#trust(roomId),
+      async () => {
+        const changed = await changedIdentities(this.engine.machine, members);
+        if (changed.length > 0) throw new IdentityChangedError(changed);
+      },
     );
     return this.api.sendEvent(roomId, 'm.room.encrypted', txnId, encrypted);
   }
@@ -307,12 +331,13 @@ export class Endpoint {
     return { items, ...(page.end ? { next: page.end } : {}) };
   }
 
-  /** Members of a room whose identity changed unacknowledged (sending there is blocked). */
+  /**
+   * Members of a room, as sync last told us, whose identity changed unacknowledged: for a
+   * clear answer at the API. The authoritative check is at encryption time (sendText);
+   * this one needs no homeserver, so a message can still be queued while it is down.
+   */
   async changedIdentitiesIn(roomId: string): Promise<string[]> {
-    const members = (await this.api.members(roomId))
-      .filter((m) => m.membership === 'join' || m.membership === 'invite')
-      .map((m) => m.userId);
-    return changedIdentities(this.engine.machine, members);
+    return changedIdentities(this.engine.machine, this.#rooms.get(roomId)?.members ?? []);
   }
 
   /** Resolves once a sync that started after this call has been handled. */

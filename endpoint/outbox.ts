@@ -21,6 +21,16 @@ const entrySchema = z.object({
 export type OutboxEntry = z.infer<typeof entrySchema>;
 
 const PREFIX = 'outbox/';
+/** How soon a held room is tried again without a nudge (an acknowledgement pumps at once). */
+const HOLD_RETRY_MS = 30_000;
+
+/**
+ * A send that must wait for the user, not for the network (a member's identity changed): the
+ * room's messages stay queued, in order, and other rooms go on.
+ */
+export function isHeld(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && 'hold' in e && e.hold === true;
+}
 /** Messages the homeserver refused for good (left the room, no such room...): kept, reported. */
 const FAILED_PREFIX = 'outbox-failed/';
 
@@ -37,6 +47,7 @@ export class Outbox {
   #again = false;
   #stopped = false;
   #seq = 0;
+  #holdTimer: NodeJS.Timeout | undefined;
   readonly #abort = new AbortController();
 
   constructor(
@@ -115,10 +126,16 @@ export class Outbox {
       try {
         do {
           this.#again = false;
+          const held = new Set<string>();
           for (const entry of await this.pending()) {
             if (this.#stopped) return;
+            if (held.has(entry.roomId)) continue; // keeps the room's order
             const outcome = await this.#sendWithRetry(entry);
             if (outcome === 'stopped') return;
+            if (outcome === 'held') {
+              held.add(entry.roomId);
+              continue;
+            }
             if (outcome.ok) {
               await this.#state.delete(key(entry));
               for (const l of this.#sent) l(entry, outcome.eventId);
@@ -138,6 +155,7 @@ export class Outbox {
               );
             }
           }
+          if (held.size > 0) this.#retryHeldLater();
           // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by enqueue during the awaits
         } while (this.#again && !this.#stopped);
       } catch (e) {
@@ -151,18 +169,23 @@ export class Outbox {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    clearTimeout(this.#holdTimer);
     this.#abort.abort();
     await this.#pumping;
   }
 
   async #sendWithRetry(
     entry: OutboxEntry,
-  ): Promise<{ ok: true; eventId: string } | { ok: false; reason: string } | 'stopped'> {
+  ): Promise<{ ok: true; eventId: string } | { ok: false; reason: string } | 'stopped' | 'held'> {
     for (let attempt = 0; !this.#stopped; attempt++) {
       try {
         return { ok: true, eventId: await this.#send(entry) };
       } catch (e) {
         if (isPermanent(e)) return { ok: false, reason: describe(e) };
+        if (isHeld(e)) {
+          this.#log.warn(`outbox: ${entry.txnId} held (${describe(e)})`);
+          return 'held';
+        }
         const delay = Math.min(30_000, 250 * 2 ** Math.min(attempt, 7));
         this.#log.warn(
           `outbox: sending ${entry.txnId} failed (${describe(e)}); retrying in ${delay} ms`,
@@ -171,6 +194,15 @@ export class Outbox {
       }
     }
     return 'stopped';
+  }
+
+  #retryHeldLater(): void {
+    if (this.#holdTimer !== undefined || this.#stopped) return;
+    this.#holdTimer = setTimeout(() => {
+      this.#holdTimer = undefined;
+      void this.pump();
+    }, HOLD_RETRY_MS);
+    this.#holdTimer.unref();
   }
 }
 

@@ -29,6 +29,17 @@ export const AUDIT_ACTIONS = [
   'policy.reload',
   /** The log itself: a torn last line (a crash mid-append) was cut off at open. */
   'audit.recover',
+  /**
+   * The steps of the `verification` capability that change trust, each with the user it
+   * concerns as the target: who was asked, accepted, confirmed (cross-signed), cancelled,
+   * whose changed identity was acknowledged, whose verification withdrawn.
+   */
+  'verification.request',
+  'verification.accept',
+  'verification.confirm',
+  'verification.cancel',
+  'identity.acknowledge',
+  'identity.withdraw',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

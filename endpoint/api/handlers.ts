@@ -1,6 +1,7 @@
 import { RpcError } from '../../keyvault/rpc/index.ts';
 import type { Handlers } from '../../keyvault/rpc/index.ts';
 import {
+  type AuditAction,
   type AuditRecord,
   type AuthorizedClient,
   type Authorizer,
@@ -54,7 +55,14 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
   const guard = async (
     token: string,
     action: string,
-    scope: { roomId?: string; target?: string; charge?: boolean; audit?: boolean } = {},
+    scope: {
+      roomId?: string;
+      target?: string;
+      charge?: boolean;
+      audit?: boolean;
+      /** Recorded instead of the capability: which trust-changing step this is. */
+      operation?: AuditAction;
+    } = {},
   ): Promise<AuthorizedClient> => {
     const decision = authorizer.authorize({
       token,
@@ -65,9 +73,11 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     if (scope.audit !== false || !decision.allowed) {
       const record = auditRecordFor({ action, roomId: scope.roomId }, decision);
       try {
-        await deps.audit.append(
-          scope.target === undefined ? record : { ...record, target: scope.target },
-        );
+        await deps.audit.append({
+          ...record,
+          ...(scope.target === undefined ? {} : { target: scope.target }),
+          ...(scope.operation === undefined ? {} : { action: scope.operation }),
+        });
       } catch {
         throw new RpcError(
           'AUDIT_UNAVAILABLE',
@@ -124,18 +134,35 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
   };
 
   /**
-   * Whom a client may verify, or see verifications and identity changes of: our own user, and
-   * users it shares a visible joined room with (so a room allow-list also bounds this).
+   * Whom a client may verify, or see verifications and identity changes of: users it shares a
+   * visible joined room with, and our own user only for clients with no room allow-list
+   * (verifying one of our own devices gives it every room's keys, beyond any allow-list).
    */
   const mayConcern = (client: AuthorizedClient, userId: string): boolean =>
-    userId === endpoint.userId ||
-    visibleRooms(client).some((r) => r.membership === 'join' && r.members.includes(userId));
+    userId === endpoint.userId
+      ? client.rooms === null
+      : visibleRooms(client).some((r) => r.membership === 'join' && r.members.includes(userId));
+
+  const concerning = (client: AuthorizedClient, userId: string): void => {
+    if (!mayConcern(client, userId)) {
+      throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
+    }
+  };
 
   /** A flow the client may see, or NOT_FOUND (never "exists but forbidden"). */
   const visibleFlow = async (client: AuthorizedClient, flowId: string) => {
     const flow = await verificationStep(() => endpoint.verifications.get(flowId));
     if (!mayConcern(client, flow.userId)) throw new RpcError('NOT_FOUND', 'no such verification');
     return flow;
+  };
+
+  /** The user a flow concerns, for the audit record (looked up before authorising). */
+  const flowTarget = (flowId: string): { target?: string } => {
+    try {
+      return { target: endpoint.verifications.get(flowId).userId };
+    } catch {
+      return {};
+    }
   };
 
   return {
@@ -196,7 +223,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     send: async ({ auth, roomId, body, replyTo }) => {
       await guard(auth.token, 'messages.send', { roomId });
       joinedRoom(roomId);
-      const changed = await upstream(() => endpoint.changedIdentitiesIn(roomId));
+      const changed = await endpoint.changedIdentitiesIn(roomId);
       if (changed.length > 0) {
         throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
       }
@@ -303,12 +330,17 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     verificationRequest: async ({ auth, userId, deviceId }) => {
-      const client = await guard(auth.token, 'verification', { target: userId });
-      if (!mayConcern(client, userId)) {
-        throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
-      }
+      const client = await guard(auth.token, 'verification', {
+        target: userId,
+        operation: 'verification.request',
+      });
+      concerning(client, userId);
       const flow = await verificationStep(() =>
-        upstream(() => endpoint.verifications.request(userId, deviceId)),
+        upstream(() =>
+          deviceId === undefined
+            ? endpoint.verifications.requestUser(userId)
+            : endpoint.verifications.request(userId, deviceId),
+        ),
       );
       return flowWire(flow);
     },
@@ -319,7 +351,10 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     verificationAccept: async ({ auth, flowId }) => {
-      const client = await guard(auth.token, 'verification');
+      const client = await guard(auth.token, 'verification', {
+        ...flowTarget(flowId),
+        operation: 'verification.accept',
+      });
       await visibleFlow(client, flowId);
       return flowWire(
         await verificationStep(() => upstream(() => endpoint.verifications.accept(flowId))),
@@ -327,7 +362,10 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     verificationConfirm: async ({ auth, flowId }) => {
-      const client = await guard(auth.token, 'verification');
+      const client = await guard(auth.token, 'verification', {
+        ...flowTarget(flowId),
+        operation: 'verification.confirm',
+      });
       await visibleFlow(client, flowId);
       return flowWire(
         await verificationStep(() => upstream(() => endpoint.verifications.confirm(flowId))),
@@ -335,7 +373,10 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     verificationCancel: async ({ auth, flowId, mismatch }) => {
-      const client = await guard(auth.token, 'verification');
+      const client = await guard(auth.token, 'verification', {
+        ...flowTarget(flowId),
+        operation: 'verification.cancel',
+      });
       await visibleFlow(client, flowId);
       const code = mismatch === true ? 'm.mismatched_sas' : 'm.user';
       return flowWire(
@@ -343,21 +384,23 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       );
     },
 
-    identityAcknowledge: async ({ auth, userId }) => {
-      const client = await guard(auth.token, 'verification', { target: userId });
-      if (!mayConcern(client, userId)) {
-        throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
-      }
-      await verificationStep(() => acknowledgeIdentity(endpoint.engine.machine, userId));
+    identityAcknowledge: async ({ auth, userId, masterKey }) => {
+      const client = await guard(auth.token, 'verification', {
+        target: userId,
+        operation: 'identity.acknowledge',
+      });
+      concerning(client, userId);
+      await verificationStep(() => acknowledgeIdentity(endpoint.engine.machine, userId, masterKey));
       void outbox.pump(); // messages held back by the change may go now
       return { identity: identityWire(await identityOf(endpoint.engine.machine, userId)) };
     },
 
     identityWithdraw: async ({ auth, userId }) => {
-      const client = await guard(auth.token, 'verification', { target: userId });
-      if (!mayConcern(client, userId)) {
-        throw new RpcError('NOT_FOUND', 'no room this client may see is shared with this user');
-      }
+      const client = await guard(auth.token, 'verification', {
+        target: userId,
+        operation: 'identity.withdraw',
+      });
+      concerning(client, userId);
       await verificationStep(() => withdrawVerification(endpoint.engine.machine, userId));
       return { identity: identityWire(await identityOf(endpoint.engine.machine, userId)) };
     },

@@ -1,4 +1,8 @@
-import type { TimelineItemWire, VerificationFlowWire } from '../contract.ts';
+import {
+  type TimelineItemWire,
+  type VerificationFlowWire,
+  deviceId as deviceIdSchema,
+} from '../contract.ts';
 import { type EndpointEvent, type TimelineItem, isDecrypted } from '../device.ts';
 import type { HubInput } from './events.ts';
 import type { FlowView, IdentityView } from '../verification/index.ts';
@@ -40,11 +44,25 @@ export function timelineItemWire(item: TimelineItem): TimelineItemWire {
 /** Longest cancellation reason passed on (the other side chooses it). */
 const MAX_CANCEL_REASON = 200;
 
+/**
+ * Text a peer chose (a cancellation reason, a device id) reaches UIs and terminals: control
+ * characters could fake lines on a terminal ("verified: ..."), so they become spaces.
+ */
+function printable(text: string, max: number): string {
+  return (
+    text
+      // eslint-disable-next-line no-control-regex -- exactly what is being removed
+      .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, ' ')
+      .slice(0, max)
+  );
+}
+
 export function flowWire(flow: FlowView): VerificationFlowWire {
+  const device = flow.deviceId === undefined ? undefined : deviceIdSchema.safeParse(flow.deviceId);
   return {
     flowId: flow.flowId,
     userId: flow.userId,
-    ...(flow.deviceId === undefined ? {} : { deviceId: flow.deviceId }),
+    ...(device?.success ? { deviceId: device.data } : {}),
     weStarted: flow.weStarted,
     phase: flow.phase,
     ...(flow.sas === undefined ? {} : { sas: flow.sas }),
@@ -52,8 +70,8 @@ export function flowWire(flow: FlowView): VerificationFlowWire {
       ? {}
       : {
           cancelled: {
-            code: flow.cancelled.code.slice(0, 64),
-            reason: flow.cancelled.reason.slice(0, MAX_CANCEL_REASON),
+            code: printable(flow.cancelled.code, 64),
+            reason: printable(flow.cancelled.reason, MAX_CANCEL_REASON),
             byUs: flow.cancelled.byUs,
           },
         }),

@@ -300,6 +300,10 @@ export class CryptoEngine {
   /**
    * Encrypts `content` for a room: makes sure every member's devices are known and have an
    * Olm session, shares the room key per the sharing strategy, then encrypts.
+   *
+   * `beforeShare` runs after the device lists are fresh and the recipients chosen, just before
+   * any room key leaves: a refusal there sends nothing and discards the room's outbound session
+   * (the identity-change block must see the identities the keys would go to, not older ones).
    */
   encrypt(
     roomId: string,
@@ -307,6 +311,7 @@ export class CryptoEngine {
     content: object,
     members: string[],
     trust: TrustSettings = this.#trust,
+    beforeShare?: () => Promise<void>,
   ): Promise<object> {
     return this.#inRoomOrder(roomId, async () => {
       // wasm-bindgen takes ownership of the ids in an array argument: a fresh array per call.
@@ -316,13 +321,17 @@ export class CryptoEngine {
       const claim = await this.machine.getMissingSessions(users());
       if (claim) await this.#send(claim);
       const room = new RoomId(roomId);
-      for (const request of await this.machine.shareRoomKey(
-        room,
-        users(),
-        encryptionSettings(trust),
-      )) {
-        await this.#send(request);
+      const shares = await this.machine.shareRoomKey(room, users(), encryptionSettings(trust));
+      if (beforeShare) {
+        try {
+          await beforeShare();
+        } catch (e) {
+          for (const request of shares) request.free();
+          await this.machine.invalidateGroupSession(new RoomId(roomId));
+          throw e;
+        }
       }
+      for (const request of shares) await this.#send(request);
       const encrypted = await this.machine.encryptRoomEvent(room, type, JSON.stringify(content));
       return JSON.parse(encrypted) as object;
     });

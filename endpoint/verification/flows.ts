@@ -6,6 +6,7 @@ import {
   type VerificationRequest,
   VerificationRequestPhase,
 } from '@matrix-org/matrix-sdk-crypto-wasm';
+import { flowId as flowIdSchema } from '../contract.ts';
 import type { CryptoEngine, Logger, OutgoingRequest } from '../crypto/engine.ts';
 
 /**
@@ -54,8 +55,14 @@ export class VerificationError extends Error {
   }
 }
 
-/** Bounds the flows we remember (a peer could send many requests); oldest finished go first. */
+/**
+ * Bounds on what strangers can make us hold: any Matrix user can send requests. Unanswered
+ * incoming requests beyond these are cancelled at once; finished flows are forgotten first,
+ * and a flow in progress is never evicted.
+ */
 const MAX_FLOWS = 64;
+const MAX_PENDING_INCOMING = 16;
+const MAX_PENDING_PER_SENDER = 3;
 
 export class Verifications {
   readonly #engine: CryptoEngine;
@@ -69,6 +76,8 @@ export class Verifications {
   /** Flows whose request (and SAS) changes we follow; the core keeps one callback list each. */
   readonly #watched = new Set<string>();
   readonly #watchedSas = new Set<string>();
+  /** The device each of our to-device requests went to. */
+  readonly #asked = new Map<string, string>();
   readonly #listeners = new Set<(flow: FlowView) => void>();
   /** Per-flow serialisation of our own steps, so two API calls cannot interleave in the core. */
   #queue: Promise<unknown> = Promise.resolve();
@@ -85,24 +94,39 @@ export class Verifications {
   }
 
   /** Called by the sync loop for each m.key.verification.request the core took in. */
-  async received(requests: { sender: string; flowId: string }[]): Promise<void> {
-    for (const { sender, flowId } of requests) {
-      if (this.#flows.has(flowId)) continue;
-      const request = this.#request(sender, flowId);
-      if (!request) continue; // the core refused it (stale, from an unknown device...)
-      this.#remember(request);
-      this.#watch(request);
-      this.#announce(request);
-    }
-    return Promise.resolve();
+  received(requests: { sender: string; flowId: string }[]): Promise<void> {
+    return this.#serial(async () => {
+      for (const { sender, flowId } of requests) {
+        if (this.#flows.has(flowId)) continue;
+        const request = this.#request(sender, flowId);
+        if (!request) continue; // the core refused it (stale, from an unknown device...)
+        const refusal = !flowIdSchema.safeParse(flowId).success
+          ? 'a malformed flow id'
+          : this.#pendingIncoming(sender) >= MAX_PENDING_PER_SENDER ||
+              this.#pendingIncoming() >= MAX_PENDING_INCOMING ||
+              !this.#makeRoom()
+            ? 'too many unanswered requests'
+            : undefined;
+        if (refusal) {
+          this.#log.warn(`verification request from ${sender} refused: ${refusal}`);
+          const outgoing = request.cancel();
+          request.free();
+          if (outgoing) await this.#send(outgoing).catch(() => undefined);
+          continue;
+        }
+        this.#flows.set(flowId, request);
+        this.#watch(request);
+        this.#announce(request);
+      }
+    });
   }
 
   list(): FlowView[] {
-    return [...this.#flows.values()].map(describe);
+    return [...this.#flows.values()].map((r) => this.#view(r));
   }
 
   get(flowId: string): FlowView {
-    return describe(this.#known(flowId));
+    return this.#view(this.#known(flowId));
   }
 
   /** Asks one device of a user (ours or a contact's) to verify with us by SAS. */
@@ -119,13 +143,41 @@ export class Verifications {
         device.free();
         throw new VerificationError('INVALID_REQUEST', 'a device cannot verify itself');
       }
+      if (!this.#makeRoom()) {
+        device.free();
+        throw new VerificationError('CONFLICT', 'too many verifications in progress');
+      }
       const [request, outgoing] = device.requestVerification();
       device.free();
-      this.#remember(request);
+      this.#flows.set(request.flowId, request);
+      this.#asked.set(request.flowId, deviceId);
       this.#watch(request);
       await this.#engine.send(outgoing);
-      return describe(request);
+      return this.#view(request);
     });
+  }
+
+  /**
+   * Asks a contact, rather than one device, to verify: their one device (preferring the one
+   * device they cross-signed). With several candidates the UI must name one, because the
+   * emoji are compared with one screen. (Element asks in a DM room instead; that in-room
+   * flow did not complete against matrix-js-sdk 43 here, so it is not offered.)
+   */
+  async requestUser(userId: string): Promise<FlowView> {
+    await this.#engine.track([userId]);
+    await this.#engine.processOutgoing();
+    const devices = (await this.#engine.devices(userId)).filter((d) => d.crossSignedByOwner);
+    const all = await this.#engine.devices(userId);
+    const candidates = devices.length > 0 ? devices : all;
+    const [only] = candidates;
+    if (only === undefined) throw new VerificationError('NOT_FOUND', 'this user has no devices');
+    if (candidates.length > 1) {
+      throw new VerificationError(
+        'CONFLICT',
+        `this user has ${candidates.length} devices: name the one to verify (see their contact's devices)`,
+      );
+    }
+    return this.request(userId, only.deviceId);
   }
 
   /** Accepts an incoming request; the SAS start that follows from the other side is accepted too. */
@@ -137,7 +189,7 @@ export class Verifications {
       }
       const outgoing = request.accept();
       if (outgoing) await this.#engine.send(outgoing);
-      return describe(request);
+      return this.#view(request);
     });
   }
 
@@ -155,7 +207,7 @@ export class Verifications {
       for (const outgoing of await sas.confirm()) await this.#send(outgoing);
       // Done: the core signs the other side's keys (user-signing or self-signing key).
       await this.#engine.processOutgoing();
-      return describe(request);
+      return this.#view(request);
     });
   }
 
@@ -174,8 +226,14 @@ export class Verifications {
       const outgoing = sas ? sas.cancelWithCode(code) : request.cancel();
       sas?.free();
       if (outgoing) await this.#send(outgoing);
-      return describe(request);
+      return this.#view(request);
     });
+  }
+
+  /** The core names the other device only once it answers; we know whom we asked. */
+  #view(request: VerificationRequest): FlowView {
+    const view = describe(request);
+    return { ...view, deviceId: view.deviceId ?? this.#asked.get(view.flowId) };
   }
 
   #known(flowId: string): VerificationRequest {
@@ -192,17 +250,28 @@ export class Verifications {
     }
   }
 
-  #remember(request: VerificationRequest): void {
-    this.#flows.set(request.flowId, request);
-    while (this.#flows.size > MAX_FLOWS) {
-      const oldest =
-        [...this.#flows].find(([, r]) => r.isDone() || r.isCancelled()) ?? [...this.#flows][0];
-      if (oldest === undefined) break;
-      this.#flows.delete(oldest[0]);
-      this.#watched.delete(oldest[0]);
-      this.#watchedSas.delete(oldest[0]);
-      oldest[1].free();
+  /** Unanswered requests from others (from one sender, or from anyone). */
+  #pendingIncoming(sender?: string): number {
+    let n = 0;
+    for (const r of this.#flows.values()) {
+      if (r.weStarted() || r.phase() !== VerificationRequestPhase.Requested) continue;
+      if (sender === undefined || r.otherUserId.toString() === sender) n++;
     }
+    return n;
+  }
+
+  /** Forgets the oldest finished flow if we are full; false if every flow is still going. */
+  #makeRoom(): boolean {
+    if (this.#flows.size < MAX_FLOWS) return true;
+    const finished = [...this.#flows].find(([, r]) => r.isDone() || r.isCancelled());
+    if (!finished) return false;
+    const [id, request] = finished;
+    this.#flows.delete(id);
+    this.#watched.delete(id);
+    this.#watchedSas.delete(id);
+    this.#asked.delete(id);
+    request.free();
+    return true;
   }
 
   /**
@@ -225,6 +294,7 @@ export class Verifications {
             const [sas, outgoing] = started;
             await this.#send(outgoing);
             this.#watchSas(sas, flowId);
+            sas.free(); // the core keeps the callback; this handle is ours to drop
           }
         }
         const sas = sasOf(current);
@@ -232,6 +302,7 @@ export class Verifications {
           const outgoing = sas.accept();
           if (outgoing) await this.#send(outgoing);
           this.#watchSas(sas, flowId);
+          sas.free();
         }
         this.#announce(current);
       }).catch((e: unknown) => {
@@ -252,7 +323,7 @@ export class Verifications {
   }
 
   #announce(request: VerificationRequest): void {
-    const view = describe(request);
+    const view = this.#view(request);
     for (const listener of this.#listeners) {
       try {
         listener(view);

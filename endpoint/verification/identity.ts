@@ -66,17 +66,28 @@ export async function changedIdentities(machine: OlmMachine, userIds: string[]):
 }
 
 /**
- * Acknowledges a changed identity: the new master key becomes the pinned one. For a verified
+ * Acknowledges a changed identity: the new master key becomes the pinned one (only if it is
+ * still the one the user was shown, when the caller says which). For a verified
  * contact whose identity changed, the requirement to stay verified is withdrawn as well (they
  * can be verified again afterwards). Refused when there is nothing to acknowledge, so a UI
  * cannot silently pre-approve.
  */
-export async function acknowledgeIdentity(machine: OlmMachine, userId: string): Promise<void> {
+export async function acknowledgeIdentity(
+  machine: OlmMachine,
+  userId: string,
+  expectedMasterKey?: string,
+): Promise<void> {
   const identity = await otherIdentity(machine, userId);
   try {
     const state = stateOf(identity);
     if (!isViolation(state)) {
       throw new IdentityError('CONFLICT', `nothing to acknowledge: the identity is ${state}`);
+    }
+    if (expectedMasterKey !== undefined && masterKeyOf(identity.masterKey) !== expectedMasterKey) {
+      throw new IdentityError(
+        'CONFLICT',
+        'the identity changed again since it was shown: look at the new master key first',
+      );
     }
     if (identity.hasVerificationViolation()) await identity.withdrawVerification();
     await identity.pinCurrentMasterKey();

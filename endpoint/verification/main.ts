@@ -24,7 +24,8 @@ Verifies contacts by emoji (SAS) through the endpoint's local API.
 
 Commands:
   list                      verification flows in progress or recently finished
-  request USER DEVICE       ask one device of USER to verify, then compare the emoji
+  request USER [DEVICE]     ask one device of USER (or their only one) to verify, then
+                            compare the emoji
   wait                      wait for an incoming request, accept it, then compare the emoji
   accept FLOW               accept one incoming request, then compare the emoji
   show FLOW                 one flow: its phase, and the emoji once they can be compared
@@ -102,21 +103,22 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'request': {
-      const [user, device] = want(2).map(String);
+      if (args.length < 1 || args.length > 2) throw new UsageError('request takes USER [DEVICE]');
+      const [user, device] = args;
       const flow = flowSchema.parse(
         await call(ctx, 'POST', '/v1/verifications', {
           userId: arg(userIdSchema, user, 'USER'),
-          deviceId: arg(deviceIdSchema, device, 'DEVICE'),
+          ...(device === undefined ? {} : { deviceId: arg(deviceIdSchema, device, 'DEVICE') }),
         }),
       );
-      ctx.say(`asked ${flow.userId} (${flow.deviceId ?? '?'}) to verify; waiting for them`);
+      ctx.say(clean(`asked ${flow.userId} (${flow.deviceId ?? 'any device'}) to verify; waiting`));
       return follow(ctx, flow.flowId);
     }
     case 'wait': {
       want(0);
       ctx.say('waiting for a verification request...');
       const flow = await waitForIncoming(ctx);
-      ctx.say(`request from ${flow.userId} (${flow.deviceId ?? '?'}); accepting`);
+      ctx.say(clean(`request from ${flow.userId} (${flow.deviceId ?? '?'}); accepting`));
       await call(ctx, 'POST', `${flowPath(flow.flowId)}/accept`, {});
       return follow(ctx, flow.flowId);
     }
@@ -200,12 +202,14 @@ async function follow(ctx: Context, id: string): Promise<number> {
     if (flow.phase === 'done' || flow.phase === 'cancelled') {
       if (ctx.json) print(flow);
       if (flow.phase === 'done') {
-        ctx.say(`verified: ${flow.userId} (${flow.deviceId ?? '?'})`);
+        ctx.say(clean(`verified: ${flow.userId} (${flow.deviceId ?? '?'})`));
         return 0;
       }
       const why = flow.cancelled;
       ctx.say(
-        `not verified: cancelled${why ? ` by ${why.byUs ? 'us' : 'them'} (${why.code}: ${why.reason})` : ''}`,
+        clean(
+          `not verified: cancelled${why ? ` by ${why.byUs ? 'us' : 'them'} (${why.code}: ${why.reason})` : ''}`,
+        ),
       );
       return 1;
     }
@@ -310,14 +314,22 @@ function flowPath(id: string): string {
   return `/v1/verifications/${encodeURIComponent(id)}`;
 }
 
+/** Everything printed came from the gateway and, before it, from peers: no control codes. */
+function clean(text: string): string {
+  // eslint-disable-next-line no-control-regex -- exactly what is being removed
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, ' ');
+}
+
 function flowLine(f: VerificationFlowWire): string {
   const direction = f.weStarted ? 'to' : 'from';
-  return `${f.flowId}  ${f.phase.padEnd(9)}  ${direction} ${f.userId} (${f.deviceId ?? '?'})`;
+  return clean(
+    `${f.flowId}  ${f.phase.padEnd(9)}  ${direction} ${f.userId} (${f.deviceId ?? '?'})`,
+  );
 }
 
 function sasText(f: VerificationFlowWire): string {
   if (!f.sas) return '';
-  const emoji = f.sas.emoji.map((e) => `  ${e.symbol}  ${e.name}`).join('\n');
+  const emoji = f.sas.emoji.map((e) => clean(`  ${e.symbol}  ${e.name}`)).join('\n');
   return `Compare with the other screen:\n${emoji}\n  or the numbers ${f.sas.decimals.join(' ')}\n`;
 }
 

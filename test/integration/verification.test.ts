@@ -69,7 +69,7 @@ const stops: (() => Promise<unknown>)[] = [];
 const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 60_000): Promise<void> =>
   waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
 
-function makePolicy(): Policy {
+function makePolicy(limitedTo: string[] = ['!none:localhost']): Policy {
   const parsed = validatePolicy({
     version: 1,
     clients: [
@@ -87,12 +87,23 @@ function makePolicy(): Policy {
         capabilities: ['contacts.read', 'messages.send', 'events.stream'],
         rateLimit: { requestsPerMinute: 60_000 },
       },
+      {
+        // Every capability, but one room: it may verify only the people in that room.
+        name: 'limited',
+        tokenSha256: tokenSha256(LIMITED),
+        created: new Date().toISOString(),
+        capabilities: [...CAPABILITIES],
+        rooms: limitedTo,
+        rateLimit: { requestsPerMinute: 60_000 },
+      },
     ],
   });
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.problems));
   return parsed.policy;
 }
 const READER = generateToken();
+const LIMITED = generateToken();
+const audited: AuditRecord[] = [];
 
 /** A vault releases the store key once per lifetime: each start opens it anew, like a boot. */
 async function openVault(): Promise<VaultBackend> {
@@ -121,7 +132,12 @@ async function startService(): Promise<void> {
   service.endpoint.onChange((event) => {
     hub.push(streamInput(event));
   });
-  const audit = { append: (_: AuditRecord) => Promise.resolve() };
+  const audit = {
+    append: (record: AuditRecord) => {
+      audited.push(record);
+      return Promise.resolve();
+    },
+  };
   const [a, b] = inProcessPair();
   serve(
     b,
@@ -229,6 +245,7 @@ beforeAll(async () => {
   bobRoom = await dmWith(bob);
   await dmWith(carol);
   daveRoom = await dmWith(dave);
+  policy = makePolicy([bobRoom]);
 }, 240_000);
 
 afterAll(async () => {
@@ -356,6 +373,98 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     expect(ack.code).toBe('FORBIDDEN_CAPABILITY');
   });
 
+  it('a room-limited client sees and acts on the people of its rooms only, never our own devices', async () => {
+    const limited = { token: LIMITED };
+    const flows = (await rpc.call('verifications', { auth: limited })).verifications;
+    expect(flows.length).toBeGreaterThan(0);
+    expect(flows.every((f) => f.userId === bob.userId)).toBe(true);
+    const carolFlow = (await rpc.call('verifications', { auth })).verifications.find(
+      (f) => f.userId === carol.userId,
+    );
+    expect(carolFlow).toBeDefined();
+    const hidden = await refusal(() =>
+      rpc.call('verificationConfirm', { auth: limited, flowId: carolFlow?.flowId ?? '' }),
+    );
+    expect(hidden.code).toBe('NOT_FOUND');
+    const notCarol = await refusal(() =>
+      rpc.call('verificationRequest', {
+        auth: limited,
+        userId: carol.userId,
+        deviceId: carol.deviceId,
+      }),
+    );
+    expect(notCarol.code).toBe('NOT_FOUND');
+    const notOurs = await refusal(() =>
+      rpc.call('verificationRequest', {
+        auth: limited,
+        userId: alice.userId,
+        deviceId: 'OTHERDEVICE',
+      }),
+    );
+    expect(notOurs.code).toBe('NOT_FOUND');
+    expect(
+      (await refusal(() => rpc.call('identityWithdraw', { auth: limited, userId: carol.userId })))
+        .code,
+    ).toBe('NOT_FOUND');
+  });
+
+  it('audits each trust-changing step with the user it concerns', () => {
+    const steps = audited.filter((r) => r.client === 'ui' && r.action.includes('.'));
+    expect(steps).toContainEqual(
+      expect.objectContaining({
+        action: 'verification.accept',
+        target: bob.userId,
+        decision: 'allow',
+      }),
+    );
+    expect(steps).toContainEqual(
+      expect.objectContaining({ action: 'verification.confirm', target: bob.userId }),
+    );
+    expect(steps).toContainEqual(
+      expect.objectContaining({ action: 'verification.request', target: carol.userId }),
+    );
+    expect(steps).toContainEqual(
+      expect.objectContaining({ action: 'verification.cancel', target: dave.userId }),
+    );
+    const denied = audited.filter((r) => r.client === 'limited' && r.decision === 'allow');
+    expect(
+      denied.some((r) => r.action === 'verification.request' && r.target === carol.userId),
+    ).toBe(
+      true, // authorised by capability, then refused as NOT_FOUND: the attempt is on record
+    );
+  });
+
+  it('a user (not a device): their one device is asked; with several, the UI must choose', async () => {
+    const { peer: erin, password } = await startPeer('erin');
+    await dmWith(erin);
+    const done: SasOutcome[] = [];
+    erin.acceptVerifications((o) => done.push(o));
+    const flow = await rpc.call('verificationRequest', { auth, userId: erin.userId });
+    expect(flow).toMatchObject({ weStarted: true, userId: erin.userId, deviceId: erin.deviceId });
+    const compare = await phase(flow.flowId, 'compare');
+    await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
+    await phase(flow.flowId, 'done');
+    await waitFor(() => done.length === 1, "erin's side to finish");
+    expectSameSas(compare, done[0] as SasOutcome);
+    await waitFor(async () => (await contactState(erin.userId)) === 'verified', 'erin verified');
+
+    const erin2 = await StockPeer.start(synapse().baseUrl, await synapse().login('erin', password));
+    stops.push(() => erin2.stop());
+    await erin.crossSignOwnDevice(erin2.deviceId);
+    await waitFor(
+      async () =>
+        (await rpc.call('contact', { auth, userId: erin.userId })).devices.filter(
+          (d) => d.crossSignedByOwner,
+        ).length === 2,
+      "erin's second device",
+    );
+    const ambiguous = await refusal(() =>
+      rpc.call('verificationRequest', { auth, userId: erin.userId }),
+    );
+    expect(ambiguous.code).toBe('CONFLICT');
+    expect(ambiguous.message).toContain('2 devices');
+  }, 120_000);
+
   it('the verified state survives a restart of the endpoint', async () => {
     await stopService();
     await startService();
@@ -432,13 +541,32 @@ describe('identity-change protection', () => {
     );
     expect(blocked.code).toBe('IDENTITY_CHANGED');
     expect(blocked.message).toContain(dave.userId);
-    // Other rooms are not affected.
+    // A message accepted before the change waits in the outbox, without holding up other rooms.
+    await service.outbox.enqueue(daveRoom, 'queued before the change');
     await rpc.call('send', { auth, roomId: bobRoom, body: 'bob is fine' });
     await bob.waitForMessage(bobRoom, 'bob is fine');
+    expect((await service.outbox.pending()).map((e) => e.body)).toEqual([
+      'queued before the change',
+    ]);
+    expect(dave.messages.some((m) => m.body === 'queued before the change')).toBe(false);
 
-    const { identity } = await rpc.call('identityAcknowledge', { auth, userId: dave.userId });
+    // Acknowledging needs the key the user was shown: an older one is refused.
+    const stale = await refusal(() =>
+      rpc.call('identityAcknowledge', {
+        auth,
+        userId: dave.userId,
+        masterKey: before.masterKey ?? '',
+      }),
+    );
+    expect(stale.code).toBe('CONFLICT');
+    const { identity } = await rpc.call('identityAcknowledge', {
+      auth,
+      userId: dave.userId,
+      masterKey: changed.masterKey ?? '',
+    });
     expect(identity.state).toBe('pinned');
     expect(identity.masterKey).toBe(changed.masterKey);
+    await dave.waitForMessage(daveRoom, 'queued before the change');
     await rpc.call('send', { auth, roomId: daveRoom, body: 'after the acknowledgement' });
     await dave.waitForMessage(daveRoom, 'after the acknowledgement');
     // Nothing left to acknowledge.

@@ -15,6 +15,9 @@ export const cancelBody = z
   })
   .strict();
 const empty = z.object({}).strict();
+export const acknowledgeBody = endpointContract.identityAcknowledge.params.pick({
+  masterKey: true,
+});
 
 /** A step on one flow: POST with an empty body, answered with the flow as it now is. */
 function step(
@@ -60,7 +63,7 @@ export const verificationRoutes: JsonRoute[] = [
     url: '/v1/verifications',
     operationId: 'requestVerification',
     summary:
-      "Asks one device of a contact (or one of our own other devices) to verify by emoji (SAS). SAS starts once the other side accepts; watch the flow's phase.",
+      "Asks one device of a contact (or one of our own other devices) to verify by emoji (SAS); without `deviceId`, the contact's only (cross-signed) device, or 409 when there are several. SAS starts once the other side accepts; watch the flow's phase.",
     capability: 'verification',
     rpc: 'verificationRequest',
     auth: true,
@@ -72,7 +75,7 @@ export const verificationRoutes: JsonRoute[] = [
       calls.call('verificationRequest', {
         auth: { token },
         userId: body.userId,
-        deviceId: body.deviceId,
+        ...(body.deviceId === undefined ? {} : { deviceId: body.deviceId }),
       }),
   }),
   jsonRoute({
@@ -123,18 +126,22 @@ export const verificationRoutes: JsonRoute[] = [
     url: '/v1/contacts/:userId/identity/acknowledge',
     operationId: 'acknowledgeIdentity',
     summary:
-      "Accepts a contact's changed cross-signing identity (pins the new master key), which lifts the block on sending to rooms they are in. Refused (409) when the identity did not change.",
+      "Accepts a contact's changed cross-signing identity (pins the new master key), which lifts the block on sending to rooms they are in. Pass the `masterKey` the user was shown: refused (409) if the identity changed again since, or did not change at all.",
     capability: 'verification',
     rpc: 'identityAcknowledge',
     auth: true,
     params: contactPath,
-    body: empty,
+    body: acknowledgeBody,
     bodyOptional: true,
     status: 200,
     response: endpointContract.identityAcknowledge.result,
     errors: [404, 409],
-    handle: ({ token, params }, { calls }) =>
-      calls.call('identityAcknowledge', { auth: { token }, userId: params.userId }),
+    handle: ({ token, params, body }, { calls }) =>
+      calls.call('identityAcknowledge', {
+        auth: { token },
+        userId: params.userId,
+        ...(body.masterKey === undefined ? {} : { masterKey: body.masterKey }),
+      }),
   }),
   jsonRoute({
     method: 'POST',
