@@ -56,9 +56,10 @@ export class VerificationError extends Error {
 }
 
 /**
- * Bounds on what strangers can make us hold: any Matrix user can send requests. Unanswered
- * incoming requests beyond these are cancelled at once; finished flows are forgotten first,
- * and a flow in progress is never evicted.
+ * Bounds on what strangers can make us hold: any Matrix user can send requests. The core
+ * already keeps one unanswered request per user (a newer one cancels the older: tested); these
+ * bound the rest. Unanswered incoming requests beyond them are cancelled at once; finished
+ * flows are forgotten first, and a flow in progress is never evicted.
  */
 const MAX_FLOWS = 64;
 const MAX_PENDING_INCOMING = 16;

@@ -34,6 +34,7 @@ import {
   startSwtpm,
   startSynapse,
 } from '../fixtures/index.ts';
+import { VerificationPhase } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { waitUntil } from '../fixtures/process.ts';
 
@@ -311,7 +312,9 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     for (const e of compare.sas?.emoji ?? []) expect(e.name).toMatch(/^[A-Z][a-z ]+$/i);
     await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
     await phase(flow.flowId, 'done');
-    await waitFor(() => done.length === 1, "carol's side to finish");
+    await waitFor(() => done.length === 1, "carol's side to finish").catch((e: unknown) => {
+      throw new Error(`${String(e)}; carol's log: ${carol.logs.slice(-5).join(' | ')}`);
+    });
     expectSameSas(compare, done[0] as SasOutcome);
     await waitFor(async () => (await contactState(carol.userId)) === 'verified', 'carol verified');
   }, 120_000);
@@ -463,6 +466,47 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     );
     expect(ambiguous.code).toBe('CONFLICT');
     expect(ambiguous.message).toContain('2 devices');
+  }, 120_000);
+
+  it('a flood of requests from one user leaves at most one pending: a new one cancels the older', async () => {
+    const { peer: frank, password } = await startPeer('frank');
+    await dmWith(frank);
+    const devices = [frank];
+    for (let i = 0; i < 2; i++) {
+      const more = await StockPeer.start(
+        synapse().baseUrl,
+        await synapse().login('frank', password),
+      );
+      stops.push(() => more.stop());
+      devices.push(more);
+    }
+    type Request = Awaited<ReturnType<typeof frank.crypto.requestDeviceVerification>>;
+    const sent: Request[] = [];
+    for (const device of devices) {
+      await waitFor(async () => {
+        const known = await device.crypto.getUserDeviceInfo([alice.userId], true);
+        return known.get(alice.userId)?.has(service.endpoint.deviceId) ?? false;
+      }, 'frank to know our device');
+      for (let n = 0; n < 2; n++) {
+        sent.push(
+          await device.crypto.requestDeviceVerification(alice.userId, service.endpoint.deviceId),
+        );
+      }
+    }
+    const pendingHere = async () =>
+      (await rpc.call('verifications', { auth })).verifications.filter(
+        (f) => f.userId === frank.userId && f.phase === 'requested',
+      );
+    let seen = '';
+    await waitFor(async () => {
+      const cancelled = sent.filter((r) => r.phase === VerificationPhase.Cancelled).length;
+      const pending = (await pendingHere()).length;
+      seen = `${cancelled} cancelled at frank, ${pending} pending here`;
+      return cancelled >= sent.length - 1 && pending <= 1;
+    }, 'all but (at most) the newest request to be cancelled').catch((e: unknown) => {
+      throw new Error(`${String(e)} (last: ${seen})`);
+    });
+    for (const r of sent) if (r.phase !== VerificationPhase.Cancelled) await r.cancel();
   }, 120_000);
 
   it('the verified state survives a restart of the endpoint', async () => {
