@@ -299,8 +299,8 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
   }, 120_000);
 
   it('we verify a peer: our request, SAS starts once they accept, emoji agree, they are verified', async () => {
-    const done: SasOutcome[] = [];
-    carol.acceptVerifications((o) => done.push(o));
+    const shown: SasOutcome[] = [];
+    carol.acceptVerifications(undefined, (o) => shown.push(o));
     const flow = await rpc.call('verificationRequest', {
       auth,
       userId: carol.userId,
@@ -312,11 +312,57 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     for (const e of compare.sas?.emoji ?? []) expect(e.name).toMatch(/^[A-Z][a-z ]+$/i);
     await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
     await phase(flow.flowId, 'done');
-    await waitFor(() => done.length === 1, "carol's side to finish").catch((e: unknown) => {
-      throw new Error(`${String(e)}; carol's log: ${carol.logs.slice(-5).join(' | ')}`);
-    });
-    expectSameSas(compare, done[0] as SasOutcome);
+    expect(shown).toHaveLength(1);
+    expectSameSas(compare, shown[0] as SasOutcome);
     await waitFor(async () => (await contactState(carol.userId)) === 'verified', 'carol verified');
+    // ...and carol's client, which confirmed the same emoji, counts our device verified.
+    await waitFor(async () => {
+      const status = await carol.crypto.getDeviceVerificationStatus(
+        alice.userId,
+        service.endpoint.deviceId,
+      );
+      return status?.isVerified() ?? false;
+    }, 'our device verified at carol');
+  }, 120_000);
+
+  it('our own new device, once verified, is signed with our self-signing key, as Element signs it', async () => {
+    const ours = await StockPeer.start(
+      synapse().baseUrl,
+      await synapse().login('alice', alice.password),
+    );
+    stops.push(() => ours.stop());
+    const done: SasOutcome[] = [];
+    ours.acceptVerifications((o) => done.push(o));
+    const ourDevice = async () =>
+      (await service.endpoint.engine.devices(alice.userId)).find(
+        (d) => d.deviceId === ours.deviceId,
+      );
+    await waitFor(async () => (await ourDevice()) !== undefined, 'our new device to be known');
+    expect(await ourDevice()).toEqual({
+      deviceId: ours.deviceId,
+      crossSignedByOwner: false,
+      verified: false,
+    });
+    const flow = await rpc.call('verificationRequest', {
+      auth,
+      userId: alice.userId,
+      deviceId: ours.deviceId,
+    });
+    const compare = await phase(flow.flowId, 'compare');
+    await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
+    await phase(flow.flowId, 'done');
+    await waitFor(() => done.length === 1, 'our other device to finish');
+    expectSameSas(compare, done[0] as SasOutcome);
+    // A stock client of someone else's sees the new device as cross-signed by its owner.
+    await waitFor(async () => {
+      const status = await bob.crypto.getDeviceVerificationStatus(alice.userId, ours.deviceId);
+      return status?.signedByOwner ?? false;
+    }, 'bob to see our new device signed by our self-signing key');
+    expect(await ourDevice()).toEqual({
+      deviceId: ours.deviceId,
+      crossSignedByOwner: true,
+      verified: true,
+    });
   }, 120_000);
 
   it('the emoji differ: cancelling with mismatch leaves the peer unverified on both sides', async () => {
