@@ -351,8 +351,17 @@ export class Endpoint {
   }
 
   async #deliver(roomId: string, event: RoomEvent): Promise<void> {
+    if (event.type.startsWith('m.key.verification.')) {
+      // In-room verification steps (matrix-js-sdk and Element send them in the clear).
+      await this.#verificationEvent(roomId, event);
+      return;
+    }
     if (event.type !== 'm.room.encrypted' && event.type !== 'm.room.message') return;
     const item = await this.engine.decrypt(roomId, event, this.#trust(roomId));
+    if (isDecrypted(item) && isVerificationEvent(item.type, item.content)) {
+      // Only what the core decrypted (and so authenticated the sender of) goes back to it.
+      await this.#verificationEvent(roomId, { ...event, type: item.type, content: item.content });
+    }
     for (const listener of this.#listeners) {
       try {
         listener(item);
@@ -361,6 +370,17 @@ export class Endpoint {
       }
     }
     this.#emit({ type: 'message', roomId, item });
+  }
+
+  async #verificationEvent(roomId: string, event: RoomEvent): Promise<void> {
+    // Our own echo (it carries our transaction id) is not a step of the other side: skipped,
+    // as matrix-js-sdk skips it.
+    if (event.unsigned !== undefined && 'transaction_id' in event.unsigned) return;
+    try {
+      await this.verifications.receivedInRoom(roomId, event);
+    } catch (e) {
+      this.#log.warn(`verification event refused: ${e instanceof Error ? e.message : 'error'}`);
+    }
   }
 
   #emit(event: EndpointEvent): void {
@@ -377,4 +397,12 @@ export class Endpoint {
   #trust(roomId: string): TrustSettings | undefined {
     return this.#trustFor?.(roomId);
   }
+}
+
+/** An in-room verification request (a message) or step (its own event type). */
+function isVerificationEvent(type: string, content: Record<string, unknown>): boolean {
+  return (
+    type.startsWith('m.key.verification.') ||
+    (type === 'm.room.message' && content.msgtype === 'm.key.verification.request')
+  );
 }

@@ -1,5 +1,6 @@
 import {
   DeviceId,
+  RoomId,
   type OlmMachine,
   Sas,
   UserId,
@@ -120,6 +121,27 @@ export class Verifications {
         this.#announce(request);
       }
     });
+  }
+
+  /**
+   * A verification event that arrived in a room (in the clear, or decrypted by us): Element's
+   * "Verify user" asks in a DM. The core takes the event in; a new request from someone else
+   * becomes a flow the UI can accept, under the same bounds as to-device requests. Later steps
+   * travel as room events too (we send ours in the clear, as matrix-js-sdk does).
+   */
+  async receivedInRoom(
+    roomId: string,
+    event: { event_id: string; sender: string; type: string; content: Record<string, unknown> },
+  ): Promise<void> {
+    await this.#machine.receiveVerificationEvent(JSON.stringify(event), new RoomId(roomId));
+    // The core answers room events through its outgoing queue; the sync loop drained that
+    // queue before handing us the timeline, so drain it now rather than a long poll later.
+    await this.#engine.processOutgoing();
+    const isRequest =
+      event.type === 'm.room.message' && event.content.msgtype === 'm.key.verification.request';
+    if (isRequest && event.sender !== this.#machine.userId.toString()) {
+      await this.received([{ sender: event.sender, flowId: event.event_id }]);
+    }
   }
 
   list(): FlowView[] {

@@ -363,6 +363,8 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
       crossSignedByOwner: true,
       verified: true,
     });
+    // Our other device would answer in-room requests to our user too: it leaves now.
+    await ours.stop();
   }, 120_000);
 
   it('the emoji differ: cancelling with mismatch leaves the peer unverified on both sides', async () => {
@@ -512,6 +514,22 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     );
     expect(ambiguous.code).toBe('CONFLICT');
     expect(ambiguous.message).toContain('2 devices');
+  }, 120_000);
+
+  it("a user asks in our direct room (Element's 'Verify user'): we accept, SAS as usual", async () => {
+    const { peer: gina } = await startPeer('gina');
+    const room = await dmWith(gina);
+    const ginaSide = gina.verifyUserInRoom(alice.userId, room, 90_000);
+    const incoming = await flowWhere(
+      (f) => f.userId === gina.userId && !f.weStarted && f.phase === 'requested',
+      "gina's in-room request",
+    );
+    await rpc.call('verificationAccept', { auth, flowId: incoming.flowId });
+    const compare = await phase(incoming.flowId, 'compare');
+    await rpc.call('verificationConfirm', { auth, flowId: incoming.flowId });
+    expectSameSas(compare, await ginaSide);
+    await phase(incoming.flowId, 'done');
+    await waitFor(async () => (await contactState(gina.userId)) === 'verified', 'gina verified');
   }, 120_000);
 
   it('a flood of requests from one user leaves at most one pending: a new one cancels the older', async () => {
