@@ -123,7 +123,9 @@ export class Endpoint {
     this.#trustFor = options.trustFor;
     this.#saveRooms = options.saveRooms ?? (() => Promise.resolve());
     for (const room of options.rooms ?? []) this.#rooms.set(room.roomId, room);
-    this.verifications = new Verifications(engine, this.#log);
+    this.verifications = new Verifications(engine, this.#log, async (roomId, content) =>
+      this.sendContent(roomId, content),
+    );
     this.verifications.onChange((flow) => {
       this.#emit({ type: 'verification', flow });
     });
@@ -292,6 +294,15 @@ export class Endpoint {
         ? {}
         : { 'm.relates_to': { 'm.in_reply_to': { event_id: options.replyTo } } }),
     };
+    return this.sendContent(roomId, content, txnId);
+  }
+
+  /** Encrypts an m.room.message for the room's members (per the room's trust) and sends it. */
+  async sendContent(
+    roomId: string,
+    content: object,
+    txnId = `mte.${randomBytes(12).toString('hex')}`,
+  ): Promise<string> {
     const members = (await this.api.members(roomId))
       .filter((m) => m.membership === 'join' || m.membership === 'invite')
       .map((m) => m.userId);

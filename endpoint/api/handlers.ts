@@ -149,6 +149,16 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     }
   };
 
+  /** A joined room with just us and this user, that the client may see. */
+  const directRoom = (client: AuthorizedClient, userId: string): string | undefined =>
+    visibleRooms(client).find(
+      (r) =>
+        r.membership === 'join' &&
+        r.members.length === 2 &&
+        r.members.includes(userId) &&
+        r.members.includes(endpoint.userId),
+    )?.roomId;
+
   /** A flow the client may see, or NOT_FOUND (never "exists but forbidden"). */
   const visibleFlow = async (client: AuthorizedClient, flowId: string) => {
     const flow = await verificationStep(() => endpoint.verifications.get(flowId));
@@ -335,11 +345,16 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
         operation: 'verification.request',
       });
       concerning(client, userId);
+      // A device: that device. A user: in our direct room with them (any of their devices may
+      // answer, as with Element), or else their only device.
+      const dm = deviceId === undefined ? directRoom(client, userId) : undefined;
       const flow = await verificationStep(() =>
         upstream(() =>
-          deviceId === undefined
-            ? endpoint.verifications.requestUser(userId)
-            : endpoint.verifications.request(userId, deviceId),
+          deviceId !== undefined
+            ? endpoint.verifications.request(userId, deviceId)
+            : dm !== undefined
+              ? endpoint.verifications.requestInRoom(userId, dm)
+              : endpoint.verifications.requestUser(userId),
         ),
       );
       return flowWire(flow);

@@ -1,5 +1,7 @@
 import {
   DeviceId,
+  EventId,
+  OtherUserIdentity,
   RoomId,
   type OlmMachine,
   Sas,
@@ -84,10 +86,46 @@ export class Verifications {
   /** Per-flow serialisation of our own steps, so two API calls cannot interleave in the core. */
   #queue: Promise<unknown> = Promise.resolve();
 
-  constructor(engine: CryptoEngine, log: Logger) {
+  /** Sends an encrypted room message (the in-room request); resolves to its event id. */
+  readonly #sendToRoom: (roomId: string, content: object) => Promise<string>;
+
+  constructor(
+    engine: CryptoEngine,
+    log: Logger,
+    sendToRoom: (roomId: string, content: object) => Promise<string>,
+  ) {
     this.#engine = engine;
     this.#machine = engine.machine;
     this.#log = log;
+    this.#sendToRoom = sendToRoom;
+  }
+
+  /**
+   * Asks a contact, rather than one device, in our direct room with them, as Element's "Verify
+   * user" does: any of their devices may answer. The request is an encrypted m.room.message
+   * (so the identity-change block applies); the steps after it are room events in the clear.
+   */
+  requestInRoom(userId: string, roomId: string): Promise<FlowView> {
+    return this.#serial(async () => {
+      const identity = await this.#machine.getIdentity(new UserId(userId));
+      if (!(identity instanceof OtherUserIdentity)) {
+        identity?.free();
+        throw new VerificationError('NOT_FOUND', 'this user has no cross-signing identity');
+      }
+      try {
+        if (!this.#makeRoom()) {
+          throw new VerificationError('CONFLICT', 'too many verifications in progress');
+        }
+        const content = JSON.parse(identity.verificationRequestContent()) as object;
+        const eventId = await this.#sendToRoom(roomId, content);
+        const request = identity.requestVerification(new RoomId(roomId), new EventId(eventId));
+        this.#flows.set(request.flowId, request);
+        this.#watch(request);
+        return this.#view(request);
+      } finally {
+        identity.free();
+      }
+    });
   }
 
   onChange(listener: (flow: FlowView) => void): () => void {
@@ -181,10 +219,9 @@ export class Verifications {
   }
 
   /**
-   * Asks a contact, rather than one device, to verify: their one device (preferring the one
-   * device they cross-signed). With several candidates the UI must name one, because the
-   * emoji are compared with one screen. (Element asks in a DM room instead; that in-room
-   * flow did not complete against matrix-js-sdk 43 here, so it is not offered.)
+   * Asks a contact with no direct room to verify: their one device (preferring the one device
+   * they cross-signed). With several candidates the UI must name one, because the emoji are
+   * compared with one screen. (With a direct room, requestInRoom asks all their devices.)
    */
   async requestUser(userId: string): Promise<FlowView> {
     await this.#engine.track([userId]);

@@ -66,6 +66,7 @@ let subscription: string;
 let cursor = -1;
 const seen: StreamEvent[] = [];
 const stops: (() => Promise<unknown>)[] = [];
+const allPeers: StockPeer[] = [];
 
 const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 60_000): Promise<void> =>
   waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
@@ -194,6 +195,11 @@ async function phase(
     }
     return flow.phase === wanted;
   }, `verification ${flowId} to reach ${wanted}`).catch((e: unknown) => {
+    // The stock peers' own view of their flows, for a failure that is theirs to explain.
+    for (const p of allPeers) {
+      const steps = p.logs.filter((l) => l.startsWith('verification'));
+      if (steps.length > 0) console.error(`${p.userId} ${p.deviceId}: ${steps.join(' | ')}`);
+    }
     throw new Error(`${String(e)}; last seen: ${JSON.stringify(flow)}`);
   });
   return flow as VerificationFlowWire;
@@ -230,6 +236,7 @@ async function startPeer(name: string): Promise<{ peer: StockPeer; password: str
   const user = await synapse().registerUser(name);
   const peer = await StockPeer.start(synapse().baseUrl, user);
   stops.push(() => peer.stop());
+  allPeers.push(peer);
   await peer.bootstrapCrossSigning(user.password);
   return { peer, password: user.password };
 }
@@ -331,6 +338,7 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
       await synapse().login('alice', alice.password),
     );
     stops.push(() => ours.stop());
+    allPeers.push(ours);
     const done: SasOutcome[] = [];
     ours.acceptVerifications((o) => done.push(o));
     const ourDevice = async () =>
@@ -485,32 +493,58 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     );
   });
 
-  it('a user (not a device): their one device is asked; with several, the UI must choose', async () => {
-    const { peer: erin, password } = await startPeer('erin');
+  it("a user (not a device) is asked in our direct room, as Element's 'Verify user' does", async () => {
+    const { peer: erin } = await startPeer('erin');
     await dmWith(erin);
     const done: SasOutcome[] = [];
     erin.acceptVerifications((o) => done.push(o));
     const flow = await rpc.call('verificationRequest', { auth, userId: erin.userId });
-    expect(flow).toMatchObject({ weStarted: true, userId: erin.userId, deviceId: erin.deviceId });
+    expect(flow).toMatchObject({ weStarted: true, userId: erin.userId, phase: 'requested' });
+    expect(flow.flowId.startsWith('$')).toBe(true); // the request is a room event
     const compare = await phase(flow.flowId, 'compare');
+    expect(compare.deviceId).toBe(erin.deviceId); // whichever device answered
     await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
     await phase(flow.flowId, 'done');
     await waitFor(() => done.length === 1, "erin's side to finish");
     expectSameSas(compare, done[0] as SasOutcome);
     await waitFor(async () => (await contactState(erin.userId)) === 'verified', 'erin verified');
+  }, 120_000);
 
-    const erin2 = await StockPeer.start(synapse().baseUrl, await synapse().login('erin', password));
-    stops.push(() => erin2.stop());
-    await erin.crossSignOwnDevice(erin2.deviceId);
+  it('a user with no direct room: their one device is asked; with several, the UI must choose', async () => {
+    const { peer: ivan, password } = await startPeer('ivan');
+    const { roomId } = await rpc.call('createRoom', { auth, invite: [ivan.userId, carol.userId] });
+    for (const peer of [ivan, carol]) {
+      await peer.acceptInvite(roomId);
+      await peer.waitForMember(roomId, alice.userId);
+    }
     await waitFor(
       async () =>
-        (await rpc.call('contact', { auth, userId: erin.userId })).devices.filter(
+        (await rpc.call('rooms', { auth })).rooms.some(
+          (r) => r.roomId === roomId && r.members.length === 3,
+        ),
+      'the group room in our list',
+    );
+    const shown: SasOutcome[] = [];
+    ivan.acceptVerifications(undefined, (o) => shown.push(o));
+    const flow = await rpc.call('verificationRequest', { auth, userId: ivan.userId });
+    expect(flow).toMatchObject({ weStarted: true, userId: ivan.userId, deviceId: ivan.deviceId });
+    await phase(flow.flowId, 'compare');
+    await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
+    await phase(flow.flowId, 'done');
+    expect(shown).toHaveLength(1);
+
+    const ivan2 = await StockPeer.start(synapse().baseUrl, await synapse().login('ivan', password));
+    stops.push(() => ivan2.stop());
+    await ivan.crossSignOwnDevice(ivan2.deviceId);
+    await waitFor(
+      async () =>
+        (await rpc.call('contact', { auth, userId: ivan.userId })).devices.filter(
           (d) => d.crossSignedByOwner,
         ).length === 2,
-      "erin's second device",
+      "ivan's second device",
     );
     const ambiguous = await refusal(() =>
-      rpc.call('verificationRequest', { auth, userId: erin.userId }),
+      rpc.call('verificationRequest', { auth, userId: ivan.userId }),
     );
     expect(ambiguous.code).toBe('CONFLICT');
     expect(ambiguous.message).toContain('2 devices');
