@@ -342,7 +342,8 @@ export const endpointContract = defineContract({
   },
   /**
    * verification: asks one device of a contact (or of our own user) to verify by SAS; without
-   * a device, the contact's one (cross-signed) device, or CONFLICT when they have several.
+   * a device, the contact in our direct room with them (any of their devices may answer), or
+   * else their one (cross-signed) device, CONFLICT when they have several.
    */
   verificationRequest: {
     params: z.object({ auth, userId, deviceId: deviceId.optional() }).strict(),

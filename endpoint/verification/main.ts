@@ -24,8 +24,8 @@ Verifies contacts by emoji (SAS) through the endpoint's local API.
 
 Commands:
   list                      verification flows in progress or recently finished
-  request USER [DEVICE]     ask one device of USER (or their only one) to verify, then
-                            compare the emoji
+  request USER [DEVICE]     ask USER (in our direct room: any of their devices may answer)
+                            or one DEVICE of theirs to verify, then compare the emoji
   wait                      wait for an incoming request, accept it, then compare the emoji
   accept FLOW               accept one incoming request, then compare the emoji
   show FLOW                 one flow: its phase, and the emoji once they can be compared

@@ -63,7 +63,7 @@ export const verificationRoutes: JsonRoute[] = [
     url: '/v1/verifications',
     operationId: 'requestVerification',
     summary:
-      "Asks one device of a contact (or one of our own other devices) to verify by emoji (SAS); without `deviceId`, the contact's only (cross-signed) device, or 409 when there are several. SAS starts once the other side accepts; watch the flow's phase.",
+      "Asks one device of a contact (or one of our own other devices) to verify by emoji (SAS); without `deviceId`, the contact in our direct room with them (any of their devices may answer), or else their only device (409 when there are several). SAS starts once the other side accepts; watch the flow's phase.",
     capability: 'verification',
     rpc: 'verificationRequest',
     auth: true,
