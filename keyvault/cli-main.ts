@@ -23,6 +23,38 @@ export function parseCommandLine<const T extends ParseArgsOptionsConfig>(
   }
 }
 
+/**
+ * The subcommand a tool was asked for, or the help text it should print: `help [COMMAND]`,
+ * `--help`, `COMMAND --help`. An unknown name is echoed only if it looks like a command name
+ * (a mistyped secret must not reach a log); extra positionals are refused.
+ */
+export function pickCommand<C extends string>(
+  positionals: string[],
+  help: boolean,
+  texts: { main: string; commands: Readonly<Record<C, string>> },
+): { help: string } | { command: C } {
+  const known = (name: string): name is C => Object.hasOwn(texts.commands, name);
+  const [name, ...extra] = positionals;
+  if (name === undefined) {
+    if (help) return { help: texts.main };
+    throw new UsageError('no command given (try --help)');
+  }
+  if (name === 'help') {
+    const topic = extra[0];
+    if (topic !== undefined && !known(topic)) throw new UsageError('help: unknown command');
+    return { help: topic === undefined ? texts.main : texts.commands[topic] };
+  }
+  if (!known(name)) {
+    const shown = /^[a-z][a-z-]{0,19}$/.test(name) ? ` "${name}"` : '';
+    throw new UsageError(
+      `unknown command${shown} (commands: ${Object.keys(texts.commands).join(', ')})`,
+    );
+  }
+  if (help) return { help: texts.commands[name] };
+  if (extra.length > 0) throw new UsageError(`${name}: unexpected extra arguments`);
+  return { command: name };
+}
+
 export function oneLine(e: unknown, max = 1000): string {
   const message = e instanceof Error ? e.message : 'unexpected failure';
   return message.replace(/\s*\n\s*/g, ' ').slice(0, max);

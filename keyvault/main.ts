@@ -12,7 +12,7 @@ import { loadVaultConfig, openVault } from './open.ts';
 import { socketChannel } from './rpc/index.ts';
 import { serveVault } from './server.ts';
 import type { DoctorCheck, VaultBackend, VaultStatus } from './vault.ts';
-import { UsageError, oneLine, parseCommandLine, runMain } from './cli-main.ts';
+import { UsageError, oneLine, parseCommandLine, pickCommand, runMain } from './cli-main.ts';
 
 const COMMANDS = {
   init: 'provision what is missing (store key, counter, signing keys); never replaces a key',
@@ -84,30 +84,12 @@ function parse(argv: string[]): Invocation {
     help: { type: 'boolean', short: 'h', default: false },
   });
   const { values, positionals } = parsed;
-  const [name, ...extra] = positionals;
-  if (name === undefined) {
-    if (values.help) return { command: 'help', text: HELP };
-    throw new UsageError('no command given (try --help)');
-  }
-  if (name === 'help') {
-    const topic = extra[0];
-    if (topic !== undefined && !isCommand(topic)) throw new UsageError('help: unknown command');
-    return { command: 'help', text: topic ? COMMAND_HELP[topic] : HELP };
-  }
-  if (!isCommand(name)) {
-    // Echo only what looks like a command name: a mistyped secret must not reach a log.
-    const shown = /^[a-z][a-z-]{0,19}$/.test(name) ? ` "${name}"` : '';
-    throw new UsageError(`unknown command${shown} (commands: ${Object.keys(COMMANDS).join(', ')})`);
-  }
-  if (values.help) return { command: 'help', text: COMMAND_HELP[name] };
-  if (extra.length > 0) throw new UsageError(`${name}: unexpected extra arguments`);
+  const picked = pickCommand(positionals, values.help, { main: HELP, commands: COMMAND_HELP });
+  if ('help' in picked) return { command: 'help', text: picked.help };
+  const name = picked.command;
   if (values.config === undefined) throw new UsageError(`${name}: --config FILE is required`);
   if (name === 'serve' && values.json) throw new UsageError('serve: --json is not an option here');
   return { command: name, config: values.config, json: values.json };
-}
-
-function isCommand(name: string): name is Command {
-  return Object.hasOwn(COMMANDS, name);
 }
 
 async function run(argv: string[]): Promise<number> {

@@ -5,7 +5,7 @@
  * (or a rejected chain), 2 usage. Private keys are written 0600 and never replaced.
  */
 import { X509Certificate } from 'node:crypto';
-import { UsageError, parseCommandLine, runMain } from '../../keyvault/cli-main.ts';
+import { UsageError, parseCommandLine, pickCommand, runMain } from '../../keyvault/cli-main.ts';
 import {
   type CheckReport,
   KEY_TYPES,
@@ -98,27 +98,26 @@ function parse(argv: string[]): { command: 'help'; text: string } | { command: C
     json: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   });
-  const [name, ...extra] = positionals;
-  if (name === undefined) {
-    if (values.help) return { command: 'help', text: HELP };
-    throw new UsageError('no command given (try --help)');
-  }
-  if (name === 'help') {
-    const topic = extra[0];
-    if (topic !== undefined && !isCommand(topic)) throw new UsageError('help: unknown command');
-    return { command: 'help', text: topic ? COMMAND_HELP[topic] : HELP };
-  }
-  if (!isCommand(name)) {
-    const shown = /^[a-z][a-z-]{0,19}$/.test(name) ? ` "${name}"` : '';
-    throw new UsageError(`unknown command${shown} (commands: ${Object.keys(COMMANDS).join(', ')})`);
-  }
-  if (values.help) return { command: 'help', text: COMMAND_HELP[name] };
-  if (extra.length > 0) throw new UsageError(`${name}: unexpected extra arguments`);
+  const picked = pickCommand(positionals, values.help, { main: HELP, commands: COMMAND_HELP });
+  if ('help' in picked) return { command: 'help', text: picked.help };
+  const name = picked.command;
   return { command: name, ctx: { values, json: values.json } };
 }
 
-function isCommand(name: string): name is Command {
-  return Object.hasOwn(COMMANDS, name);
+/** A new CA's key (0600, never overwritten) and certificate, and what to tell the user. */
+async function writeCa(
+  ctx: Ctx,
+  ca: { keyPem?: string; certPem: string; skiBase64: string; notAfter: Date },
+  out: string,
+): Promise<number> {
+  await writePrivateKey(`${out}.key`, ca.keyPem ?? '');
+  await writePublicFile(`${out}.pem`, ca.certPem);
+  return done(ctx, {
+    cert: `${out}.pem`,
+    key: `${out}.key`,
+    ski: ca.skiBase64,
+    notAfter: ca.notAfter.toISOString(),
+  });
 }
 
 function str(ctx: Ctx, key: string, command: string): string {
@@ -179,14 +178,7 @@ async function run(argv: string[]): Promise<number> {
         ...keyType(ctx, 'ca'),
         ...days(ctx, 'ca'),
       });
-      await writePrivateKey(`${out}.key`, ca.keyPem ?? '');
-      await writePublicFile(`${out}.pem`, ca.certPem);
-      return done(ctx, {
-        cert: `${out}.pem`,
-        key: `${out}.key`,
-        ski: ca.skiBase64,
-        notAfter: ca.notAfter.toISOString(),
-      });
+      return writeCa(ctx, ca, out);
     }
     case 'intermediate': {
       allowOnly(ctx, 'intermediate', ['ca', 'ca-key', 'out', 'name', 'org', 'key-type', 'days']);
@@ -199,14 +191,7 @@ async function run(argv: string[]): Promise<number> {
         ...keyType(ctx, 'intermediate'),
         ...days(ctx, 'intermediate'),
       });
-      await writePrivateKey(`${out}.key`, ca.keyPem ?? '');
-      await writePublicFile(`${out}.pem`, ca.certPem);
-      return done(ctx, {
-        cert: `${out}.pem`,
-        key: `${out}.key`,
-        ski: ca.skiBase64,
-        notAfter: ca.notAfter.toISOString(),
-      });
+      return writeCa(ctx, ca, out);
     }
     case 'issue': {
       allowOnly(ctx, 'issue', [
