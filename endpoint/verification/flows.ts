@@ -365,6 +365,9 @@ export class Verifications {
           sas.free();
         }
         this.#announce(current);
+        // What the core queued on this change (a key, a MAC, a done) goes now, not after the
+        // next long poll: the other side times out after a minute without a step.
+        await this.#engine.processOutgoing();
       }).catch((e: unknown) => {
         this.#log.warn(`verification ${flowId}: ${e instanceof Error ? e.message : 'step failed'}`);
       });
@@ -378,6 +381,7 @@ export class Verifications {
     sas.registerChangesCallback(() => {
       const current = this.#flows.get(flowId);
       if (current) this.#announce(current);
+      void this.#engine.processOutgoing().catch(() => undefined); // as in #watch
       return Promise.resolve();
     });
   }

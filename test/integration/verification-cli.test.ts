@@ -118,12 +118,12 @@ afterAll(async () => {
 describe('verify CLI against the real gateway and stock peers', () => {
   it('request: prints the emoji the peer shows, confirms on "y", exits 0 verified', async () => {
     const bob = await peerInRoom('bob');
-    const done: SasOutcome[] = [];
-    bob.acceptVerifications((o) => done.push(o));
+    const shown: SasOutcome[] = [];
+    bob.acceptVerifications(undefined, (o) => shown.push(o));
     const run = await cli(['request', bob.userId, bob.deviceId, '--json'], { answer: 'y' });
     expect(run.code, run.stderr).toBe(0);
-    expect(done).toHaveLength(1);
-    const names = (done[0] as SasOutcome).emoji.map(([, name]) => name);
+    expect(shown).toHaveLength(1);
+    const names = (shown[0] as SasOutcome).emoji.map(([, name]) => name);
     expect(emojiNames(run)).toEqual(names);
     expect(run.stderr).toContain(`verified: ${bob.userId}`);
     expect(JSON.parse(run.stdout)).toMatchObject({ phase: 'done', userId: bob.userId });

@@ -339,40 +339,44 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     );
     stops.push(() => ours.stop());
     allPeers.push(ours);
-    const done: SasOutcome[] = [];
-    ours.acceptVerifications((o) => done.push(o));
-    const ourDevice = async () =>
-      (await service.endpoint.engine.devices(alice.userId)).find(
-        (d) => d.deviceId === ours.deviceId,
-      );
-    await waitFor(async () => (await ourDevice()) !== undefined, 'our new device to be known');
-    expect(await ourDevice()).toEqual({
-      deviceId: ours.deviceId,
-      crossSignedByOwner: false,
-      verified: false,
-    });
-    const flow = await rpc.call('verificationRequest', {
-      auth,
-      userId: alice.userId,
-      deviceId: ours.deviceId,
-    });
-    const compare = await phase(flow.flowId, 'compare');
-    await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
-    await phase(flow.flowId, 'done');
-    await waitFor(() => done.length === 1, 'our other device to finish');
-    expectSameSas(compare, done[0] as SasOutcome);
-    // A stock client of someone else's sees the new device as cross-signed by its owner.
-    await waitFor(async () => {
-      const status = await bob.crypto.getDeviceVerificationStatus(alice.userId, ours.deviceId);
-      return status?.signedByOwner ?? false;
-    }, 'bob to see our new device signed by our self-signing key');
-    expect(await ourDevice()).toEqual({
-      deviceId: ours.deviceId,
-      crossSignedByOwner: true,
-      verified: true,
-    });
-    // Our other device would answer in-room requests to our user too: it leaves now.
-    await ours.stop();
+    // Our other device would answer in-room requests to our user too: it leaves at the end.
+    try {
+      const shown: SasOutcome[] = [];
+      ours.acceptVerifications(undefined, (o) => shown.push(o));
+      const ourDevice = async () =>
+        (await service.endpoint.engine.devices(alice.userId)).find(
+          (d) => d.deviceId === ours.deviceId,
+        );
+      await waitFor(async () => (await ourDevice()) !== undefined, 'our new device to be known');
+      expect(await ourDevice()).toEqual({
+        deviceId: ours.deviceId,
+        crossSignedByOwner: false,
+        verified: false,
+      });
+      const flow = await rpc.call('verificationRequest', {
+        auth,
+        userId: alice.userId,
+        deviceId: ours.deviceId,
+      });
+      const compare = await phase(flow.flowId, 'compare');
+      await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
+      await phase(flow.flowId, 'done');
+      expectSameSas(compare, shown[0] as SasOutcome);
+      // A stock client of someone else's sees the new device as cross-signed by its owner.
+      await waitFor(async () => {
+        const status = await bob.crypto.getDeviceVerificationStatus(alice.userId, ours.deviceId);
+        return status?.signedByOwner ?? false;
+      }, 'bob to see our new device signed by our self-signing key');
+      // Our own view follows once the homeserver reports our device list changed.
+      await waitFor(async () => (await ourDevice())?.crossSignedByOwner === true, 'our own view');
+      expect(await ourDevice()).toEqual({
+        deviceId: ours.deviceId,
+        crossSignedByOwner: true,
+        verified: true,
+      });
+    } finally {
+      await ours.stop();
+    }
   }, 120_000);
 
   it('the emoji differ: cancelling with mismatch leaves the peer unverified on both sides', async () => {
