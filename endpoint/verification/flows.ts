@@ -83,7 +83,7 @@ export class Verifications {
   /** The device each of our to-device requests went to. */
   readonly #asked = new Map<string, string>();
   readonly #listeners = new Set<(flow: FlowView) => void>();
-  /** Per-flow serialisation of our own steps, so two API calls cannot interleave in the core. */
+  /** One queue for our steps on all flows, so two API calls cannot interleave in the core. */
   #queue: Promise<unknown> = Promise.resolve();
 
   /** Sends an encrypted room message (the in-room request); resolves to its event id. */
@@ -98,34 +98,6 @@ export class Verifications {
     this.#machine = engine.machine;
     this.#log = log;
     this.#sendToRoom = sendToRoom;
-  }
-
-  /**
-   * Asks a contact, rather than one device, in our direct room with them, as Element's "Verify
-   * user" does: any of their devices may answer. The request is an encrypted m.room.message
-   * (so the identity-change block applies); the steps after it are room events in the clear.
-   */
-  requestInRoom(userId: string, roomId: string): Promise<FlowView> {
-    return this.#serial(async () => {
-      const identity = await this.#machine.getIdentity(new UserId(userId));
-      if (!(identity instanceof OtherUserIdentity)) {
-        identity?.free();
-        throw new VerificationError('NOT_FOUND', 'this user has no cross-signing identity');
-      }
-      try {
-        if (!this.#makeRoom()) {
-          throw new VerificationError('CONFLICT', 'too many verifications in progress');
-        }
-        const content = JSON.parse(identity.verificationRequestContent()) as object;
-        const eventId = await this.#sendToRoom(roomId, content);
-        const request = identity.requestVerification(new RoomId(roomId), new EventId(eventId));
-        this.#flows.set(request.flowId, request);
-        this.#watch(request);
-        return this.#view(request);
-      } finally {
-        identity.free();
-      }
-    });
   }
 
   onChange(listener: (flow: FlowView) => void): () => void {
@@ -238,6 +210,34 @@ export class Verifications {
       );
     }
     return this.request(userId, only.deviceId);
+  }
+
+  /**
+   * Asks a contact, rather than one device, in our direct room with them, as Element's "Verify
+   * user" does: any of their devices may answer. The request is an encrypted m.room.message
+   * (so the identity-change block applies); the steps after it are room events in the clear.
+   */
+  requestInRoom(userId: string, roomId: string): Promise<FlowView> {
+    return this.#serial(async () => {
+      const identity = await this.#machine.getIdentity(new UserId(userId));
+      if (!(identity instanceof OtherUserIdentity)) {
+        identity?.free();
+        throw new VerificationError('NOT_FOUND', 'this user has no cross-signing identity');
+      }
+      try {
+        if (!this.#makeRoom()) {
+          throw new VerificationError('CONFLICT', 'too many verifications in progress');
+        }
+        const content = JSON.parse(identity.verificationRequestContent()) as object;
+        const eventId = await this.#sendToRoom(roomId, content);
+        const request = identity.requestVerification(new RoomId(roomId), new EventId(eventId));
+        this.#flows.set(request.flowId, request);
+        this.#watch(request);
+        return this.#view(request);
+      } finally {
+        identity.free();
+      }
+    });
   }
 
   /** Accepts an incoming request; the SAS start that follows from the other side is accepted too. */
