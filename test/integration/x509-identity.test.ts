@@ -22,7 +22,12 @@ import { type SynapseUser, makeTempDir, startSwtpm, startSynapse } from '../fixt
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { StockPeer } from '../fixtures/peer.ts';
 import { waitUntil } from '../fixtures/process.ts';
-import { openssl } from '../fixtures/x509.ts';
+import {
+  type MasterKey,
+  opensslVerifyMasterCms,
+  queryMasterKey,
+  x509SignatureOf,
+} from '../fixtures/x509.ts';
 
 // X.509 identities (issue 6) against real Synapse, a TPM vault (swtpm) and stock
 // matrix-js-sdk peers: our master key carries a CMS signature by the vault's x509-identity key
@@ -44,27 +49,8 @@ let alice: SynapseUser;
 const peers: StockPeer[] = [];
 const x509Signs: number[] = [0];
 
-interface MasterKey {
-  user_id: string;
-  usage: string[];
-  keys: Record<string, string>;
-  signatures?: Record<string, Record<string, string>>;
-}
-
-async function publishedMaster(userId: string): Promise<MasterKey | undefined> {
-  const who = alice;
-  const res = await fetch(`${synapse().baseUrl}/_matrix/client/v3/keys/query`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${who.accessToken}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ device_keys: { [userId]: [] } }),
-  });
-  const body = (await res.json()) as { master_keys?: Record<string, MasterKey> };
-  return body.master_keys?.[userId];
-}
-
-function x509SignatureOf(master: MasterKey | undefined): [string, string] | undefined {
-  const sigs = Object.entries(master?.signatures?.[master.user_id] ?? {});
-  return sigs.find(([id]) => id.startsWith('io.element.x509:'));
+function publishedMaster(userId: string): Promise<MasterKey | undefined> {
+  return queryMasterKey(synapse().baseUrl, alice.accessToken, userId);
 }
 
 function pss(key: KeyObject, data: Uint8Array): Uint8Array {
@@ -225,28 +211,7 @@ describe('our X.509 identity (the vault signs)', () => {
     expect(sig?.[0]).toBe(`io.element.x509:${root.skiBase64}`);
     expect(x509Signs[0]).toBe(1); // at bootstrap, through cross-signing's hook; nothing else
     // openssl checks it independently: the detached content is the canonical master key.
-    await writeFile(join(dir, 'master.json'), signingBytes({ ...(master as MasterKey) }));
-    await writeFile(join(dir, 'master.cms'), sig?.[1] ?? '');
-    const v = await openssl(
-      [
-        'cms',
-        '-verify',
-        '-binary',
-        '-inform',
-        'PEM',
-        '-in',
-        'master.cms',
-        '-content',
-        'master.json',
-        '-CAfile',
-        'root.pem',
-        '-purpose',
-        'any',
-        '-out',
-        '/dev/null',
-      ],
-      { cwd: dir },
-    );
+    const v = await opensslVerifyMasterCms(dir, master as MasterKey, sig?.[1] ?? '', 'root.pem');
     expect(v.stderr).toContain('Verification successful');
   });
 
