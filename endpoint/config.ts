@@ -1,6 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
+import { ConfigError } from '../keyvault/common/config-error.ts';
+import { formatZodIssues } from '../keyvault/common/zod-issues.ts';
+
+export { ConfigError };
 
 /** The endpoint's configuration file (JSON). The password comes from a file or the environment. */
 const secretSource = z.union([
@@ -41,10 +45,6 @@ export const endpointConfig = z
   .strict();
 export type EndpointConfig = z.infer<typeof endpointConfig>;
 
-export class ConfigError extends Error {
-  readonly code = 'ENDPOINT_CONFIG';
-}
-
 /** With every path absolute and defaults filled in. */
 export type ResolvedEndpointConfig = EndpointConfig & { auditLog: string };
 
@@ -57,10 +57,7 @@ export async function loadEndpointConfig(path: string): Promise<ResolvedEndpoint
   }
   const parsed = endpointConfig.safeParse(json);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new ConfigError(
-      `${path}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid'}`,
-    );
+    throw new ConfigError(`${path}: ${formatZodIssues(parsed.error)}`);
   }
   const base = dirname(resolve(path));
   const c = parsed.data;

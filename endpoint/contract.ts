@@ -1,9 +1,9 @@
 import { z } from 'zod';
-import { defineContract } from '../keyvault/rpc/index.ts';
+import { defineContract } from '../keyvault/common/rpc/index.ts';
 
 /**
  * What the endpoint compartment answers on its channel: the operations of the local API
- * (endpoint/gateway exposes them over HTTP), and nothing that yields a key, a raw event or
+ * (endpoint/untrusted/gateway exposes them over HTTP), and nothing that yields a key, a raw event or
  * another client's data.
  *
  * Every call carries the UI client's bearer token, exactly as the UI presented it. The gateway

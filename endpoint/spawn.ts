@@ -1,8 +1,7 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { Socket } from 'node:net';
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { type RpcClient, createClient, socketChannel } from '../keyvault/rpc/index.ts';
+import { type RpcClient, createClient, socketChannel } from '../keyvault/common/rpc/index.ts';
+import { spawnProcess } from '../keyvault/common/spawn.ts';
 import { type EndpointContract, endpointContract } from './contract.ts';
 
 const MAIN = join(import.meta.dirname, 'main.ts');
@@ -17,7 +16,8 @@ export interface SpawnedEndpoint {
 
 /**
  * Starts the endpoint compartment with a socketpair on its fd 3 and waits until it answers
- * (its vault launched, its store opened, its device logged in). For launchers and tests.
+ * (its vault launched, its store opened, its device logged in). For the gateway when it runs
+ * unlaunched, and tests; the launcher (deploy/launch.ts) starts it sandboxed instead.
  */
 export async function spawnEndpoint(
   configPath: string,
@@ -27,43 +27,35 @@ export async function spawnEndpoint(
     onStderr?: (line: string) => void;
   } = {},
 ): Promise<SpawnedEndpoint> {
-  const child = spawn(process.execPath, [MAIN, 'serve', '--config', configPath], {
-    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
-    env: options.env ?? process.env,
+  const child = spawnProcess({
+    argv: [MAIN, 'serve', '--config', configPath],
+    fds: ['pipe'],
+    onStderr: options.onStderr ?? (() => undefined),
+    ...(options.env ? { env: options.env } : {}),
   });
-  let lastLine = '';
-  let partial = '';
-  child.stderr?.on('data', (chunk: Buffer) => {
-    // Whole lines only: a message split across chunks must reach the listener in one piece.
-    const lines = (partial + chunk.toString('utf8')).split('\n');
-    partial = lines.pop() ?? '';
-    for (const line of lines) {
-      lastLine = line;
-      options.onStderr?.(line);
-    }
-  });
-  const exited = new Promise<number | string>((resolve) => {
-    child.once('exit', (code, signal) => {
-      resolve(code ?? signal ?? 'unknown');
-    });
-  });
-  const fd3 = child.stdio[3];
-  if (!(fd3 instanceof Socket)) {
-    child.kill('SIGKILL');
-    throw new Error('spawnEndpoint: the child has no socket on fd 3');
-  }
+  const [fd3] = child.channels;
+  if (!fd3) throw new Error('spawnEndpoint: no channel');
   const client = createClient(socketChannel(fd3), endpointContract, { timeoutMs: 60_000 });
-  const stop = async (graceMs = 10_000): Promise<void> => {
+  const stop = (graceMs = 10_000): Promise<void> => {
     client.close();
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const done = await Promise.race([exited.then(() => true), sleep(graceMs).then(() => false)]);
-    if (!done) {
-      child.kill('SIGKILL');
-      await exited;
-    }
+    return child.stop({ graceMs, first: 'close' });
   };
-  // The first answer comes once startup is complete (requests wait on the socket until then).
-  const ready = client.call('ready', {}, { timeoutMs: options.readyTimeoutMs ?? 120_000 });
+  await waitReady(client, child.exited, stop, () => child.lastLine(), options.readyTimeoutMs);
+  return { client, process: child.process, exited: child.exited, stop };
+}
+
+/**
+ * The endpoint's first answer comes once its start-up is complete (requests wait on the
+ * socket until then). Never leaves a half-started endpoint (and its vault) behind.
+ */
+export async function waitReady(
+  client: RpcClient<EndpointContract>,
+  exited: Promise<number | string>,
+  stop: (graceMs?: number) => Promise<void>,
+  lastLine: () => string,
+  timeoutMs = 120_000,
+): Promise<void> {
+  const ready = client.call('ready', {}, { timeoutMs });
   let outcome: 'ready' | 'exited';
   try {
     outcome = await Promise.race([
@@ -71,12 +63,11 @@ export async function spawnEndpoint(
       exited.then(() => 'exited' as const),
     ]);
   } catch (e) {
-    await stop(0); // never leave a half-started endpoint (and its vault) behind
+    await stop(0);
     throw e;
   }
   if (outcome === 'exited') {
     await stop(0);
-    throw new Error(`the endpoint exited before it was ready: ${lastLine || 'no message'}`);
+    throw new Error(`the endpoint exited before it was ready: ${lastLine() || 'no message'}`);
   }
-  return { client, process: child, exited, stop };
 }

@@ -8,7 +8,7 @@ import {
   RpcCode,
   RpcError,
   createClient,
-} from './rpc/index.ts';
+} from './common/rpc/index.ts';
 import {
   type AttestationIdentity,
   type BackendName,

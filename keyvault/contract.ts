@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { bytes, defineContract, noParams } from './rpc/index.ts';
+import { bytes, defineContract, noParams } from './common/rpc/index.ts';
 import { PURPOSE_ALGORITHM, SIGNING_PURPOSES } from './vault.ts';
 
 /**

@@ -24,4 +24,4 @@ export {
   isRpcError,
   socketChannel,
   inProcessPair,
-} from './rpc/index.ts';
+} from './common/rpc/index.ts';

@@ -9,10 +9,10 @@ import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { type VaultConfig } from './config.ts';
 import { loadVaultConfig, openVault } from './open.ts';
-import { socketChannel } from './rpc/index.ts';
+import { socketChannel } from './common/rpc/index.ts';
 import { serveVault } from './server.ts';
 import type { DoctorCheck, VaultBackend, VaultStatus } from './vault.ts';
-import { UsageError, oneLine, parseCommandLine, pickCommand, runMain } from './cli-main.ts';
+import { UsageError, oneLine, parseCommandLine, pickCommand, runMain } from './common/cli-main.ts';
 
 const COMMANDS = {
   init: 'provision what is missing (store key, counter, signing keys); never replaces a key',

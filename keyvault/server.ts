@@ -4,7 +4,7 @@ import {
   type ServerConnection,
   type ServerOptions,
   serve,
-} from './rpc/index.ts';
+} from './common/rpc/index.ts';
 import type { Vault } from './vault.ts';
 
 /**

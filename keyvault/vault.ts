@@ -3,7 +3,7 @@
  * (issue 3). Backends: `tpm` (keyvault/tpm), `pkcs11` (keyvault/pkcs11), `dev` (keyvault/dev).
  * The endpoint reaches a vault only through the RPC contract in keyvault/contract.ts.
  */
-import { RpcError } from './rpc/index.ts';
+import { RpcError } from './common/rpc/index.ts';
 
 /** Signing purposes, each fixed at provisioning to one key and one algorithm. */
 export const SIGNING_PURPOSES = ['cross-signing-master', 'x509-identity'] as const;

@@ -3,7 +3,7 @@ import { type FileHandle, open, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
 import type { AuthorizeRequest, Decision } from './evaluate.ts';
 import { formatPath } from './load.ts';
-import { type Lock, acquireLock } from './lock.ts';
+import { type Lock, acquireLock } from '../keyvault/common/lock.ts';
 import { CAPABILITIES, CLIENT_NAME, ROOM_ID, isCapability, sha256Hex } from './schema.ts';
 
 /**

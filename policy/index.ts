@@ -48,7 +48,7 @@ export type {
 } from './evaluate.ts';
 export { PolicyError, PolicyHolder, loadPolicyFile, parsePolicy, validatePolicy } from './load.ts';
 export type { ParseResult, PolicyProblem, ReloadResult } from './load.ts';
-export { LockError } from './lock.ts';
+export { LockError } from '../keyvault/common/lock.ts';
 export {
   CAPABILITIES,
   DEFAULT_RATE_LIMIT,

@@ -9,7 +9,7 @@ import { describeBroken, verifyAuditLog } from './audit.ts';
 import { readPolicyText, parsePolicy } from './load.ts';
 import { CAPABILITIES } from './schema.ts';
 import { createClient, listClients, revokeClient } from './tokens.ts';
-import { UsageError, parseCommandLine, runMain } from '../keyvault/cli-main.ts';
+import { UsageError, parseCommandLine, runMain } from '../keyvault/common/cli-main.ts';
 
 const NO_SECRETS = `Tokens are printed once, by "token create", and never taken as arguments: argv is
 visible to every user on the machine. The policy file holds only their SHA-256.`;

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import { writeFileAtomic } from '../keyvault/atomic-file.ts';
+import { writeFileAtomic } from '../keyvault/common/atomic-file.ts';
 import {
   type ParseResult,
   PolicyError,
@@ -8,7 +8,7 @@ import {
   readPolicyText,
   validatePolicy,
 } from './load.ts';
-import { acquireLock } from './lock.ts';
+import { acquireLock } from '../keyvault/common/lock.ts';
 import {
   type Capability,
   type Policy,

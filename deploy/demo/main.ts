@@ -21,7 +21,7 @@ import {
   type SseEvent,
   openEventStream,
   spawnGateway,
-} from '../../endpoint/gateway/index.ts';
+} from '../../endpoint/untrusted/gateway/index.ts';
 import { verifyAuditLog } from '../../policy/index.ts';
 import {
   type SasOutcome,

@@ -5,7 +5,12 @@
  * (or a rejected chain), 2 usage. Private keys are written 0600 and never replaced.
  */
 import { X509Certificate } from 'node:crypto';
-import { UsageError, parseCommandLine, pickCommand, runMain } from '../../keyvault/cli-main.ts';
+import {
+  UsageError,
+  parseCommandLine,
+  pickCommand,
+  runMain,
+} from '../../keyvault/common/cli-main.ts';
 import {
   type CheckReport,
   KEY_TYPES,

@@ -1,5 +1,5 @@
-import { RpcError } from '../../keyvault/rpc/index.ts';
-import type { Handlers } from '../../keyvault/rpc/index.ts';
+import { RpcError } from '../../keyvault/common/rpc/index.ts';
+import type { Handlers } from '../../keyvault/common/rpc/index.ts';
 import {
   type AuditAction,
   type AuditRecord,

@@ -1,3 +1,4 @@
+import { formatZodIssues } from '../../keyvault/common/zod-issues.ts';
 import { z } from 'zod';
 import type {
   JoinedRoom,
@@ -182,12 +183,7 @@ export const errorBody = z.object({
 
 /** Describes schema violations by path and rule, never by value: values may be secrets. */
 export function describeIssues(error: z.ZodError): string {
-  const parts = error.issues.slice(0, 5).map((issue) => {
-    const path = issue.path.map((p) => String(p).slice(0, 64)).join('.');
-    return `${path === '' ? '(top level)' : path}: ${issue.message}`;
-  });
-  if (error.issues.length > 5) parts.push(`and ${error.issues.length - 5} more`);
-  return parts.join('; ');
+  return formatZodIssues(error);
 }
 
 /**

@@ -5,6 +5,7 @@
  * data; a read names the zod schema it expects, since what comes back is only as trustworthy
  * as the code that wrote it (possibly an older version).
  */
+import { formatZodIssues } from '../../keyvault/common/zod-issues.ts';
 import type { z } from 'zod';
 import { StoreCode, StoreError } from './errors.ts';
 import { openDatabase, requestResult, transactionDone } from './idb-promise.ts';
@@ -63,8 +64,7 @@ export function createAppState(factory: IdbFactory): AppState {
       if (value === undefined) return undefined;
       const parsed = schema.safeParse(value);
       if (!parsed.success) {
-        const issue = parsed.error.issues[0];
-        const where = issue ? ` at ${issue.path.join('.') || '(root)'}: ${issue.message}` : '';
+        const where = ` at ${formatZodIssues(parsed.error)}`;
         throw new StoreError(StoreCode.InvalidValue, `app state "${key}" fails its schema${where}`);
       }
       return parsed.data;

@@ -7,6 +7,7 @@
  * algorithm IndexedDB's structured clone uses), then validated with zod: only authenticated
  * bytes ever reach the deserializer.
  */
+import { formatZodIssues } from '../../keyvault/common/zod-issues.ts';
 import { Deserializer, Serializer } from 'node:v8';
 import { z } from 'zod';
 import { StoreCode, StoreError } from './errors.ts';
@@ -89,8 +90,7 @@ function deserialize(bytes: Uint8Array, what: string): unknown {
 function validate<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   const parsed = schema.safeParse(value);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const where = issue ? `${issue.path.join('.')}: ${issue.message}` : 'unknown';
+    const where = formatZodIssues(parsed.error);
     throw new StoreError(StoreCode.Corrupt, `${what} has an unexpected shape (${where})`);
   }
   return parsed.data;

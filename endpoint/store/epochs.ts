@@ -18,7 +18,7 @@
  */
 import { mkdir, open, readFile, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../keyvault/atomic-file.ts';
+import { writeFileAtomic } from '../../keyvault/common/atomic-file.ts';
 import { StoreCode, StoreError } from './errors.ts';
 import {
   JOURNAL_HEADER_BYTES,

@@ -2,8 +2,8 @@ import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { writeFileAtomic } from '../atomic-file.ts';
-import { describeIssues } from '../rpc/envelope.ts';
+import { writeFileAtomic } from '../common/atomic-file.ts';
+import { describeIssues } from '../common/rpc/envelope.ts';
 import { type SigningPurpose, VaultCode, VaultError } from '../vault.ts';
 
 /**

@@ -1,7 +1,7 @@
 import { access, constants } from 'node:fs/promises';
 import pkcs11js, { type PKCS11 } from 'pkcs11js';
 import type { Pkcs11Config } from '../config.ts';
-import { readSecret } from '../secret.ts';
+import { readSecret } from '../common/secret.ts';
 import { VaultCode, VaultError } from '../vault.ts';
 import { ckrOf, needsReconnect, toVaultError } from './errors.ts';
 import { checkMechanisms, requireMechanisms, type MechanismCheck } from './mechanisms.ts';

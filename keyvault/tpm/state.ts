@@ -1,7 +1,8 @@
+import { formatZodIssues } from '../common/zod-issues.ts';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { writeFileAtomic } from '../atomic-file.ts';
+import { writeFileAtomic } from '../common/atomic-file.ts';
 import { VaultCode, VaultError } from '../vault.ts';
 
 /**
@@ -47,10 +48,9 @@ export async function readTpmState(stateDir: string): Promise<TpmState | undefin
   }
   const parsed = tpmStateSchema.safeParse(json);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
     throw new VaultError(
       VaultCode.ForeignOrTampered,
-      `${statePath(stateDir)} is not a TPM vault state file (${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'})`,
+      `${statePath(stateDir)} is not a TPM vault state file (${formatZodIssues(parsed.error)})`,
     );
   }
   return parsed.data;

@@ -2,7 +2,7 @@ import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
-import { type RpcError, isRpcError } from '../../keyvault/rpc/index.ts';
+import { type RpcError, isRpcError } from '../../keyvault/common/rpc/index.ts';
 import {
   createClient as addClient,
   revokeClient,

@@ -9,7 +9,7 @@ import {
   inProcessPair,
   isRpcError,
   serve,
-} from '../../keyvault/rpc/index.ts';
+} from '../../keyvault/common/rpc/index.ts';
 import { EventHub, apiHandlers } from '../../endpoint/api/index.ts';
 import { type EndpointContract, endpointContract } from '../../endpoint/contract.ts';
 import { EndpointService } from '../../endpoint/service.ts';

@@ -5,7 +5,7 @@ import {
   type SpawnedGateway,
   openEventStream,
   spawnGateway,
-} from '../../endpoint/gateway/index.ts';
+} from '../../endpoint/untrusted/gateway/index.ts';
 import { CAPABILITIES, type Capability } from '../../policy/index.ts';
 import {
   type ClientSpec,

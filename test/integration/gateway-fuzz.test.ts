@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type SpawnedGateway, spawnGateway } from '../../endpoint/gateway/index.ts';
+import { type SpawnedGateway, spawnGateway } from '../../endpoint/untrusted/gateway/index.ts';
 import { createClient as addClient, verifyAuditLog } from '../../policy/index.ts';
 import {
   StockPeer,

@@ -7,7 +7,7 @@ import {
   type SpawnedGateway,
   openEventStream,
   spawnGateway,
-} from '../../endpoint/gateway/index.ts';
+} from '../../endpoint/untrusted/gateway/index.ts';
 import {
   StockPeer,
   type SynapseUser,

@@ -5,7 +5,7 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeFrame } from '../../keyvault/rpc/index.ts';
+import { encodeFrame } from '../../keyvault/common/rpc/index.ts';
 import { spawnVault } from '../../keyvault/spawn.ts';
 import { VaultCode } from '../../keyvault/vault.ts';
 import { isAlive, makeTempDir, repoRoot } from '../fixtures/process.ts';

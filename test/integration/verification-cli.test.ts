@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type SpawnedGateway, spawnGateway } from '../../endpoint/gateway/index.ts';
+import { type SpawnedGateway, spawnGateway } from '../../endpoint/untrusted/gateway/index.ts';
 import {
   type SasOutcome,
   StockPeer,
@@ -21,7 +21,7 @@ import { useFixture } from '../fixtures/lifecycle.ts';
 const synapse = useFixture(() => startSynapse());
 const tpm = useFixture(() => startSwtpm());
 
-const CLI = join(repoRoot, 'endpoint', 'verification', 'main.ts');
+const CLI = join(repoRoot, 'endpoint', 'untrusted', 'cli', 'verify.ts');
 let dir: string;
 let gateway: SpawnedGateway;
 let token: string;

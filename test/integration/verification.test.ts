@@ -7,7 +7,7 @@ import {
   inProcessPair,
   isRpcError,
   serve,
-} from '../../keyvault/rpc/index.ts';
+} from '../../keyvault/common/rpc/index.ts';
 import { EventHub, apiHandlers, streamInput } from '../../endpoint/api/index.ts';
 import {
   type EndpointContract,

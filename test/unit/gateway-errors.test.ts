@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { RpcError } from '../../keyvault/rpc/index.ts';
+import { RpcError } from '../../keyvault/common/rpc/index.ts';
 import { MAX_TOKEN_CHARS } from '../../endpoint/contract.ts';
-import { buildGateway } from '../../endpoint/gateway/index.ts';
+import { buildGateway } from '../../endpoint/untrusted/gateway/index.ts';
 import { type FakeEndpoint, TOKEN, bearer, fakeEndpoint } from './gateway-helpers.ts';
 
 let fake: FakeEndpoint | undefined;

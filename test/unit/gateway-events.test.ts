@@ -2,8 +2,12 @@ import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type StreamEvent } from '../../endpoint/contract.ts';
-import { type Limits, buildGateway, listenGateway } from '../../endpoint/gateway/index.ts';
-import { RpcError } from '../../keyvault/rpc/index.ts';
+import {
+  type Limits,
+  buildGateway,
+  listenGateway,
+} from '../../endpoint/untrusted/gateway/index.ts';
+import { RpcError } from '../../keyvault/common/rpc/index.ts';
 import {
   type EventStream,
   type GatewayTarget,

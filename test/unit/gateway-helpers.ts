@@ -9,7 +9,7 @@ import {
   createClient,
   inProcessPair,
   serve,
-} from '../../keyvault/rpc/index.ts';
+} from '../../keyvault/common/rpc/index.ts';
 import { type EndpointContract, endpointContract } from '../../endpoint/contract.ts';
 
 export const TOKEN = 'good-token_0123456789abcdefghijklmnopqrstuvw';

@@ -11,7 +11,7 @@ import {
   buildGateway,
   listenGateway,
   loadGatewayConfig,
-} from '../../endpoint/gateway/index.ts';
+} from '../../endpoint/untrusted/gateway/index.ts';
 import { gatewayRequest } from '../fixtures/gateway-client.ts';
 import { type FakeEndpoint, TOKEN, fakeEndpoint } from './gateway-helpers.ts';
 
@@ -189,11 +189,13 @@ describe('gateway config', () => {
 
 describe('the gateway command', () => {
   const run = promisify(execFile);
-  const main = join(import.meta.dirname, '../../endpoint/gateway/main.ts');
+  const main = join(import.meta.dirname, '../../endpoint/untrusted/gateway/main.ts');
 
   it('--help prints usage', async () => {
     const { stdout } = await run(process.execPath, [main, '--help']);
-    expect(stdout).toMatch(/^Usage: node endpoint\/gateway\/main\.ts serve --config FILE/);
+    expect(stdout).toMatch(
+      /^Usage: node endpoint\/untrusted\/gateway\/main\.ts serve --config FILE/,
+    );
   });
 
   it('usage and config errors are one line, exit 2 and 1', async () => {

@@ -1,9 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { openApiDocument } from '../../endpoint/gateway/index.ts';
-import { OPENAPI_PATH, renderOpenApi } from '../../endpoint/gateway/write-openapi.ts';
+import { openApiDocument } from '../../endpoint/untrusted/gateway/index.ts';
+import { OPENAPI_PATH, renderOpenApi } from '../../endpoint/untrusted/gateway/write-openapi.ts';
 import { bearer, fakeEndpoint } from './gateway-helpers.ts';
-import { buildGateway } from '../../endpoint/gateway/index.ts';
+import { buildGateway } from '../../endpoint/untrusted/gateway/index.ts';
 
 type Json = Record<string, unknown>;
 const doc = openApiDocument() as {

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MAX_BODY_CHARS, MAX_INVITES, MAX_PAGE } from '../../endpoint/contract.ts';
-import { buildGateway } from '../../endpoint/gateway/index.ts';
+import { buildGateway } from '../../endpoint/untrusted/gateway/index.ts';
 import { type FakeEndpoint, ROOM, TOKEN, bearer, fakeEndpoint } from './gateway-helpers.ts';
 
 let fake: FakeEndpoint;

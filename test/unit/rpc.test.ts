@@ -19,8 +19,8 @@ import {
   noParams,
   serve,
   socketChannel,
-} from '../../keyvault/rpc/index.ts';
-import { WRITE_BUFFER_LIMIT } from '../../keyvault/rpc/channel.ts';
+} from '../../keyvault/common/rpc/index.ts';
+import { WRITE_BUFFER_LIMIT } from '../../keyvault/common/rpc/channel.ts';
 
 const SECRET = 'hunter2-this-must-never-cross-the-channel';
 const MAX_FRAME = 64 * 1024;

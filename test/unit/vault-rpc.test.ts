@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type RemoteVault, vaultClient } from '../../keyvault/client.ts';
 import { openDevVault } from '../../keyvault/dev/index.ts';
 import { STATE_FILE } from '../../keyvault/dev/state.ts';
-import { type FrameChannel, RpcCode, inProcessPair } from '../../keyvault/rpc/index.ts';
+import { type FrameChannel, RpcCode, inProcessPair } from '../../keyvault/common/rpc/index.ts';
 import { serveVault } from '../../keyvault/server.ts';
 import {
   type SigningPurpose,

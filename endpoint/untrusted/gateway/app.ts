@@ -1,0 +1,74 @@
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { RpcClient } from '../../../keyvault/common/rpc/index.ts';
+import type { EndpointContract } from '../../contract.ts';
+import { GatewayError } from './errors.ts';
+import { endpointCalls } from './forward.ts';
+import { type Limits, resolveLimits } from './limits.ts';
+import { buildOpenApiDocument } from './openapi.ts';
+import { errorsPlugin, methodNotAllowed, sendError } from './plugins/errors.ts';
+import { headersPlugin } from './plugins/headers.ts';
+import { jsonBodyPlugin } from './plugins/json-body.ts';
+import type { GatewayContext } from './route.ts';
+import { eventsPlugin } from './routes/events.ts';
+import { allRoutes, jsonRoutesPlugin } from './routes/index.ts';
+import { openApiPlugin } from './routes/openapi.ts';
+import { contactRoutes } from './routes/contacts.ts';
+import { messageRoutes } from './routes/messages.ts';
+import { verificationRoutes } from './routes/verification.ts';
+import { roomRoutes } from './routes/rooms.ts';
+import { statusRoutes } from './routes/status.ts';
+import { Subscribers } from './sse.ts';
+
+export interface GatewayOptions {
+  endpoint: RpcClient<EndpointContract>;
+  limits?: Partial<Limits>;
+}
+
+/** The OpenAPI document the gateway serves (and endpoint/untrusted/gateway/openapi.json holds). */
+export function openApiDocument(): Record<string, unknown> {
+  return buildOpenApiDocument(allRoutes);
+}
+
+/**
+ * The gateway as a fastify app, not yet listening (see listenGateway). It holds no secret and
+ * decides nothing: each route validates its input against the endpoint contract's schemas and
+ * forwards one call, with the caller's token, to the endpoint, which authorises it.
+ */
+export function buildGateway(options: GatewayOptions): FastifyInstance {
+  const limits = resolveLimits(options.limits);
+  const app = Fastify({
+    // No logger at all: a request log would hold tokens (headers) or messages (bodies).
+    logger: false,
+    bodyLimit: limits.bodyLimitBytes,
+    routerOptions: { maxParamLength: limits.maxParamLength },
+    connectionTimeout: limits.idleTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    exposeHeadRoutes: false,
+    return503OnClosing: true,
+    forceCloseConnections: true,
+    // Ids are not a secret, but neither is there any need to trust client-chosen ones.
+    requestIdHeader: false,
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+    frameworkErrors: (_error, _request, reply) => {
+      void sendError(reply, new GatewayError(400, 'INVALID_REQUEST', 'The request is malformed.'));
+    },
+  });
+  app.server.maxConnections = limits.maxConnections;
+  app.server.headersTimeout = Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs);
+
+  const ctx: GatewayContext = { calls: endpointCalls(options.endpoint, limits), limits };
+  void app.register(errorsPlugin);
+  void app.register(headersPlugin);
+  void app.register(jsonBodyPlugin, { bodyLimit: limits.bodyLimitBytes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: statusRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: roomRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: messageRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: contactRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: verificationRoutes });
+  void app.register(eventsPlugin, { ctx, subscribers: new Subscribers(limits) });
+  void app.register(openApiPlugin, { document: openApiDocument() });
+  methodNotAllowed(app, allRoutes);
+  return app;
+}

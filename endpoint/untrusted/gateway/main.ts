@@ -1,0 +1,83 @@
+/**
+ * The gateway command: `node endpoint/untrusted/gateway/main.ts serve --config FILE`. Starts the
+ * endpoint compartment (which starts the vault), then serves the local API for UIs on a Unix
+ * socket (or loopback TCP). Stops both on SIGTERM/SIGINT; exits 1 if the endpoint dies.
+ *
+ * Output: one line `gateway: listening on <address>` on stderr when ready; errors are one line
+ * `gateway: <message>`. The endpoint's own stderr lines pass through. Requests are never logged.
+ */
+import { UsageError, parseCommandLine, runMain } from '../../../keyvault/common/cli-main.ts';
+import { spawnEndpoint } from '../../spawn.ts';
+import { buildGateway } from './app.ts';
+import { loadGatewayConfig } from './config.ts';
+import { checkListenConfig, listenGateway } from './listen.ts';
+
+const HELP = `Usage: node endpoint/untrusted/gateway/main.ts serve --config FILE
+
+The gateway: the only process untrusted UIs talk to. It starts the endpoint compartment
+(from the config's "endpointConfig"), then serves the local HTTP API (see
+endpoint/untrusted/gateway/README.md and GET /v1/openapi.json) on a Unix socket (mode 0600, or 0660
+for "socketGroup") or, when configured, on loopback TCP. It holds no secret: every request's
+bearer token goes to the endpoint, which decides.
+
+Options:
+  --config FILE  the gateway config (JSON; see endpoint/untrusted/gateway/config.ts)
+  -h, --help     this help
+
+Exit status: 0 stopped by SIGTERM/SIGINT, 1 failure (or the endpoint exited), 2 usage error.
+`;
+
+async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommandLine(argv, {
+    config: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  });
+  const [command, ...extra] = positionals;
+  if (values.help || command === 'help') {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (command === undefined) throw new UsageError('no command given (try --help)');
+  if (command !== 'serve') {
+    const shown = /^[a-z][a-z-]{0,19}$/.test(command) ? ` "${command}"` : '';
+    throw new UsageError(`unknown command${shown} (commands: serve)`);
+  }
+  if (extra.length > 0) throw new UsageError('serve: unexpected extra arguments');
+  if (values.config === undefined) throw new UsageError('serve: --config FILE is required');
+  return serve(values.config);
+}
+
+async function serve(configPath: string): Promise<number> {
+  const config = await loadGatewayConfig(configPath);
+  // Fail before starting the endpoint (and its vault) when we could never listen.
+  await checkListenConfig(config.listen);
+  let stopSignal: (() => void) | undefined;
+  const signalled = new Promise<void>((resolve) => (stopSignal = resolve));
+  const onSignal = () => {
+    stopSignal?.();
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+
+  const endpoint = await spawnEndpoint(config.endpointConfig, {
+    onStderr: (line) => process.stderr.write(`${line}\n`),
+  });
+  const app = buildGateway({ endpoint: endpoint.client, limits: config.limits });
+  try {
+    const listening = await listenGateway(app, config.listen);
+    process.stderr.write(`gateway: listening on ${listening.address}\n`);
+    const outcome = await Promise.race([
+      signalled.then(() => 'signal' as const),
+      endpoint.exited.then((code) => code),
+    ]);
+    if (outcome !== 'signal') {
+      throw new Error(`the endpoint exited (${String(outcome)}); stopping`);
+    }
+    return 0;
+  } finally {
+    await app.close().catch(() => undefined);
+    await endpoint.stop();
+  }
+}
+
+runMain('gateway', run);
