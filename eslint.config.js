@@ -2,6 +2,7 @@
 // code that juggles sockets, child processes and untrusted input.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import { boundaries } from './eslint.boundaries.js';
 
 export default tseslint.config(
   { ignores: ['node_modules/', '.tools/'] },
@@ -16,6 +17,7 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
     },
   },
+  ...boundaries,
   {
     files: ['**/*.js'],
     ...tseslint.configs.disableTypeChecked,

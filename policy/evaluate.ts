@@ -3,7 +3,7 @@ import type {
   DecryptionTrust,
   SharingStrategy,
   TrustSettings,
-} from '../endpoint/crypto/settings.ts';
+} from './trust.ts';
 import type { PolicyHolder } from './load.ts';
 import {
   type Capability,

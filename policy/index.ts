@@ -80,3 +80,4 @@ export type {
   CreatedClient,
   TokenErrorCode,
 } from './tokens.ts';
+export type { DecryptionTrust, SharingStrategy, TrustSettings } from './trust.ts';

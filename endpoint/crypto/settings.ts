@@ -4,6 +4,9 @@ import {
   EncryptionSettings,
   TrustRequirement,
 } from '@matrix-org/matrix-sdk-crypto-wasm';
+import type { TrustSettings } from '../../policy/trust.ts';
+
+export type { DecryptionTrust, SharingStrategy, TrustSettings } from '../../policy/trust.ts';
 
 /**
  * Who gets room keys and whose messages we decrypt. The default is MSC4153 ("exclude insecure
@@ -11,14 +14,6 @@ import {
  * identity, and messages only from cross-signed (or legacy, never cross-signed) senders.
  * Issue 5's policy replaces these per room; the strategy names are the policy's vocabulary.
  */
-export type SharingStrategy = 'identity-based' | 'verified-devices-only' | 'all-devices';
-export type DecryptionTrust = 'cross-signed-or-legacy' | 'cross-signed' | 'untrusted';
-
-export interface TrustSettings {
-  sharing: SharingStrategy;
-  decryption: DecryptionTrust;
-}
-
 export const DEFAULT_TRUST: TrustSettings = {
   sharing: 'identity-based',
   decryption: 'cross-signed-or-legacy',

@@ -1,20 +1,28 @@
 import { open } from 'node:fs/promises';
-import type { SecretSource } from '../config.ts';
-import { VaultCode, VaultError } from '../vault.ts';
+
+/** Where a PIN, auth value or password comes from: a file or an environment variable. */
+export type SecretSource = { file: string } | { env: string };
+
+/** A secret that cannot be read; the message names where it was looked for, never a value. */
+export class SecretError extends Error {
+  override name = 'SecretError';
+  readonly code = 'SECRET';
+}
 
 /**
  * Reads a PIN or auth value from a file (which must not be readable by group or others) or an
  * environment variable. Errors name where it was looked for, never what was found.
  * The caller owns the returned buffer and should zeroise it (`buf.fill(0)`) when done.
  */
-export async function readSecret(source: SecretSource, what: string): Promise<Buffer> {
+export async function readSecret(
+  source: SecretSource,
+  what: string,
+  fail: (message: string) => Error = (message) => new SecretError(message),
+): Promise<Buffer> {
   if ('env' in source) {
     const value = process.env[source.env];
     if (value === undefined || value === '') {
-      throw new VaultError(
-        VaultCode.Config,
-        `${what}: environment variable ${source.env} is not set`,
-      );
+      throw fail(`${what}: environment variable ${source.env} is not set`);
     }
     return Buffer.from(value.replace(/\r?\n$/, ''), 'utf8');
   }
@@ -23,17 +31,16 @@ export async function readSecret(source: SecretSource, what: string): Promise<Bu
   try {
     handle = await open(source.file, 'r');
   } catch {
-    throw new VaultError(VaultCode.Config, `${what}: cannot read ${source.file}`);
+    throw fail(`${what}: cannot read ${source.file}`);
   }
   let raw: Buffer;
   try {
     const info = await handle.stat();
     if (typeof process.getuid === 'function' && info.uid !== process.getuid()) {
-      throw new VaultError(VaultCode.Config, `${what}: ${source.file} belongs to another user`);
+      throw fail(`${what}: ${source.file} belongs to another user`);
     }
     if ((info.mode & 0o077) !== 0) {
-      throw new VaultError(
-        VaultCode.Config,
+      throw fail(
         `${what}: ${source.file} is readable by other users (mode ${(info.mode & 0o777).toString(8)}); chmod 600 it`,
       );
     }
@@ -46,7 +53,6 @@ export async function readSecret(source: SecretSource, what: string): Promise<Bu
   while (end > 0 && (raw[end - 1] === 0x0a || raw[end - 1] === 0x0d)) end--;
   const secret = Buffer.from(raw.subarray(0, end));
   raw.fill(0);
-  if (secret.length === 0)
-    throw new VaultError(VaultCode.Config, `${what}: ${source.file} is empty`);
+  if (secret.length === 0) throw fail(`${what}: ${source.file} is empty`);
   return secret;
 }

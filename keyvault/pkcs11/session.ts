@@ -271,7 +271,11 @@ async function openAndLogin(p11: PKCS11, slot: Handle, config: Pkcs11Config): Pr
       'the token allows one more PIN attempt; the vault will not spend it automatically: check the PIN, then log in once by hand (e.g. pkcs11-tool --login) to reset the counter',
     );
   }
-  const pin = await readSecret(config.pin, 'PKCS#11 user PIN');
+  const pin = await readSecret(
+    config.pin,
+    'PKCS#11 user PIN',
+    (m) => new VaultError(VaultCode.Config, m),
+  );
   try {
     const session = guard('opening a session', () =>
       p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION),
