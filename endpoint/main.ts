@@ -11,6 +11,7 @@ import { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { readSecret } from '../keyvault/common/secret.ts';
+import { type RemoteVault, vaultClient } from '../keyvault/client.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/common/rpc/index.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
@@ -20,9 +21,10 @@ import { loadEndpointConfig } from './config.ts';
 import { loadX509Material } from './crypto/x509.ts';
 import { EndpointService } from './service.ts';
 
-const usage = `Usage: node endpoint/main.ts serve --config FILE
+const usage = `Usage: node endpoint/main.ts serve --config FILE [--vault-fd N]
 
-Runs the endpoint compartment: launches the vault, opens the sealed store, syncs with the
+Runs the endpoint compartment: launches the vault (or, with --vault-fd, uses the vault channel
+the launcher passed on that descriptor), opens the sealed store, syncs with the
 homeserver, and serves the endpoint contract on file descriptor 3. The password comes from the
 file or environment variable the config names, never from argv. The policy file is reloaded
 when it changes (or on SIGHUP); an invalid edit is refused and the last valid policy stays.`;
@@ -33,7 +35,11 @@ const MAX_IN_FLIGHT = 256;
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { config: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      config: { type: 'string' },
+      'vault-fd': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
     allowPositionals: true,
   });
   if (values.help) {
@@ -44,14 +50,12 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${usage}\n`);
     return 2;
   }
-  let isSocket = false;
-  try {
-    isSocket = fstatSync(3).isSocket();
-  } catch {
-    // reported below
-  }
-  if (!isSocket)
+  if (!isSocketFd(3))
     throw new Error('serve needs its channel on file descriptor 3; it listens on nothing itself');
+  const vaultFd = values['vault-fd'] === undefined ? undefined : Number(values['vault-fd']);
+  if (vaultFd !== undefined && !(Number.isInteger(vaultFd) && vaultFd > 3 && isSocketFd(vaultFd))) {
+    throw new Error(`--vault-fd ${values['vault-fd'] ?? ''}: not a socket passed by the launcher`);
+  }
 
   const config = await loadEndpointConfig(values.config);
   const log = {
@@ -76,7 +80,10 @@ async function main(argv: string[]): Promise<number> {
   // Read before the vault starts: a missing or unusable certificate fails in one line.
   const x509 = config.x509 && (await loadX509Material(config.x509));
   const password = await readSecret(config.password, 'password');
-  const vault = await spawnVault(config.vaultConfig);
+  // Launched (deploy/launch.ts): the vault runs in its own sandbox and its channel is ours on
+  // vaultFd. Otherwise we start it as our child (development, tests).
+  const vault =
+    vaultFd === undefined ? await spawnVault(config.vaultConfig) : await launchedVault(vaultFd);
   let service: EndpointService;
   try {
     service = await EndpointService.start({
@@ -159,6 +166,21 @@ async function main(argv: string[]): Promise<number> {
   await vault.stop();
   await audit.close();
   return 0;
+}
+
+function isSocketFd(fd: number): boolean {
+  try {
+    return fstatSync(fd).isSocket();
+  } catch {
+    return false;
+  }
+}
+
+async function launchedVault(fd: number): Promise<{ vault: RemoteVault; stop(): Promise<void> }> {
+  const vault = await vaultClient(
+    socketChannel(new Socket({ fd, readable: true, writable: true })),
+  );
+  return { vault, stop: () => vault.close() };
 }
 
 const auditHead = z.object({ seq: z.number().int().min(0), hash: z.string() });

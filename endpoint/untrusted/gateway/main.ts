@@ -7,12 +7,16 @@
  * `gateway: <message>`. The endpoint's own stderr lines pass through. Requests are never logged.
  */
 import { UsageError, parseCommandLine, runMain } from '../../../keyvault/common/cli-main.ts';
-import { spawnEndpoint } from '../../spawn.ts';
+import { fstatSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { type RpcClient, createClient, socketChannel } from '../../../keyvault/common/rpc/index.ts';
+import { type EndpointContract, endpointContract } from '../../contract.ts';
+import { spawnEndpoint, waitReady } from '../../spawn.ts';
 import { buildGateway } from './app.ts';
 import { loadGatewayConfig } from './config.ts';
 import { checkListenConfig, listenGateway } from './listen.ts';
 
-const HELP = `Usage: node endpoint/untrusted/gateway/main.ts serve --config FILE
+const HELP = `Usage: node endpoint/untrusted/gateway/main.ts serve --config FILE [--endpoint-fd N]
 
 The gateway: the only process untrusted UIs talk to. It starts the endpoint compartment
 (from the config's "endpointConfig"), then serves the local HTTP API (see
@@ -21,8 +25,10 @@ for "socketGroup") or, when configured, on loopback TCP. It holds no secret: eve
 bearer token goes to the endpoint, which decides.
 
 Options:
-  --config FILE  the gateway config (JSON; see endpoint/untrusted/gateway/config.ts)
-  -h, --help     this help
+  --config FILE     the gateway config (JSON; see endpoint/untrusted/gateway/config.ts)
+  --endpoint-fd N   use the endpoint channel the launcher (deploy/launch.ts) passed on fd N
+                    instead of starting the endpoint ("endpointConfig" is then not used)
+  -h, --help        this help
 
 Exit status: 0 stopped by SIGTERM/SIGINT, 1 failure (or the endpoint exited), 2 usage error.
 `;
@@ -30,6 +36,7 @@ Exit status: 0 stopped by SIGTERM/SIGINT, 1 failure (or the endpoint exited), 2 
 async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseCommandLine(argv, {
     config: { type: 'string' },
+    'endpoint-fd': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   });
   const [command, ...extra] = positionals;
@@ -44,10 +51,49 @@ async function run(argv: string[]): Promise<number> {
   }
   if (extra.length > 0) throw new UsageError('serve: unexpected extra arguments');
   if (values.config === undefined) throw new UsageError('serve: --config FILE is required');
-  return serve(values.config);
+  const fdText = values['endpoint-fd'];
+  const fd = fdText === undefined ? undefined : Number(fdText);
+  if (fd !== undefined && !(Number.isInteger(fd) && fd >= 3 && isSocketFd(fd))) {
+    throw new UsageError(
+      `serve: --endpoint-fd ${fdText ?? ''} is not a socket passed by the launcher`,
+    );
+  }
+  return serve(values.config, fd);
 }
 
-async function serve(configPath: string): Promise<number> {
+function isSocketFd(fd: number): boolean {
+  try {
+    return fstatSync(fd).isSocket();
+  } catch {
+    return false;
+  }
+}
+
+/** The endpoint's channel as the launcher passed it: no child of ours, it ends when the channel does. */
+async function launchedEndpoint(fd: number): Promise<Endpoint> {
+  const socket = new Socket({ fd, readable: true, writable: true });
+  const exited = new Promise<string>((resolve) =>
+    socket.once('close', () => {
+      resolve('channel closed');
+    }),
+  );
+  const client = createClient(socketChannel(socket), endpointContract, { timeoutMs: 60_000 });
+  const stop = (): Promise<void> => {
+    client.close();
+    socket.destroy();
+    return Promise.resolve();
+  };
+  await waitReady(client, exited, stop, () => '');
+  return { client, exited, stop };
+}
+
+interface Endpoint {
+  client: RpcClient<EndpointContract>;
+  exited: Promise<number | string>;
+  stop(): Promise<void>;
+}
+
+async function serve(configPath: string, endpointFd?: number): Promise<number> {
   const config = await loadGatewayConfig(configPath);
   // Fail before starting the endpoint (and its vault) when we could never listen.
   await checkListenConfig(config.listen);
@@ -59,9 +105,12 @@ async function serve(configPath: string): Promise<number> {
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
 
-  const endpoint = await spawnEndpoint(config.endpointConfig, {
-    onStderr: (line) => process.stderr.write(`${line}\n`),
-  });
+  const endpoint: Endpoint =
+    endpointFd === undefined
+      ? await spawnEndpoint(config.endpointConfig, {
+          onStderr: (line) => process.stderr.write(`${line}\n`),
+        })
+      : await launchedEndpoint(endpointFd);
   const app = buildGateway({ endpoint: endpoint.client, limits: config.limits });
   try {
     const listening = await listenGateway(app, config.listen);
