@@ -9,6 +9,7 @@
 #   schemathesis     the local API's fuzzer, a venv of its own in .tools/fuzz-venv, pinned by
 #                    deploy/fuzz-requirements.txt (Python 3.11 or newer)
 #   npm ci           the locked dependencies, rebuilt only when package-lock.json changes
+#   users            mte-vault, mte-endpoint, mte-gateway (as root): one per compartment
 #
 # Everything fetched is pinned (Node and npm by their registry integrity hash). It writes
 # .tools/env, which the demo and test scripts source to use what it chose.
@@ -54,6 +55,19 @@ if ((${#missing[@]})); then
       "${missing[@]}"; } >"$TOOLS/apt.log" 2>&1; then
     die "apt-get could not install ${missing[*]} (details in .tools/apt.log)"
   fi
+fi
+
+# --- compartment users ----------------------------------------------------------------------
+# One system user per compartment (deploy/compartments.json), no home, no login: the launcher
+# runs each compartment as its own user. Only as root; the launcher says what is missing else.
+COMPARTMENT_USERS=$(sed -n 's/^ *"user": *"\([a-z_][a-z0-9_-]*\)".*/\1/p' "$ROOT/deploy/compartments.json")
+if [ "$(id -u)" -eq 0 ]; then
+  for user in $COMPARTMENT_USERS; do
+    id -u "$user" >/dev/null 2>&1 && continue
+    say "creating the compartment user $user"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user" ||
+      die "could not create the user $user (useradd)"
+  done
 fi
 
 # --- Node.js 24 -----------------------------------------------------------------------------

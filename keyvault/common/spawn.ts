@@ -18,7 +18,7 @@ export interface SpawnOptions {
    * returned in `channels`; a Socket or fd number is passed through as it is (the launcher
    * hands one end of a socketpair made for two other compartments this way).
    */
-  fds?: readonly ('pipe' | Socket | number)[];
+  fds?: readonly ('pipe' | 'ignore' | Socket | number)[];
   /** Whole stderr lines. Without it, lines pass through to our stderr. */
   onStderr?: (line: string) => void;
   /** Where the child's stdout goes (default: nowhere). */
