@@ -83,6 +83,18 @@ function uiCompartment(m: Manifest): string {
   return ui.compartment;
 }
 
+/** Every compartment's write dirs, prepared as at launch (for provisioning before it). */
+export async function prepareCompartmentDirs(
+  m: Manifest,
+  where: Placeholders,
+  host: Host,
+): Promise<void> {
+  for (const c of m.compartments) {
+    await checkPaths(c, where);
+    await prepareWriteDirs(c, where, host);
+  }
+}
+
 /** Write dirs: made if missing, owned by the compartment's user, 0700; never a symlink. */
 async function prepareWriteDirs(c: Compartment, where: Placeholders, host: Host): Promise<void> {
   const ids = host.users.get(c.user);
@@ -150,10 +162,7 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
     );
   }
   for (const line of missing) say(`WEAKER: ${line}`);
-  for (const c of m.compartments) {
-    await checkPaths(c, where);
-    await prepareWriteDirs(c, where, host);
-  }
+  await prepareCompartmentDirs(m, where, host);
   const uiName = uiCompartment(m);
 
   const startOnce = async (): Promise<Running> => {
