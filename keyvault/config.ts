@@ -23,9 +23,15 @@ export const tpmConfig = z
       z.object({ device: z.string().min(1) }).strict(),
       z
         .object({
-          swtpm: z
-            .object({ host: z.string(), port: z.number().int(), ctrlPort: z.number().int() })
-            .strict(),
+          swtpm: z.union([
+            z
+              .object({ host: z.string(), port: z.number().int(), ctrlPort: z.number().int() })
+              .strict(),
+            // Unix sockets (swtpm --server type=unixio): absolute paths.
+            z
+              .object({ path: z.string().startsWith('/'), ctrlPath: z.string().startsWith('/') })
+              .strict(),
+          ]),
         })
         .strict(),
     ]),

@@ -1,22 +1,16 @@
-import { stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  type SpawnedGateway,
-  openEventStream,
-  spawnGateway,
-} from '../../endpoint/untrusted/gateway/index.ts';
+import { type SpawnedGateway, openEventStream } from '../../endpoint/untrusted/gateway/index.ts';
 import { CAPABILITIES, type Capability } from '../../policy/index.ts';
 import {
   type ClientSpec,
   StockPeer,
   type SynapseUser,
-  makeTempDir,
-  prepareCompartments,
   startSwtpm,
   startSynapse,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { type LaunchedStack, startStack, vaultUser } from '../fixtures/stack.ts';
 
 // The capability matrix, over HTTP through the real gateway, endpoint and vault processes:
 // every route, called by a client holding exactly one capability and by one holding all but
@@ -24,7 +18,7 @@ import { useFixture } from '../fixtures/lifecycle.ts';
 // holds its capability (status: any valid token), and refused with 403 FORBIDDEN_CAPABILITY
 // otherwise, never with a 5xx.
 const synapse = useFixture(() => startSynapse());
-const tpm = useFixture(() => startSwtpm());
+const tpm = useFixture(async () => startSwtpm({ unix: true, accessibleTo: await vaultUser() }));
 
 /** The capabilities that have routes today; attestation comes with its issue. */
 const ROUTED: readonly Capability[] = CAPABILITIES.filter((c) => c !== 'attestation');
@@ -38,14 +32,13 @@ interface Route {
   allowed: number[];
 }
 
-let dir: string;
+let stack: LaunchedStack;
 let gateway: SpawnedGateway;
 let tokens: Record<string, string>;
 let alice: SynapseUser;
 let bob: StockPeer;
 let carol: SynapseUser;
 let room: string;
-const stderr: string[] = [];
 
 const clients: ClientSpec[] = [
   { name: 'admin', capabilities: CAPABILITIES, requestsPerMinute: 60_000 },
@@ -62,22 +55,19 @@ const clients: ClientSpec[] = [
 ];
 
 beforeAll(async () => {
-  dir = await makeTempDir('gateway-capabilities');
   alice = await synapse().registerUser('alice');
   carol = await synapse().registerUser('carol');
   const bobUser = await synapse().registerUser('bob');
   bob = await StockPeer.start(synapse().baseUrl, bobUser);
   await bob.bootstrapCrossSigning(bobUser.password);
-  const prepared = await prepareCompartments(dir, {
+  stack = await startStack({
     homeserver: synapse().baseUrl,
     tpm: tpm(),
     user: alice,
     clients,
   });
-  tokens = prepared.tokens;
-  const config = join(dir, 'gateway.json');
-  await writeFile(config, JSON.stringify({ socket: 'gw.sock', endpointConfig: 'endpoint.json' }));
-  gateway = await spawnGateway(config, { onStderr: (l) => stderr.push(l) });
+  tokens = stack.tokens;
+  gateway = stack.gateway;
   const created = await gateway.request('/v1/rooms', {
     method: 'POST',
     token: tokens.admin ?? '',
@@ -91,7 +81,7 @@ beforeAll(async () => {
 }, 240_000);
 
 afterAll(async () => {
-  await gateway.stop();
+  await stack.stop();
   await bob.stop();
 });
 
@@ -266,6 +256,6 @@ describe('the capability matrix (every route x every capability set)', () => {
   });
 
   it('nothing reached the logs as an internal error', () => {
-    expect(stderr.filter((l) => /internal error|INTERNAL/.test(l))).toEqual([]);
+    expect(stack.lines.filter((l) => /internal error|INTERNAL/.test(l))).toEqual([]);
   });
 });

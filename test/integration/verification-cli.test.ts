@@ -1,29 +1,29 @@
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type SpawnedGateway, spawnGateway } from '../../endpoint/untrusted/gateway/index.ts';
 import {
   type SasOutcome,
   StockPeer,
   type SynapseUser,
-  makeTempDir,
-  prepareCompartments,
   repoRoot,
   startSwtpm,
   startSynapse,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { type LaunchedStack, startStack, vaultUser } from '../fixtures/stack.ts';
 
 // The verification CLI, as a headless user runs it: a separate process talking to the real
 // gateway's socket, in front of the real endpoint and vault processes, verifying stock
-// matrix-js-sdk peers. The user's answer to "do the emoji match?" comes on stdin.
+// matrix-js-sdk peers. The user's answer to "do the emoji match?" comes on stdin. The stack
+// is started by the launcher, each compartment in its own sandbox, as deployed.
 const synapse = useFixture(() => startSynapse());
-const tpm = useFixture(() => startSwtpm());
+const tpm = useFixture(async () => startSwtpm({ unix: true, accessibleTo: await vaultUser() }));
 
 const CLI = join(repoRoot, 'endpoint', 'untrusted', 'cli', 'verify.ts');
-let dir: string;
-let gateway: SpawnedGateway;
+let stack: LaunchedStack;
+const gateway = {
+  request: (...a: Parameters<LaunchedStack['gateway']['request']>) => stack.gateway.request(...a),
+};
 let token: string;
 let readerToken: string;
 let alice: SynapseUser;
@@ -38,10 +38,14 @@ interface Run {
 
 function cli(args: string[], options: { answer?: string; token?: string } = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, '--socket', join(dir, 'gw.sock'), ...args], {
-      env: { ...process.env, MTE_TOKEN: options.token ?? token },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [CLI, '--socket', stack.gateway.socketPath ?? '', ...args],
+      {
+        env: { ...process.env, MTE_TOKEN: options.token ?? token },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -86,9 +90,8 @@ function emojiNames(run: Run): string[] {
 }
 
 beforeAll(async () => {
-  dir = await makeTempDir('verification-cli');
   alice = await synapse().registerUser('alice');
-  const prepared = await prepareCompartments(dir, {
+  stack = await startStack({
     homeserver: synapse().baseUrl,
     tpm: tpm(),
     user: alice,
@@ -101,17 +104,14 @@ beforeAll(async () => {
       { name: 'reader', capabilities: ['contacts.read'], requestsPerMinute: 60_000 },
     ],
   });
-  token = prepared.tokens.cli ?? '';
-  readerToken = prepared.tokens.reader ?? '';
-  const config = join(dir, 'gateway.json');
-  await writeFile(config, JSON.stringify({ socket: 'gw.sock', endpointConfig: 'endpoint.json' }));
-  gateway = await spawnGateway(config);
+  token = stack.tokens.cli ?? '';
+  readerToken = stack.tokens.reader ?? '';
   const status = await gateway.request('/v1/status', { token });
   ourDevice = (status.json() as { deviceId: string }).deviceId;
 }, 240_000);
 
 afterAll(async () => {
-  await gateway.stop();
+  await stack.stop();
   for (const peer of peers) await peer.stop();
 });
 

@@ -11,10 +11,35 @@ import {
  * a control channel (swtpm's CMD_* protocol: a big-endian u32 command, a u32 result first in
  * the reply). Commands are serialised: a TPM handles one at a time.
  */
-export interface SwtpmAddress {
-  host: string;
-  port: number;
-  ctrlPort: number;
+/**
+ * TCP ports (data P, control P+1, as tpm2-tools assume), or Unix sockets: a vault in a network
+ * namespace without network (the launcher's sandbox) reaches swtpm only through those.
+ */
+export type SwtpmAddress =
+  { host: string; port: number; ctrlPort: number } | { path: string; ctrlPath: string };
+
+type Endpoint = { host: string; port: number } | { path: string };
+
+function endpoints(address: SwtpmAddress): {
+  data: Endpoint;
+  ctrl: Endpoint;
+  name: string;
+  ctrlName: string;
+} {
+  if ('path' in address) {
+    return {
+      data: { path: address.path },
+      ctrl: { path: address.ctrlPath },
+      name: address.path,
+      ctrlName: address.ctrlPath,
+    };
+  }
+  return {
+    data: { host: address.host, port: address.port },
+    ctrl: { host: address.host, port: address.ctrlPort },
+    name: `${address.host}:${address.port}`,
+    ctrlName: `${address.host}:${address.ctrlPort}`,
+  };
 }
 
 export const SwtpmControl = {
@@ -33,8 +58,9 @@ export async function connectSwtpm(
   options: { timeoutMs?: number } = {},
 ): Promise<SwtpmTransport> {
   const timeoutMs = options.timeoutMs ?? 30_000;
-  const description = `swtpm ${address.host}:${address.port}`;
-  const socket = await open(address.host, address.port, description, timeoutMs);
+  const where = endpoints(address);
+  const description = `swtpm ${where.name}`;
+  const socket = await open(where.data, description, timeoutMs);
   let queue: Promise<unknown> = Promise.resolve();
   let closed = false;
 
@@ -117,12 +143,7 @@ export async function connectSwtpm(
       return next;
     },
     async control(command, payload = new Uint8Array()) {
-      const ctrl = await open(
-        address.host,
-        address.ctrlPort,
-        `swtpm control ${address.host}:${address.ctrlPort}`,
-        timeoutMs,
-      );
+      const ctrl = await open(where.ctrl, `swtpm control ${where.ctrlName}`, timeoutMs);
       try {
         const request = Buffer.alloc(4 + payload.length);
         request.writeUInt32BE(command, 0);
@@ -150,9 +171,9 @@ export async function connectSwtpm(
   };
 }
 
-function open(host: string, port: number, description: string, timeoutMs: number): Promise<Socket> {
+function open(target: Endpoint, description: string, timeoutMs: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = createConnection({ host, port, timeout: timeoutMs });
+    const socket = createConnection({ ...target, timeout: timeoutMs });
     socket.once('connect', () => {
       socket.setTimeout(0);
       socket.off('error', onError);
