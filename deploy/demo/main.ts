@@ -20,7 +20,6 @@ import {
   type SpawnedGateway,
   type SseEvent,
   openEventStream,
-  spawnGateway,
 } from '../../endpoint/untrusted/gateway/index.ts';
 import { verifyAuditLog } from '../../policy/index.ts';
 import {
@@ -28,10 +27,15 @@ import {
   StockPeer,
   type Swtpm,
   type Synapse,
-  prepareCompartments,
   startSwtpm,
   startSynapse,
 } from '../../test/fixtures/index.ts';
+import {
+  type PreparedStack,
+  launchStack,
+  prepareStack,
+  vaultUser,
+} from '../../test/fixtures/stack.ts';
 
 const run = promisify(execFile);
 const x509Tool = join(import.meta.dirname, '..', 'x509', 'main.ts');
@@ -200,10 +204,19 @@ async function main(): Promise<number> {
     let token = '';
     let botToken = '';
     let auditLog = '';
+    let prepared: PreparedStack | undefined;
+    const stackOf = (): PreparedStack => {
+      if (!prepared) throw new Error('the deployment tree is not prepared');
+      return prepared;
+    };
     const tpm = await step<Swtpm>('TPM 2.0 (swtpm) and the keyvault on it', async () => {
-      const t = await startSwtpm();
+      const asRoot = process.getuid?.() === 0;
+      const t = await startSwtpm({
+        unix: true,
+        ...(asRoot ? { accessibleTo: await vaultUser() } : {}),
+      });
       stops.push(() => t.stop());
-      const prepared = await prepareCompartments(dir, {
+      prepared = await prepareStack({
         homeserver: synapse.baseUrl,
         tpm: t,
         user: alice,
@@ -223,9 +236,9 @@ async function main(): Promise<number> {
           { name: 'alert-bot', capabilities: ['messages.send'], requestsPerMinute: 30 },
         ],
       });
-      const { provisioned } = prepared;
-      token = prepared.tokens['demo-ui'] ?? '';
-      botToken = prepared.tokens['alert-bot'] ?? '';
+      const { provisioned, tokens } = prepared;
+      token = tokens['demo-ui'] ?? '';
+      botToken = tokens['alert-bot'] ?? '';
       auditLog = prepared.auditLog;
       return [
         t,
@@ -256,7 +269,7 @@ async function main(): Promise<number> {
           '--ca-key',
           'ca.key',
           '--vault-config',
-          'vault.json',
+          stackOf().vaultConfig,
           '--out',
           'alice',
         );
@@ -271,7 +284,14 @@ async function main(): Promise<number> {
           '--out',
           'carol',
         );
-        const endpointConfig = join(dir, 'endpoint.json');
+        // Into the endpoint's own config folder: the launched endpoint sees nothing else.
+        const endpointDir = stackOf().configDir('endpoint');
+        for (const name of ['ca.pem', 'alice.chain.pem']) {
+          await writeFile(join(endpointDir, name), await readFile(join(dir, name)), {
+            mode: 0o600,
+          });
+        }
+        const endpointConfig = stackOf().endpointConfig;
         const config = JSON.parse(await readFile(endpointConfig, 'utf8')) as Record<
           string,
           unknown
@@ -297,15 +317,19 @@ async function main(): Promise<number> {
 
     let ourDevice = '';
     const gateway = await step<SpawnedGateway>(
-      'Gateway, endpoint and vault compartments (three processes)',
+      'Gateway, endpoint and vault compartments, started by the launcher',
       async () => {
-        const config = join(dir, 'gateway.json');
-        await writeFile(
-          config,
-          JSON.stringify({ socket: 'api.sock', endpointConfig: 'endpoint.json' }),
+        const launched = await launchStack(stackOf());
+        stops.push(() => launched.stop());
+        const g = launched.gateway;
+        const weaker = [...launched.stack.protections.values()]
+          .flat()
+          .filter((p) => !p.ok && p.name !== 'network limited to the homeserver');
+        say(
+          weaker.length === 0
+            ? '    each as its own user, in its own namespaces (no network for vault and gateway), Node permissions on'
+            : `    WEAKER isolation here: ${weaker.map((p) => p.name).join('; ')}`,
         );
-        const g = await spawnGateway(config);
-        stops.push(() => g.stop());
         const res = await g.request('/v1/status', { token });
         const status = res.json() as { userId: string; deviceId: string };
         ourDevice = status.deviceId;
