@@ -33,6 +33,7 @@ import {
   repoRoot,
   startSwtpm,
   startSynapse,
+  waitUntil,
 } from '../fixtures/index.ts';
 import {
   type HistoryResult,
@@ -90,13 +91,8 @@ function quantile(samples: number[], q: number): number {
 }
 const median = (samples: number[]): number => quantile(samples, 0.5);
 
-async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms = 60_000) {
-  const deadline = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
+/** For waitUntil: an error from a condition ends the run at once. */
+const poll = { timeoutMs: 60_000, intervalMs: 100, failOnError: true };
 
 // --- child processes (test/bench/endpoint-child.ts) -------------------------------------------
 
@@ -335,8 +331,10 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
       erinChild.next('joined', 120_000),
     ]);
     for (const u of [alice, carol, dave, erin]) await bobPeer.waitForMember(roomId, u.userId);
-    await waitFor('encryption in the stock sender', () =>
-      bobPeer.crypto.isEncryptionEnabledInRoom(roomId),
+    await waitUntil(
+      'encryption in the stock sender',
+      () => bobPeer.crypto.isEncryptionEnabledInRoom(roomId),
+      poll,
     );
 
     // 1. The history: a stock peer sends it, everyone receives it (and its keys) by sync.
@@ -359,8 +357,11 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
     const carolCount = (): number =>
       carolPeer.messages.filter((m) => m.roomId === roomId && historyIndex(m.body) !== undefined)
         .length;
-    await waitFor('carol to receive the history', () => carolCount() >= EVENTS, 120_000);
-    await waitFor('alice to receive the history', () => live.size >= EVENTS, 60_000).catch(
+    await waitUntil('carol to receive the history', () => carolCount() >= EVENTS, {
+      ...poll,
+      timeoutMs: 120_000,
+    });
+    await waitUntil('alice to receive the history', () => live.size >= EVENTS, poll).catch(
       () => undefined, // checked below, through /messages
     );
     off();
@@ -376,14 +377,15 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
 
     progress('1. decrypting the history, both sides (one check pass, then timed passes)');
     const check = async (name: string, run: () => Promise<HistoryResult>): Promise<void> => {
-      const deadline = Date.now() + 30_000;
-      for (;;) {
-        const r = await run();
-        if (r.decrypted.size === EVENTS) return;
-        if (Date.now() > deadline)
-          throw new Error(`${name} decrypted ${r.decrypted.size} of ${EVENTS} history events`);
-        await sleep(1000);
-      }
+      let decrypted = 0;
+      await waitUntil(
+        () => `${name} to decrypt the history (decrypted ${decrypted} of ${EVENTS} events)`,
+        async () => {
+          decrypted = (await run()).decrypted.size;
+          return decrypted === EVENTS;
+        },
+        { ...poll, timeoutMs: 30_000, intervalMs: 1000 },
+      );
     };
     const oursRun = (): Promise<HistoryResult> => ourHistory(ours, roomId);
     const stockRun = (): Promise<HistoryResult> =>
@@ -415,11 +417,15 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
 
     // 5. Memory: the compartment and a stock child after the same work.
     progress(`5. memory: the compartment and the stock child decrypt the newest ${RPC_WINDOW}`);
-    await waitFor('the compartment to decrypt the history', async () => {
-      const items = await readTimeline(compartment.client, compartment.token, roomId, RPC_WINDOW);
-      const ok = items.filter((i) => i.decrypted && historyIndex(i.body) !== undefined);
-      return ok.length === RPC_WINDOW;
-    });
+    await waitUntil(
+      'the compartment to decrypt the history',
+      async () => {
+        const items = await readTimeline(compartment.client, compartment.token, roomId, RPC_WINDOW);
+        const ok = items.filter((i) => i.decrypted && historyIndex(i.body) !== undefined);
+        return ok.length === RPC_WINDOW;
+      },
+      poll,
+    );
     const ourMemory = await processMemory(compartment.process.pid ?? 0);
     const vaultPid = await childPid(compartment.process.pid ?? 0);
     const vaultMemory = vaultPid ? await processMemory(vaultPid).catch(() => undefined) : undefined;

@@ -19,7 +19,6 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { type Handlers, isRpcError } from '../../keyvault/common/rpc/index.ts';
 import { spawnVault } from '../../keyvault/spawn.ts';
@@ -38,6 +37,7 @@ import {
   prepareCompartments,
   startSwtpm,
   startSynapse,
+  waitUntil,
 } from '../fixtures/index.ts';
 
 const { values: args } = parseArgs({
@@ -228,16 +228,16 @@ async function main(): Promise<void> {
     await bob.acceptInvite(roomId);
     await bob.waitForMember(roomId, alice.userId);
     for (let i = 0; i < HISTORY; i++) await bob.sendText(roomId, `history ${i}`);
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const page = await handlers.timeline({ ...auth(0), roomId, limit: PAGE }, ctx);
-      if (page.items.filter((i) => i.decrypted).length >= PAGE) break;
-      if (Date.now() > deadline)
-        throw new Error(
-          `the history never became readable: ${JSON.stringify(page.items.slice(0, 2))}`,
-        );
-      await sleep(250);
-    }
+    let seen = '';
+    await waitUntil(
+      () => `the history to become readable (last seen: ${seen})`,
+      async () => {
+        const page = await handlers.timeline({ ...auth(0), roomId, limit: PAGE }, ctx);
+        seen = JSON.stringify(page.items.slice(0, 2));
+        return page.items.filter((i) => i.decrypted).length >= PAGE;
+      },
+      { timeoutMs: 60_000, intervalMs: 250, failOnError: true },
+    );
     await bob.stop(); // it would only sync idly in this process from now on
 
     const inProcess = (h: Handlers<EndpointContract>): [Op, Op] => [

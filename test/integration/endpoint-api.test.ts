@@ -87,9 +87,7 @@ async function refusal(promise: Promise<unknown>): Promise<RpcError> {
   throw new Error('the call was not refused');
 }
 
-/** The fixtures' poller, with this file's argument order. */
-const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 30_000): Promise<void> =>
-  waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
+const poll = { timeoutMs: 30_000, intervalMs: 200 };
 
 async function auditEntries(): Promise<Record<string, unknown>[]> {
   const text = await readFile(auditLog, 'utf8');
@@ -148,12 +146,12 @@ describe('the endpoint decides every call itself (a compromised gateway gains no
   it('a revoked token replayed after revocation is refused', async () => {
     await expect(endpoint.client.call('rooms', { auth: auth('reader') })).resolves.toBeDefined();
     await revokeClient(policyPath, 'reader');
-    await waitFor(
+    await waitUntil(
+      'the endpoint to reload the policy',
       async () =>
         (await refusal(endpoint.client.call('rooms', { auth: auth('reader') })).catch(() => null))
           ?.code === 'UNAUTHENTICATED',
-      'the endpoint to reload the policy',
-      10_000,
+      { ...poll, timeoutMs: 10_000 },
     );
     const reloads = (await auditEntries()).filter((e) => e.action === 'policy.reload');
     expect(reloads.at(-1)).toMatchObject({ decision: 'info', reason: 'OK' });
@@ -179,17 +177,25 @@ describe('rooms, messages and the event stream through the contract', () => {
     await c.call('send', { auth: auth('full'), roomId: roomX, body: 'hi bob', replyTo: fromBob });
     const atBob = await bob.waitForMessage(roomX, 'hi bob');
     expect(atBob.encrypted).toBe(true);
-    await waitFor(async () => {
-      const { items } = await c.call('timeline', { auth: auth('full'), roomId: roomX, limit: 10 });
-      const reply = items.find((i) => i.body === 'hi bob');
-      const original = items.find((i) => i.body === 'hello from bob');
-      return (
-        reply?.replyTo === fromBob &&
-        original?.decrypted === true &&
-        original.sender === bob.userId &&
-        original.senderDevice === bob.deviceId
-      );
-    }, 'the reply and bob message in the timeline');
+    await waitUntil(
+      'the reply and bob message in the timeline',
+      async () => {
+        const { items } = await c.call('timeline', {
+          auth: auth('full'),
+          roomId: roomX,
+          limit: 10,
+        });
+        const reply = items.find((i) => i.body === 'hi bob');
+        const original = items.find((i) => i.body === 'hello from bob');
+        return (
+          reply?.replyTo === fromBob &&
+          original?.decrypted === true &&
+          original.sender === bob.userId &&
+          original.senderDevice === bob.deviceId
+        );
+      },
+      poll,
+    );
     const { rooms } = await c.call('rooms', { auth: auth('full') });
     expect(rooms.map((r) => r.roomId).sort()).toEqual([roomX, roomY].sort());
     expect(rooms.every((r) => r.roomKeyRecipients === 'cross-signed')).toBe(true);
@@ -234,10 +240,14 @@ describe('rooms, messages and the event stream through the contract', () => {
     );
     for (const body of big) await bob.sendText(roomY, body);
     const c = endpoint.client;
-    await waitFor(async () => {
-      const items = await readTimeline(c, tokens.full ?? '', roomY, 200);
-      return big.every((b) => items.some((i) => i.body === b));
-    }, 'every large message to be readable through the pages');
+    await waitUntil(
+      'every large message to be readable through the pages',
+      async () => {
+        const items = await readTimeline(c, tokens.full ?? '', roomY, 200);
+        return big.every((b) => items.some((i) => i.body === b));
+      },
+      poll,
+    );
     const first = await c.call('timeline', { auth: auth('full'), roomId: roomY, limit: 20 });
     expect(first.items.length).toBeGreaterThan(0);
     expect(first.items.length).toBeLessThan(20);
@@ -253,14 +263,14 @@ describe('rooms, messages and the event stream through the contract', () => {
       requestsPerMinute: 60_000,
     });
     const lim = { token: limited.token };
-    await waitFor(
+    await waitUntil(
+      'the new client to be loaded',
       () =>
         c.call('status', { auth: lim }).then(
           () => true,
           () => false,
         ),
-      'the new client to be loaded',
-      10_000,
+      { ...poll, timeoutMs: 10_000 },
     );
     const { rooms } = await c.call('rooms', { auth: lim });
     expect(rooms.map((r) => r.roomId)).toEqual([roomX]);

@@ -12,6 +12,7 @@ import {
   readTimeline,
   startSwtpm,
   startSynapse,
+  waitUntil,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
@@ -98,20 +99,20 @@ describe('crash safety of the endpoint compartment', () => {
       // Every message bob sent before the kill decrypts now.
       const expected = [...fromBob];
       await waitUntil(
+        `every message from bob to decrypt (round ${round})`,
         async () => {
           const items = await readTimeline(endpoint.client, token, dm, 1000);
           const readable = new Set(items.filter((i) => i.decrypted).map((i) => i.body));
           return expected.every((b) => readable.has(b));
         },
-        60_000,
-        () => `round ${round}: not every message from bob decrypts`,
+        { timeoutMs: 60_000, intervalMs: 250, failOnError: true },
       );
     }
 
     await waitUntil(
+      'the outbox to drain',
       async () => (await endpoint.client.call('status', { auth })).pendingSends === 0,
-      120_000,
-      () => 'outbox did not drain',
+      { timeoutMs: 120_000, intervalMs: 250, failOnError: true },
     );
     await endpoint.stop();
     for (const body of accepted) await bob.waitForMessage(dm, body, 60_000);
@@ -130,15 +131,3 @@ describe('crash safety of the endpoint compartment', () => {
     expect(verified.ok).toBe(true);
   }, 600_000);
 });
-
-async function waitUntil(
-  ok: () => Promise<boolean>,
-  timeoutMs: number,
-  why: () => string,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(why());
-    await sleep(250);
-  }
-}

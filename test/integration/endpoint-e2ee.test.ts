@@ -1,7 +1,13 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { Endpoint, type TimelineItem, isDecrypted } from '../../endpoint/device.ts';
 import { HomeserverClient } from '../../endpoint/matrix/index.ts';
-import { StockPeer, type Synapse, type SynapseUser, startSynapse } from '../fixtures/index.ts';
+import {
+  StockPeer,
+  type Synapse,
+  type SynapseUser,
+  startSynapse,
+  waitUntil,
+} from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
 // Our endpoint against stock matrix-js-sdk clients on a real Synapse. The default policy is
@@ -36,13 +42,8 @@ async function peerFor(
   return { peer, user };
 }
 
-async function waitFor(ok: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** An error from a condition fails the test at once. */
+const poll = { timeoutMs: 30_000, intervalMs: 100, failOnError: true };
 
 function nextMessage(
   endpoint: Endpoint,
@@ -130,26 +131,32 @@ describe('our endpoint and stock matrix-js-sdk clients', () => {
     const second = await synapse().login(bobUser.localpart, bobUser.password);
     const bob2 = await StockPeer.start(synapse().baseUrl, second);
     stops.push(() => bob2.stop());
-    await waitFor(async () =>
-      (await alice.engine.devices(bob.userId)).some((d) => d.deviceId === bob2.deviceId),
+    await waitUntil(
+      "bob's new device to be known",
+      async () =>
+        (await alice.engine.devices(bob.userId)).some((d) => d.deviceId === bob2.deviceId),
+      poll,
     );
 
     // Not yet cross-signed by bob: under the default policy it gets no room key.
     const withheld = await alice.sendText(dm, 'before the new device is signed');
     await bob.waitForMessage(dm, 'before the new device is signed');
     // The new device saw the event and was told why it gets no key: it is not verified.
-    await waitFor(() =>
-      Promise.resolve(
-        bob2.undecryptable.get(withheld) === 'MEGOLM_KEY_WITHHELD_FOR_UNVERIFIED_DEVICE',
-      ),
+    await waitUntil(
+      'the new device to be told its key is withheld',
+      () => bob2.undecryptable.get(withheld) === 'MEGOLM_KEY_WITHHELD_FOR_UNVERIFIED_DEVICE',
+      poll,
     );
     expect(bob2.messages.some((m) => m.body === 'before the new device is signed')).toBe(false);
 
     await bob.crossSignOwnDevice(bob2.deviceId);
-    await waitFor(async () =>
-      (await alice.engine.devices(bob.userId)).some(
-        (d) => d.deviceId === bob2.deviceId && d.crossSignedByOwner,
-      ),
+    await waitUntil(
+      "bob's new device to be cross-signed",
+      async () =>
+        (await alice.engine.devices(bob.userId)).some(
+          (d) => d.deviceId === bob2.deviceId && d.crossSignedByOwner,
+        ),
+      poll,
     );
     await alice.sendText(dm, 'after the new device is signed');
     await expect(bob2.waitForMessage(dm, 'after the new device is signed')).resolves.toMatchObject({

@@ -2,7 +2,7 @@ import { type Server, createServer } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint, isDecrypted } from '../../endpoint/device.ts';
 import { HomeserverClient } from '../../endpoint/matrix/index.ts';
-import { StockPeer, startSynapse } from '../fixtures/index.ts';
+import { StockPeer, startSynapse, waitUntil } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
 // A homeserver (here: a proxy in front of Synapse) that answers /sync with garbage for a
@@ -77,7 +77,10 @@ describe('malformed homeserver responses', () => {
         json('<html>502 bad gateway, but 200</html>'),
         json(`{"next_batch":"x","junk":"${'A'.repeat(20 * 1024 * 1024)}"}`),
       );
-      await waitUntil(() => corruptions.length === 0);
+      await waitUntil('every corrupt /sync answer to be served', () => corruptions.length === 0, {
+        timeoutMs: 60_000,
+        intervalMs: 100,
+      });
 
       const received = new Promise<string>((resolve) => {
         alice.onEvent((item) => {
@@ -101,11 +104,3 @@ describe('malformed homeserver responses', () => {
     }
   });
 });
-
-async function waitUntil(ok: () => boolean, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}

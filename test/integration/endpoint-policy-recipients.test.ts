@@ -70,9 +70,7 @@ function setPolicy(overrides: Record<string, unknown>): void {
   policy = parsed.policy;
 }
 
-/** The fixtures' poller, with this file's argument order. */
-const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 30_000): Promise<void> =>
-  waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
+const poll = { timeoutMs: 30_000, intervalMs: 200 };
 
 beforeAll(async () => {
   setPolicy({});
@@ -152,9 +150,10 @@ describe('room rules decide who gets room keys (stock peer devices)', () => {
 
     // We verify bob's first device only (locally; SAS comes with issue 6).
     const engine = service.endpoint.engine;
-    await waitFor(
-      async () => (await engine.devices(bob.userId)).length >= 2,
+    await waitUntil(
       "bob's two devices to be known",
+      async () => (await engine.devices(bob.userId)).length >= 2,
+      poll,
     );
     const device = await engine.machine.getDevice(
       new UserId(bob.userId),
@@ -178,9 +177,10 @@ describe('room rules decide who gets room keys (stock peer devices)', () => {
 
     await rpc.call('send', { auth, roomId: strict, body: 'for verified devices only' });
     const atBob = await bob.waitForMessage(strict, 'for verified devices only');
-    await waitFor(
-      () => bob2.undecryptable.has(atBob.eventId),
+    await waitUntil(
       'the unverified device to see the event it cannot decrypt',
+      () => bob2.undecryptable.has(atBob.eventId),
+      poll,
     );
     expect(bob2.undecryptable.get(atBob.eventId)).toBe('MEGOLM_KEY_WITHHELD_FOR_UNVERIFIED_DEVICE');
     expect(bob2.messages.some((m) => m.body === 'for verified devices only')).toBe(false);
@@ -213,8 +213,12 @@ describe('room rules decide who gets room keys (stock peer devices)', () => {
       (await rpc.call('timeline', { auth, roomId: room, limit: 20 })).items.find(
         (i) => i.eventId === sent.get(room),
       );
-    await waitFor(async () => (await read(hidden)) !== undefined, 'the hidden message to arrive');
-    await waitFor(async () => (await read(shown))?.decrypted === true, 'the shown message');
+    await waitUntil(
+      'the hidden message to arrive',
+      async () => (await read(hidden)) !== undefined,
+      poll,
+    );
+    await waitUntil('the shown message', async () => (await read(shown))?.decrypted === true, poll);
     const inHidden = await read(hidden);
     expect(inHidden?.decrypted).toBe(false);
     expect(inHidden?.body).toBeUndefined();

@@ -13,6 +13,7 @@ import {
   type SynapseUser,
   startSwtpm,
   startSynapse,
+  waitUntil,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
@@ -21,6 +22,8 @@ import { useFixture } from '../fixtures/lifecycle.ts';
 const synapse = useFixture(() => startSynapse());
 const tpm = useFixture(() => startSwtpm());
 const otherTpm = useFixture(() => startSwtpm());
+/** For waitUntil; an error from a condition fails the test at once. */
+const poll = { timeoutMs: 30_000, intervalMs: 200, failOnError: true };
 
 let dir: string;
 let alice: SynapseUser;
@@ -122,7 +125,11 @@ describe('the endpoint service with a sealed store on the TPM vault', () => {
         synapse().thaw();
       }
       for (const i of [1, 2, 3]) await bob.waitForMessage(dm, `while down ${i}`, 60_000);
-      await waitUntil(async () => (await s.outbox.pending()).length === 0);
+      await waitUntil(
+        'the outbox to drain',
+        async () => (await s.outbox.pending()).length === 0,
+        poll,
+      );
     });
     const received = bob.messages.filter((m) => m.roomId === dm && m.body.startsWith('while down'));
     expect(received.map((m) => m.body)).toEqual(['while down 1', 'while down 2', 'while down 3']);
@@ -157,13 +164,9 @@ async function bodiesIn(s: EndpointService, roomId: string): Promise<unknown[]> 
 }
 
 async function waitForBody(s: EndpointService, roomId: string, body: string): Promise<void> {
-  await waitUntil(async () => (await bodiesIn(s, roomId)).includes(body));
-}
-
-async function waitUntil(ok: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  await waitUntil(
+    `${JSON.stringify(body)} in ${roomId}`,
+    async () => (await bodiesIn(s, roomId)).includes(body),
+    poll,
+  );
 }

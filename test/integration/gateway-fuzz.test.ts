@@ -11,6 +11,7 @@ import {
   runSchemathesis,
   startSwtpm,
   startSynapse,
+  waitUntil,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
@@ -78,11 +79,11 @@ beforeAll(async () => {
   });
   fuzzToken = fuzz.token;
   // The endpoint picks the new client up within about a second.
-  const deadline = Date.now() + 10_000;
-  while ((await gateway.request('/v1/status', { token: fuzzToken })).status !== 200) {
-    if (Date.now() > deadline) throw new Error('the fuzz client was not loaded');
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  await waitUntil(
+    'the fuzz client to be loaded',
+    async () => (await gateway.request('/v1/status', { token: fuzzToken })).status === 200,
+    { timeoutMs: 10_000, intervalMs: 200, failOnError: true },
+  );
 }, 240_000);
 
 afterAll(async () => {

@@ -15,6 +15,7 @@ import {
   prepareCompartments,
   startSwtpm,
   startSynapse,
+  waitUntil,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
@@ -97,16 +98,17 @@ beforeAll(async () => {
   expect(warm.status).toBe(202);
   await bob.waitForMessage(room, 'warm-up from the endpoint', 60_000);
   await bob.sendText(room, 'warm-up from bob');
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const res = await gateway.request(`/v1/rooms/${encodeURIComponent(room)}/timeline?limit=5`, {
-      token: tok('reader-0'),
-    });
-    const items = (res.json() as { items?: { body?: string }[] }).items ?? [];
-    if (items.some((i) => i.body === 'warm-up from bob')) break;
-    if (Date.now() > deadline) throw new Error("bob's warm-up message never became readable");
-    await sleep(200);
-  }
+  await waitUntil(
+    "bob's warm-up message to become readable",
+    async () => {
+      const res = await gateway.request(`/v1/rooms/${encodeURIComponent(room)}/timeline?limit=5`, {
+        token: tok('reader-0'),
+      });
+      const items = (res.json() as { items?: { body?: string }[] }).items ?? [];
+      return items.some((i) => i.body === 'warm-up from bob');
+    },
+    { timeoutMs: 60_000, intervalMs: 200, failOnError: true },
+  );
 }, 240_000);
 
 afterAll(async () => {
@@ -174,11 +176,14 @@ describe('the gateway under load', () => {
       }
       // Each stream has subscribed (its `: connected` comment arrives after subscribe).
       for (const s of streams) {
-        const deadline = Date.now() + 10_000;
-        while (!s.stream.comments.includes('connected')) {
-          if (Date.now() > deadline) throw new Error('a stream never said it was connected');
-          await sleep(20);
-        }
+        await waitUntil(
+          'a stream to say it is connected',
+          () => s.stream.comments.includes('connected'),
+          {
+            timeoutMs: 10_000,
+            intervalMs: 20,
+          },
+        );
       }
 
       const started = performance.now();
@@ -322,11 +327,11 @@ describe('the gateway under load', () => {
       expect((status.json() as { pendingSends: number }).pendingSends).toBe(0);
       const after = await collect(streamNames[0] ?? '');
       await bob.sendText(room, 'after the load');
-      const deadline = Date.now() + 30_000;
-      while (!after.frames.some((f) => f.data.includes('after the load'))) {
-        if (Date.now() > deadline) throw new Error('a new stream did not get a new message');
-        await sleep(100);
-      }
+      await waitUntil(
+        'a new stream to get a new message',
+        () => after.frames.some((f) => f.data.includes('after the load')),
+        { timeoutMs: 30_000, intervalMs: 100 },
+      );
       after.stream.close();
       await after.done;
       expect(gateway.process.exitCode).toBeNull();

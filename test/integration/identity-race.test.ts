@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Endpoint, IdentityChangedError } from '../../endpoint/device.ts';
 import { HomeserverClient } from '../../endpoint/matrix/index.ts';
 import { acknowledgeIdentity, identityOf } from '../../endpoint/verification/index.ts';
-import { StockPeer, startSynapse } from '../fixtures/index.ts';
+import { StockPeer, startSynapse, waitUntil } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
 // The race a security review asked about: a contact's identity is pinned and the check a
@@ -82,13 +82,7 @@ class RaceClient extends HomeserverClient {
   }
 }
 
-async function waitFor(what: string, ok: () => boolean | Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+const poll = { timeoutMs: 30_000, intervalMs: 50 };
 
 describe('identity change slipped into the device-list refresh inside encrypt', () => {
   it('sends no room key to the new identity, refuses the send, and sends after acknowledgement', async () => {
@@ -122,7 +116,7 @@ describe('identity change slipped into the device-list refresh inside encrypt', 
     stops.push(() => intruder.stop());
     await dave.crossSignOwnDevice(intruder.deviceId);
     // Our sync saw dave's device list change and asked for his keys: that query is held.
-    await waitFor('a held /keys/query for dave', () => api.held > 0);
+    await waitUntil('a held /keys/query for dave', () => api.held > 0, poll);
 
     // The check a caller makes before sending (the gateway's) still sees the pinned identity.
     expect(await alice.changedIdentitiesIn(room)).toEqual([]);
@@ -134,7 +128,7 @@ describe('identity change slipped into the device-list refresh inside encrypt', 
       (e: unknown) => e,
     );
     // sendText has started and encrypt is waiting for the held refresh; nothing new known yet.
-    await waitFor('sendText to start', () => api.membersCalls > membersBefore);
+    await waitUntil('sendText to start', () => api.membersCalls > membersBefore, poll);
     await sleep(300);
     expect(await identityOf(alice.engine.machine, dave.userId)).toEqual(pinned);
     // Synapse now answers the refresh that encrypt waits for, with the new identity.

@@ -68,8 +68,7 @@ const seen: StreamEvent[] = [];
 const stops: (() => Promise<unknown>)[] = [];
 const allPeers: StockPeer[] = [];
 
-const waitFor = (ok: () => Promise<boolean> | boolean, what: string, ms = 60_000): Promise<void> =>
-  waitUntil(what, async () => ok(), { timeoutMs: ms, intervalMs: 200 });
+const poll = { timeoutMs: 60_000, intervalMs: 200 };
 
 function makePolicy(limitedTo: string[] = ['!none:localhost']): Policy {
   const parsed = validatePolicy({
@@ -175,26 +174,33 @@ async function flowWhere(
   test: (f: VerificationFlowWire) => boolean,
   what: string,
 ): Promise<VerificationFlowWire> {
-  let found: VerificationFlowWire | undefined;
-  await waitFor(async () => {
-    found = (await rpc.call('verifications', { auth })).verifications.find(test);
-    return found !== undefined;
-  }, what);
-  return found as VerificationFlowWire;
+  return waitUntil(
+    what,
+    async () => (await rpc.call('verifications', { auth })).verifications.find(test),
+    poll,
+  );
 }
+
+/** A flow cancelled while we wait for another phase: it will never get there. */
+class FlowCancelled extends Error {}
 
 async function phase(
   flowId: string,
   wanted: VerificationFlowWire['phase'],
 ): Promise<VerificationFlowWire> {
   let flow: VerificationFlowWire | undefined;
-  await waitFor(async () => {
-    flow = await rpc.call('verification', { auth, flowId });
-    if (flow.phase === 'cancelled' && wanted !== 'cancelled') {
-      throw new Error(`verification cancelled: ${JSON.stringify(flow.cancelled)}`);
-    }
-    return flow.phase === wanted;
-  }, `verification ${flowId} to reach ${wanted}`).catch((e: unknown) => {
+  await waitUntil(
+    `verification ${flowId} to reach ${wanted}`,
+    async () => {
+      flow = await rpc.call('verification', { auth, flowId });
+      if (flow.phase === 'cancelled' && wanted !== 'cancelled') {
+        throw new FlowCancelled(`verification cancelled: ${JSON.stringify(flow.cancelled)}`);
+      }
+      return flow.phase === wanted;
+    },
+    // A cancelled flow never reaches another phase: stop at once (other errors are retried).
+    { ...poll, failOnError: (e) => e instanceof FlowCancelled },
+  ).catch((e: unknown) => {
     // The stock peers' own view of their flows, for a failure that is theirs to explain.
     for (const p of allPeers) {
       const steps = p.logs.filter((l) => l.startsWith('verification'));
@@ -222,12 +228,13 @@ async function dmWith(peer: StockPeer): Promise<string> {
   const { roomId } = await rpc.call('createRoom', { auth, invite: [peer.userId], isDirect: true });
   await peer.acceptInvite(roomId);
   await peer.waitForMember(roomId, alice.userId);
-  await waitFor(
+  await waitUntil(
+    `${peer.userId} in our room list`,
     async () =>
       (await rpc.call('rooms', { auth })).rooms.some(
         (r) => r.roomId === roomId && r.members.includes(peer.userId),
       ),
-    `${peer.userId} in our room list`,
+    poll,
   );
   return roomId;
 }
@@ -279,7 +286,11 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     await phase(incoming.flowId, 'done');
 
     // bob is verified here: his identity, and his device through it (our user-signing key).
-    await waitFor(async () => (await contactState(bob.userId)) === 'verified', 'bob verified');
+    await waitUntil(
+      'bob verified',
+      async () => (await contactState(bob.userId)) === 'verified',
+      poll,
+    );
     const contact = await rpc.call('contact', { auth, userId: bob.userId });
     expect(contact.identity.wasVerified).toBe(true);
     expect(contact.devices).toContainEqual({
@@ -288,13 +299,17 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
       verified: true,
     });
     // ...and we are verified at bob's.
-    await waitFor(async () => {
-      const status = await bob.crypto.getDeviceVerificationStatus(
-        alice.userId,
-        service.endpoint.deviceId,
-      );
-      return status?.isVerified() ?? false;
-    }, 'our device verified at bob');
+    await waitUntil(
+      'our device verified at bob',
+      async () => {
+        const status = await bob.crypto.getDeviceVerificationStatus(
+          alice.userId,
+          service.endpoint.deviceId,
+        );
+        return status?.isVerified() ?? false;
+      },
+      poll,
+    );
 
     // Each step reached the event stream.
     const phases = (await drain())
@@ -321,15 +336,23 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     await phase(flow.flowId, 'done');
     expect(shown).toHaveLength(1);
     expectSameSas(compare, shown[0] as SasOutcome);
-    await waitFor(async () => (await contactState(carol.userId)) === 'verified', 'carol verified');
+    await waitUntil(
+      'carol verified',
+      async () => (await contactState(carol.userId)) === 'verified',
+      poll,
+    );
     // ...and carol's client, which confirmed the same emoji, counts our device verified.
-    await waitFor(async () => {
-      const status = await carol.crypto.getDeviceVerificationStatus(
-        alice.userId,
-        service.endpoint.deviceId,
-      );
-      return status?.isVerified() ?? false;
-    }, 'our device verified at carol');
+    await waitUntil(
+      'our device verified at carol',
+      async () => {
+        const status = await carol.crypto.getDeviceVerificationStatus(
+          alice.userId,
+          service.endpoint.deviceId,
+        );
+        return status?.isVerified() ?? false;
+      },
+      poll,
+    );
   }, 120_000);
 
   it('our own new device, once verified, is signed with our self-signing key, as Element signs it', async () => {
@@ -347,7 +370,11 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
         (await service.endpoint.engine.devices(alice.userId)).find(
           (d) => d.deviceId === ours.deviceId,
         );
-      await waitFor(async () => (await ourDevice()) !== undefined, 'our new device to be known');
+      await waitUntil(
+        'our new device to be known',
+        async () => (await ourDevice()) !== undefined,
+        poll,
+      );
       expect(await ourDevice()).toEqual({
         deviceId: ours.deviceId,
         crossSignedByOwner: false,
@@ -363,12 +390,20 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
       await phase(flow.flowId, 'done');
       expectSameSas(compare, shown[0] as SasOutcome);
       // A stock client of someone else's sees the new device as cross-signed by its owner.
-      await waitFor(async () => {
-        const status = await bob.crypto.getDeviceVerificationStatus(alice.userId, ours.deviceId);
-        return status?.signedByOwner ?? false;
-      }, 'bob to see our new device signed by our self-signing key');
+      await waitUntil(
+        'bob to see our new device signed by our self-signing key',
+        async () => {
+          const status = await bob.crypto.getDeviceVerificationStatus(alice.userId, ours.deviceId);
+          return status?.signedByOwner ?? false;
+        },
+        poll,
+      );
       // Our own view follows once the homeserver reports our device list changed.
-      await waitFor(async () => (await ourDevice())?.crossSignedByOwner === true, 'our own view');
+      await waitUntil(
+        'our own view',
+        async () => (await ourDevice())?.crossSignedByOwner === true,
+        poll,
+      );
       expect(await ourDevice()).toEqual({
         deviceId: ours.deviceId,
         crossSignedByOwner: true,
@@ -509,9 +544,13 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     expect(compare.deviceId).toBe(erin.deviceId); // whichever device answered
     await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
     await phase(flow.flowId, 'done');
-    await waitFor(() => done.length === 1, "erin's side to finish");
+    await waitUntil("erin's side to finish", () => done.length === 1, poll);
     expectSameSas(compare, done[0] as SasOutcome);
-    await waitFor(async () => (await contactState(erin.userId)) === 'verified', 'erin verified');
+    await waitUntil(
+      'erin verified',
+      async () => (await contactState(erin.userId)) === 'verified',
+      poll,
+    );
   }, 120_000);
 
   it('a user with no direct room: their one device is asked; with several, the UI must choose', async () => {
@@ -521,12 +560,13 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
       await peer.acceptInvite(roomId);
       await peer.waitForMember(roomId, alice.userId);
     }
-    await waitFor(
+    await waitUntil(
+      'the group room in our list',
       async () =>
         (await rpc.call('rooms', { auth })).rooms.some(
           (r) => r.roomId === roomId && r.members.length === 3,
         ),
-      'the group room in our list',
+      poll,
     );
     const shown: SasOutcome[] = [];
     ivan.acceptVerifications(undefined, (o) => shown.push(o));
@@ -540,12 +580,13 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     const ivan2 = await StockPeer.start(synapse().baseUrl, await synapse().login('ivan', password));
     stops.push(() => ivan2.stop());
     await ivan.crossSignOwnDevice(ivan2.deviceId);
-    await waitFor(
+    await waitUntil(
+      "ivan's second device",
       async () =>
         (await rpc.call('contact', { auth, userId: ivan.userId })).devices.filter(
           (d) => d.crossSignedByOwner,
         ).length === 2,
-      "ivan's second device",
+      poll,
     );
     const ambiguous = await refusal(() =>
       rpc.call('verificationRequest', { auth, userId: ivan.userId }),
@@ -567,7 +608,11 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     await rpc.call('verificationConfirm', { auth, flowId: incoming.flowId });
     expectSameSas(compare, await ginaSide);
     await phase(incoming.flowId, 'done');
-    await waitFor(async () => (await contactState(gina.userId)) === 'verified', 'gina verified');
+    await waitUntil(
+      'gina verified',
+      async () => (await contactState(gina.userId)) === 'verified',
+      poll,
+    );
   }, 120_000);
 
   it('a flood of requests from one user leaves at most one pending: a new one cancels the older', async () => {
@@ -585,10 +630,14 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
     type Request = Awaited<ReturnType<typeof frank.crypto.requestDeviceVerification>>;
     const sent: Request[] = [];
     for (const device of devices) {
-      await waitFor(async () => {
-        const known = await device.crypto.getUserDeviceInfo([alice.userId], true);
-        return known.get(alice.userId)?.has(service.endpoint.deviceId) ?? false;
-      }, 'frank to know our device');
+      await waitUntil(
+        'frank to know our device',
+        async () => {
+          const known = await device.crypto.getUserDeviceInfo([alice.userId], true);
+          return known.get(alice.userId)?.has(service.endpoint.deviceId) ?? false;
+        },
+        poll,
+      );
       for (let n = 0; n < 2; n++) {
         sent.push(
           await device.crypto.requestDeviceVerification(alice.userId, service.endpoint.deviceId),
@@ -600,14 +649,16 @@ describe('SAS verification with stock matrix-js-sdk peers', () => {
         (f) => f.userId === frank.userId && f.phase === 'requested',
       );
     let seen = '';
-    await waitFor(async () => {
-      const cancelled = sent.filter((r) => r.phase === VerificationPhase.Cancelled).length;
-      const pending = (await pendingHere()).length;
-      seen = `${cancelled} cancelled at frank, ${pending} pending here`;
-      return cancelled >= sent.length - 1 && pending <= 1;
-    }, 'all but (at most) the newest request to be cancelled').catch((e: unknown) => {
-      throw new Error(`${String(e)} (last: ${seen})`);
-    });
+    await waitUntil(
+      () => `all but (at most) the newest request to be cancelled (last: ${seen})`,
+      async () => {
+        const cancelled = sent.filter((r) => r.phase === VerificationPhase.Cancelled).length;
+        const pending = (await pendingHere()).length;
+        seen = `${cancelled} cancelled at frank, ${pending} pending here`;
+        return cancelled >= sent.length - 1 && pending <= 1;
+      },
+      poll,
+    );
     for (const r of sent) if (r.phase !== VerificationPhase.Cancelled) await r.cancel();
   }, 120_000);
 
@@ -629,12 +680,13 @@ describe('a device the homeserver injects for a verified contact', () => {
       await synapse().login('bob', bobPassword),
     );
     stops.push(() => injected.stop());
-    await waitFor(
+    await waitUntil(
+      'the injected device to be listed',
       async () =>
         (await rpc.call('contact', { auth, userId: bob.userId })).devices.some(
           (d) => d.deviceId === injected.deviceId,
         ),
-      'the injected device to be listed',
+      poll,
     );
     const listed = (await rpc.call('contact', { auth, userId: bob.userId })).devices.find(
       (d) => d.deviceId === injected.deviceId,
@@ -648,17 +700,22 @@ describe('a device the homeserver injects for a verified contact', () => {
 
     await rpc.call('send', { auth, roomId: bobRoom, body: 'for bob, not his new device' });
     const atBob = await bob.waitForMessage(bobRoom, 'for bob, not his new device');
-    await waitFor(() => injected.undecryptable.has(atBob.eventId), 'the injected device to fail');
+    await waitUntil(
+      'the injected device to fail',
+      () => injected.undecryptable.has(atBob.eventId),
+      poll,
+    );
     expect(injected.messages.some((m) => m.body === 'for bob, not his new device')).toBe(false);
 
     const eventId = await injected.sendText(bobRoom, 'I am bob, trust me');
-    let item;
-    await waitFor(async () => {
-      item = (await rpc.call('timeline', { auth, roomId: bobRoom, limit: 20 })).items.find(
-        (i) => i.eventId === eventId,
-      );
-      return item !== undefined;
-    }, 'the injected message to arrive');
+    const item = await waitUntil(
+      'the injected message to arrive',
+      async () =>
+        (await rpc.call('timeline', { auth, roomId: bobRoom, limit: 20 })).items.find(
+          (i) => i.eventId === eventId,
+        ),
+      poll,
+    );
     expect(item).toMatchObject({ decrypted: false });
     expect(item).not.toHaveProperty('body');
   }, 120_000);
@@ -668,9 +725,10 @@ describe('identity-change protection', () => {
   it("a pinned contact's new identity blocks sending until a UI acknowledges it", async () => {
     const before = (await rpc.call('contact', { auth, userId: dave.userId })).identity;
     await dave.bootstrapCrossSigning(davePassword); // a new master key, as after a reset
-    await waitFor(
-      async () => (await contactState(dave.userId)) === 'pin-violation',
+    await waitUntil(
       "dave's identity change to be noticed",
+      async () => (await contactState(dave.userId)) === 'pin-violation',
+      poll,
     );
     const changed = (await rpc.call('contact', { auth, userId: dave.userId })).identity;
     expect(changed.masterKey).not.toBe(before.masterKey);
@@ -724,9 +782,10 @@ describe('identity-change protection', () => {
 
   it("a verified contact's new identity is a verification violation, resolved by re-verifying", async () => {
     await bob.bootstrapCrossSigning(bobPassword);
-    await waitFor(
-      async () => (await contactState(bob.userId)) === 'verification-violation',
+    await waitUntil(
       "bob's identity change to be noticed",
+      async () => (await contactState(bob.userId)) === 'verification-violation',
+      poll,
     );
     expect(
       (await refusal(() => rpc.call('send', { auth, roomId: bobRoom, body: 'must wait' }))).code,
@@ -743,9 +802,10 @@ describe('identity-change protection', () => {
     await phase(flow.flowId, 'compare');
     await rpc.call('verificationConfirm', { auth, flowId: flow.flowId });
     await phase(flow.flowId, 'done');
-    await waitFor(
-      async () => (await contactState(bob.userId)) === 'verified',
+    await waitUntil(
       'bob verified again',
+      async () => (await contactState(bob.userId)) === 'verified',
+      poll,
     );
     await rpc.call('send', { auth, roomId: bobRoom, body: 'verified again' });
     await bob.waitForMessage(bobRoom, 'verified again');

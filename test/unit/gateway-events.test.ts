@@ -14,6 +14,7 @@ import {
   gatewayRequest,
   openEventStream,
 } from '../fixtures/gateway-client.ts';
+import { waitUntil } from '../fixtures/process.ts';
 import { type FakeEndpoint, ROOM, TOKEN, bearer, fakeEndpoint } from './gateway-helpers.ts';
 
 type Page = { events: StreamEvent[]; cursor: number; gap: boolean } | RpcError;
@@ -86,13 +87,7 @@ async function connectionsOf(): Promise<Socket[]> {
 }
 const tracked = new Set<Socket>();
 
-async function until(check: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const poll = { timeoutMs: 5_000, intervalMs: 10 };
 
 describe('gateway: GET /v1/events (Server-Sent Events)', () => {
   it('frames each event as id/event/data, polling from the subscription cursor', async () => {
@@ -121,7 +116,7 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
       membership: 'leave',
     });
     // subscribe answered cursor 10: the first poll is after 10, then after each page's cursor.
-    await until(() => polls.length >= 3);
+    await waitUntil('three polls', () => polls.length >= 3, poll);
     expect(polls.slice(0, 3).map((p) => p.after)).toEqual([10, 12, 13]);
     expect(polls[0]?.waitMs).toBe(2_000);
     expect(f.calls[0]).toEqual({ method: 'subscribe', params: { auth: { token: TOKEN } } });
@@ -131,7 +126,7 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
     const { fake: f, polls } = scripted([]);
     const target = await start(f);
     await open(target, { lastEventId: '7' });
-    await until(() => polls.length > 0);
+    await waitUntil('a poll', () => polls.length > 0, poll);
     expect(polls[0]?.after).toBe(7);
   });
 
@@ -145,7 +140,7 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
       event: 'gap',
       data: JSON.stringify({ after: 99, cursor: 10 }),
     });
-    await until(() => polls.length > 0);
+    await waitUntil('a poll', () => polls.length > 0, poll);
     expect(polls[0]?.after).toBe(10);
   });
 
@@ -188,16 +183,20 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
     const { fake: f } = scripted([]);
     const target = await start(f, { heartbeatMs: 50 });
     const stream = await open(target);
-    await until(() => stream.comments.filter((c) => c === 'heartbeat').length >= 2);
+    await waitUntil(
+      'two heartbeats',
+      () => stream.comments.filter((c) => c === 'heartbeat').length >= 2,
+      poll,
+    );
   });
 
   it('on client disconnect: stops polling and unsubscribes', async () => {
     const { fake: f, polls } = scripted([]);
     const target = await start(f);
     const stream = await open(target);
-    await until(() => polls.length === 1);
+    await waitUntil('the first poll', () => polls.length === 1, poll);
     stream.close();
-    await until(() => f.calls.some((c) => c.method === 'unsubscribe'));
+    await waitUntil('an unsubscribe', () => f.calls.some((c) => c.method === 'unsubscribe'), poll);
     expect(f.calls.find((c) => c.method === 'unsubscribe')?.params).toEqual({
       auth: { token: TOKEN },
       subscription: 'sub_0123456789abcdefghijkl',
@@ -223,11 +222,11 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
     const target = await start(f, { maxSubscribers: 1 });
     const request = openEventStream(target, { token: TOKEN });
     request.catch(() => undefined);
-    await until(() => f.calls.some((c) => c.method === 'subscribe'));
+    await waitUntil('a subscribe', () => f.calls.some((c) => c.method === 'subscribe'), poll);
     // Leave: the gateway has not answered yet, so drop the connection under the request.
     for (const socket of await connectionsOf()) socket.destroy();
     subscribed();
-    await until(() => f.calls.some((c) => c.method === 'unsubscribe'));
+    await waitUntil('an unsubscribe', () => f.calls.some((c) => c.method === 'unsubscribe'), poll);
     expect(polls).toEqual([]);
     // Its slot is free again.
     expect((await open(target)).status).toBe(200);
@@ -263,7 +262,11 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
       expect(JSON.parse(error?.data ?? '')).toMatchObject({ error: { code } });
       expect(await stream.next()).toBeUndefined();
       await stream.ended;
-      await until(() => f.calls.some((c) => c.method === 'unsubscribe'));
+      await waitUntil(
+        'an unsubscribe',
+        () => f.calls.some((c) => c.method === 'unsubscribe'),
+        poll,
+      );
     });
   }
 
@@ -306,7 +309,11 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
     expect((await open(target, { token: 'other' })).status).toBe(401);
 
     a.close();
-    await until(() => f.calls.filter((c) => c.method === 'unsubscribe').length === 1);
+    await waitUntil(
+      'one unsubscribe',
+      () => f.calls.filter((c) => c.method === 'unsubscribe').length === 1,
+      poll,
+    );
     const again = await open(target);
     expect(again.status).toBe(200);
     expect((await gatewayRequest(target, '/v1/events', { token: TOKEN })).status).toBe(429);
