@@ -3,22 +3,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openTpmVault } from '../../keyvault/tpm/backend.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
-import {
-  type RpcClient,
-  createClient,
-  inProcessPair,
-  isRpcError,
-  serve,
-} from '../../keyvault/common/rpc/index.ts';
-import { EventHub, apiHandlers } from '../../endpoint/api/index.ts';
-import { type EndpointContract, endpointContract } from '../../endpoint/contract.ts';
-import { EndpointService } from '../../endpoint/service.ts';
+import { type RpcClient, isRpcError } from '../../keyvault/common/rpc/index.ts';
+import type { EndpointContract } from '../../endpoint/contract.ts';
+import type { EndpointService } from '../../endpoint/service.ts';
 import {
   type AuditRecord,
-  Authorizer,
   type Policy,
   generateToken,
-  roomTrust,
   tokenSha256,
   validatePolicy,
 } from '../../policy/index.ts';
@@ -31,6 +22,7 @@ import {
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { waitUntil } from '../fixtures/process.ts';
+import { type InProcessEndpoint, startInProcessEndpoint } from '../fixtures/stack.ts';
 
 // The policy's room rules decide who gets room keys, checked against a stock peer's real
 // devices: bob's first device (which we verified) and his second (which bob cross-signed, but
@@ -43,6 +35,7 @@ const tpm = useFixture(() => startSwtpm());
 const token = generateToken();
 let policy: Policy;
 let vault: VaultBackend;
+let endpoint: InProcessEndpoint;
 let service: EndpointService;
 let rpc: RpcClient<EndpointContract>;
 let audit: { append(record: AuditRecord): Promise<unknown>; fail: boolean; records: AuditRecord[] };
@@ -89,19 +82,11 @@ beforeAll(async () => {
   vault = await openTpmVault({
     backend: 'tpm',
     stateDir: `${dir}/vault`,
-    transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
+    transport: t.transport,
     pcrs: [16],
     nvCounterIndex: 0x01a0cafe,
   });
   await vault.provision();
-  service = await EndpointService.start({
-    vault,
-    dataDir: `${dir}/data`,
-    homeserver: synapse().baseUrl,
-    user: alice.localpart,
-    password: alice.password,
-    trustFor: (roomId) => roomTrust(policy, roomId).trust,
-  });
   audit = {
     fail: false,
     records: [],
@@ -111,25 +96,20 @@ beforeAll(async () => {
       return Promise.resolve();
     },
   };
-  const [a, b] = inProcessPair();
-  serve(
-    b,
-    endpointContract,
-    apiHandlers({
-      endpoint: service.endpoint,
-      outbox: service.outbox,
-      authorizer: new Authorizer(() => policy),
-      audit,
-      policy: () => policy,
-      hub: new EventHub(),
-    }),
-  );
-  rpc = createClient(a, endpointContract, { timeoutMs: 60_000 });
+  endpoint = await startInProcessEndpoint({
+    vault,
+    dataDir: `${dir}/data`,
+    homeserver: synapse().baseUrl,
+    user: alice,
+    policy: () => policy,
+    audit,
+  });
+  service = endpoint.service;
+  rpc = endpoint.rpc;
 }, 180_000);
 
 afterAll(async () => {
-  rpc.close();
-  await service.stop();
+  await endpoint.stop();
   await vault.close();
   for (const stop of stops.reverse()) await stop();
 });

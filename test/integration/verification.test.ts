@@ -1,28 +1,18 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openTpmVault } from '../../keyvault/tpm/backend.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
-import {
-  type RpcClient,
-  createClient,
-  inProcessPair,
-  isRpcError,
-  serve,
-} from '../../keyvault/common/rpc/index.ts';
-import { EventHub, apiHandlers, streamInput } from '../../endpoint/api/index.ts';
-import {
-  type EndpointContract,
-  type StreamEvent,
-  type VerificationFlowWire,
-  endpointContract,
+import { type RpcClient, isRpcError } from '../../keyvault/common/rpc/index.ts';
+import type {
+  EndpointContract,
+  StreamEvent,
+  VerificationFlowWire,
 } from '../../endpoint/contract.ts';
-import { EndpointService } from '../../endpoint/service.ts';
+import type { EndpointService } from '../../endpoint/service.ts';
 import {
   type AuditRecord,
-  Authorizer,
   CAPABILITIES,
   type Policy,
   generateToken,
-  roomTrust,
   tokenSha256,
   validatePolicy,
 } from '../../policy/index.ts';
@@ -37,6 +27,7 @@ import {
 import { VerificationPhase } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { waitUntil } from '../fixtures/process.ts';
+import { type InProcessEndpoint, startInProcessEndpoint } from '../fixtures/stack.ts';
 
 // Interactive verification and identity-change protection through the endpoint's authorised
 // contract (the handlers the gateway forwards to), against stock matrix-js-sdk peers on a real
@@ -52,7 +43,7 @@ let policy: Policy;
 let vault: VaultBackend;
 let service: EndpointService;
 let rpc: RpcClient<EndpointContract>;
-let hub: EventHub;
+let endpoint: InProcessEndpoint;
 let dataDir: string;
 let alice: SynapseUser;
 let bob: StockPeer;
@@ -112,7 +103,7 @@ async function openVault(): Promise<VaultBackend> {
   return openTpmVault({
     backend: 'tpm',
     stateDir: `${dataDir}/../vault`,
-    transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
+    transport: t.transport,
     pcrs: [16],
     nvCounterIndex: 0x01a0cafe,
   });
@@ -121,44 +112,26 @@ async function openVault(): Promise<VaultBackend> {
 async function startService(): Promise<void> {
   vault = await openVault();
   await vault.provision();
-  service = await EndpointService.start({
+  endpoint = await startInProcessEndpoint({
     vault,
     dataDir,
     homeserver: synapse().baseUrl,
-    user: alice.localpart,
-    password: alice.password,
-    trustFor: (roomId) => roomTrust(policy, roomId).trust,
-  });
-  hub = new EventHub();
-  service.endpoint.onChange((event) => {
-    hub.push(streamInput(event));
-  });
-  const audit = {
-    append: (record: AuditRecord) => {
-      audited.push(record);
-      return Promise.resolve();
+    user: alice,
+    policy: () => policy,
+    audit: {
+      append: (record: AuditRecord) => {
+        audited.push(record);
+        return Promise.resolve();
+      },
     },
-  };
-  const [a, b] = inProcessPair();
-  serve(
-    b,
-    endpointContract,
-    apiHandlers({
-      endpoint: service.endpoint,
-      outbox: service.outbox,
-      authorizer: new Authorizer(() => policy),
-      audit,
-      policy: () => policy,
-      hub,
-    }),
-  );
-  rpc = createClient(a, endpointContract, { timeoutMs: 60_000 });
+  });
+  service = endpoint.service;
+  rpc = endpoint.rpc;
   ({ subscription, cursor } = await rpc.call('subscribe', { auth }));
 }
 
 async function stopService(): Promise<void> {
-  rpc.close();
-  await service.stop();
+  await endpoint.stop();
   await vault.close();
 }
 
