@@ -19,22 +19,26 @@ export const tpmConfig = z
     backend: z.literal('tpm'),
     /** Sealed blobs and public areas live here (nothing secret in clear). */
     stateDir: z.string().min(1),
-    transport: z.union([
-      z.object({ device: z.string().min(1) }).strict(),
-      z
-        .object({
-          swtpm: z.union([
-            z
-              .object({ host: z.string(), port: z.number().int(), ctrlPort: z.number().int() })
-              .strict(),
-            // Unix sockets (swtpm --server type=unixio): absolute paths.
-            z
-              .object({ path: z.string().startsWith('/'), ctrlPath: z.string().startsWith('/') })
-              .strict(),
-          ]),
-        })
-        .strict(),
-    ]),
+    transport: z
+      .union([
+        z.object({ device: z.string().min(1) }).strict(),
+        z
+          .object({
+            swtpm: z.union([
+              z
+                .object({ host: z.string(), port: z.number().int(), ctrlPort: z.number().int() })
+                .strict(),
+              // Unix sockets (swtpm --server type=unixio, --ctrl type=unixio): a vault in a
+              // network namespace without network reaches swtpm only so. Relative paths are
+              // taken relative to the config file, like stateDir.
+              z.object({ path: z.string().min(1), ctrlPath: z.string().min(1) }).strict(),
+            ]),
+          })
+          .strict(),
+      ])
+      .describe(
+        'how to reach the TPM: {"device": path}, {"swtpm": {"host", "port", "ctrlPort"}} (TCP) or {"swtpm": {"path", "ctrlPath"}} (Unix sockets)',
+      ),
     /** PCRs (SHA-256 bank) the store key and the cross-signing seed are sealed to. */
     pcrs: z.array(pcrIndex).min(1).max(24),
     /** NV index of the anti-rollback counter (owner range 0x01000000-0x01bfffff). */

@@ -6,9 +6,10 @@ import { DEV_REFUSED } from './dev/messages.ts';
 import { VaultCode, VaultError, type VaultBackend } from './vault.ts';
 
 /**
- * Reads and validates a vault config file. Relative paths in it (stateDir, a PIN file) are
- * taken relative to the config file, not to wherever the command happens to run. Errors name
- * the JSON path and the rule, never a value: a misplaced PIN must not end up in a log.
+ * Reads and validates a vault config file. Relative paths in it (stateDir, a PIN file, swtpm's
+ * Unix sockets) are taken relative to the config file, not to wherever the command happens to
+ * run. Errors name the JSON path and the rule, never a value: a misplaced PIN must not end up
+ * in a log.
  */
 export async function loadVaultConfig(path: string): Promise<VaultConfig> {
   let text: string;
@@ -39,6 +40,10 @@ export async function loadVaultConfig(path: string): Promise<VaultConfig> {
   const config = parsed.data;
   const base = dirname(resolve(path));
   config.stateDir = resolve(base, config.stateDir);
+  if (config.backend === 'tpm' && 'swtpm' in config.transport && 'path' in config.transport.swtpm) {
+    const { path: data, ctrlPath } = config.transport.swtpm;
+    config.transport = { swtpm: { path: resolve(base, data), ctrlPath: resolve(base, ctrlPath) } };
+  }
   if (config.backend === 'pkcs11' && 'file' in config.pin) {
     config.pin = { file: resolve(base, config.pin.file) };
   }

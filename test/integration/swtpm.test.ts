@@ -1,12 +1,32 @@
 import { execFile } from 'node:child_process';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadVaultConfig, openVault } from '../../keyvault/open.ts';
 import { connectSwtpm } from '../../keyvault/tpm/transport/index.ts';
 import { startSwtpm } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
 const run = promisify(execFile);
 const tpm = useFixture(() => startSwtpm());
+const unixTpm = useFixture(() => startSwtpm({ unix: true }));
+const VAULT = join(import.meta.dirname, '..', '..', 'keyvault', 'main.ts');
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mte-swtpm-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function writeConfig(name: string, config: object): Promise<string> {
+  const path = join(dir, `${name}.json`);
+  await writeFile(path, JSON.stringify(config), { mode: 0o600 });
+  return path;
+}
 
 // Hand-marshalled commands: this file checks the fixture and the transport, not a TPM client.
 const TPM_ST_NO_SESSIONS = 0x8001;
@@ -104,5 +124,128 @@ describe('the swtpm fixture', () => {
       (e: unknown) => e,
     );
     expect(err).toMatchObject({ code: 'TPM_UNREACHABLE' });
+  });
+});
+
+describe('swtpm over Unix sockets', () => {
+  it('serves the fixture on 0600 sockets in a 0700 directory, named by its transport and tcti', async () => {
+    const t = unixTpm();
+    expect(t.kind).toBe('unix');
+    expect(t.transport).toEqual({ swtpm: { path: t.socketPath, ctrlPath: t.ctrlSocketPath } });
+    expect(t.ctrlSocketPath).toBe(`${t.socketPath}.ctrl`);
+    for (const path of [t.socketPath, t.ctrlSocketPath]) {
+      const info = await stat(path);
+      expect(info.isSocket()).toBe(true);
+      expect(info.mode & 0o777).toBe(0o600);
+    }
+    expect((await stat(t.socketDir)).mode & 0o777).toBe(0o700);
+    expect(tpm().kind).toBe('tcp');
+    expect(tpm().socketPath).toBeUndefined();
+
+    const c = await t.connect();
+    try {
+      expect(c.description).toBe(`swtpm ${t.socketPath}`);
+      expect(responseCode(await c.send(getRandom(8)))).toBe(0);
+      expect(await c.control(0x01)).toBe(0); // CMD_GET_CAPABILITY, over the control socket
+    } finally {
+      await c.close();
+    }
+    const env = { ...process.env, TPM2TOOLS_TCTI: t.tcti };
+    const { stdout } = await run('tpm2_getrandom', ['--hex', '8'], { env });
+    expect(stdout.trim()).toMatch(/^[0-9a-f]{16}$/);
+  });
+
+  it('a vault on it provisions with the vault command, then opens, unseals and signs in-process', async () => {
+    const t = unixTpm();
+    // Relative socket paths are taken relative to the config file, like stateDir.
+    const configPath = await writeConfig('unix', {
+      backend: 'tpm',
+      stateDir: 'unix-state',
+      transport: { swtpm: { path: relative(dir, t.socketPath), ctrlPath: t.ctrlSocketPath } },
+      pcrs: [16],
+    });
+    const { stdout } = await run(process.execPath, [
+      VAULT,
+      'init',
+      '--config',
+      configPath,
+      '--json',
+    ]);
+    const report = JSON.parse(stdout) as { backend: string; created: string[] };
+    expect(report.backend).toBe('tpm');
+    expect(report.created.length).toBeGreaterThanOrEqual(4);
+
+    const config = await loadVaultConfig(configPath);
+    expect(config).toMatchObject({
+      stateDir: join(dir, 'unix-state'),
+      transport: { swtpm: { path: t.socketPath, ctrlPath: t.ctrlSocketPath } },
+    });
+    const vault = await openVault(config);
+    let key: Uint8Array;
+    try {
+      key = await vault.storeKey();
+      expect(key).toHaveLength(32);
+      const signature = await vault.sign('cross-signing-master', Buffer.from('hello'));
+      expect(signature.length).toBe(64);
+    } finally {
+      await vault.close();
+    }
+    await t.restart(); // new sockets, same TPM: the sealed key still opens
+    const reopened = await openVault(await loadVaultConfig(configPath));
+    try {
+      expect(Buffer.from(await reopened.storeKey())).toEqual(Buffer.from(key));
+    } finally {
+      await reopened.close();
+    }
+  });
+
+  it.each([
+    [
+      'both shapes mixed',
+      { host: '127.0.0.1', port: 1, ctrlPort: 2, path: '/run/s' },
+      /transport\.swtpm: Unrecognized key: "path"/,
+    ],
+    ['an empty path', { path: '', ctrlPath: '/run/c' }, /transport\.swtpm\.path: Too small/],
+    [
+      'an empty control path',
+      { path: '/run/s', ctrlPath: '' },
+      /transport\.swtpm\.ctrlPath: Too small/,
+    ],
+    [
+      'half of each shape',
+      { host: '127.0.0.1', path: '/run/s' },
+      /transport: expected .*"ctrlPath"/,
+    ],
+  ])('refuses a config with %s, in one line naming the field', async (name, swtpm, message) => {
+    const configPath = await writeConfig(name.replaceAll(' ', '-'), {
+      backend: 'tpm',
+      stateDir: 'refused',
+      transport: { swtpm },
+      pcrs: [16],
+    });
+    const failed = await run(process.execPath, [
+      VAULT,
+      'init',
+      '--config',
+      configPath,
+      '--json',
+    ]).then(
+      () => undefined,
+      (e: unknown) => e as { code: number; stderr: string },
+    );
+    expect(failed?.code).toBe(1);
+    const stderr = failed?.stderr ?? '';
+    expect(stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(/^vault: /);
+    expect(stderr).toMatch(message);
+  });
+
+  it('gives a typed error naming the socket when nothing listens there', async () => {
+    const missing = join(dir, 'no-such.sock');
+    const err = await connectSwtpm({ path: missing, ctrlPath: `${missing}.ctrl` }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'TPM_UNREACHABLE' });
+    expect((err as Error).message).toContain(missing);
   });
 });
