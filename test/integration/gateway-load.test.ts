@@ -1,32 +1,29 @@
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type EventStream,
   type SpawnedGateway,
   openEventStream,
-  spawnGateway,
 } from '../../endpoint/untrusted/gateway/index.ts';
 import {
   StockPeer,
   type SynapseUser,
-  makeTempDir,
-  prepareCompartments,
   startSwtpm,
   startSynapse,
   waitUntil,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { type LaunchedStack, startStack, vaultUser } from '../fixtures/stack.ts';
 
 // Issue 5's load requirement, through the real gateway, endpoint and vault processes on a real
 // Synapse with a stock peer in the room: 50 clients reading timelines in a closed loop, 20 SSE
 // subscribers and a steady send rate (ours through POST /v1/rooms/{id}/messages, and the
 // peer's) for a minute. Every request must be answered 2xx (a 429 or 503 is a failure: the
 // rate limits are set out of reach, so either would mean the gateway or endpoint shed load),
-// and every stream must carry each message exactly once, in seq order, with no gap.
+// and every stream must carry each message exactly once, in seq order, with no gap. The
+// stack runs through the launcher, each compartment sandboxed, as deployed.
 const synapse = useFixture(() => startSynapse());
-const tpm = useFixture(() => startSwtpm());
+const tpm = useFixture(async () => startSwtpm({ unix: true, accessibleTo: await vaultUser() }));
 
 const DURATION_MS = Number(process.env.GATEWAY_LOAD_MS ?? 60_000);
 const READERS = 50;
@@ -41,24 +38,22 @@ const DRAIN_MS = 30_000;
 const readerNames = Array.from({ length: READERS }, (_, i) => `reader-${i}`);
 const streamNames = Array.from({ length: STREAM_CLIENTS }, (_, i) => `stream-${i}`);
 
-let dir: string;
+let stack: LaunchedStack;
 let alice: SynapseUser;
 let bob: StockPeer;
 let gateway: SpawnedGateway;
 let tokens: Record<string, string>;
 let room: string;
-const stderr: string[] = [];
 const tok = (name: string): string => tokens[name] ?? '';
 
 beforeAll(async () => {
-  dir = await makeTempDir('gateway-load');
   alice = await synapse().registerUser('alice');
   const bobUser = await synapse().registerUser('bob');
   bob = await StockPeer.start(synapse().baseUrl, bobUser);
   // The default room rule shares keys with cross-signed devices only (MSC4153).
   await bob.bootstrapCrossSigning(bobUser.password);
   const rpm = 60_000;
-  const prepared = await prepareCompartments(dir, {
+  stack = await startStack({
     homeserver: synapse().baseUrl,
     tpm: tpm(),
     user: alice,
@@ -76,10 +71,8 @@ beforeAll(async () => {
       { name: 'sender', capabilities: ['messages.send', 'rooms.create'], requestsPerMinute: rpm },
     ],
   });
-  tokens = prepared.tokens;
-  const config = join(dir, 'gateway.json');
-  await writeFile(config, JSON.stringify({ socket: 'gw.sock', endpointConfig: 'endpoint.json' }));
-  gateway = await spawnGateway(config, { onStderr: (l) => stderr.push(l) });
+  tokens = stack.tokens;
+  gateway = stack.gateway;
   const created = await gateway.request('/v1/rooms', {
     method: 'POST',
     token: tok('sender'),
@@ -112,7 +105,7 @@ beforeAll(async () => {
 }, 240_000);
 
 afterAll(async () => {
-  await gateway.stop();
+  await stack.stop();
   await bob.stop();
 });
 
@@ -288,7 +281,7 @@ describe('the gateway under load', () => {
         `  frames per stream: ${[...new Set(streams.map((s) => s.frames.length))].join('/')}; gaps ${streams.reduce((n, s) => n + s.frames.filter((f) => f.event === 'gap').length, 0)}; errors ${streams.reduce((n, s) => n + s.frames.filter((f) => f.event === 'error').length, 0)}`,
       ].join('\n');
       console.log(summary);
-      const gatewayWarnings = stderr.filter((l) => !/listening on/.test(l));
+      const gatewayWarnings = stack.lines.filter((l) => !/listening on/.test(l));
       if (gatewayWarnings.length > 0)
         console.log(`gateway stderr:\n  ${gatewayWarnings.join('\n  ')}`);
 
