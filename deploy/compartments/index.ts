@@ -35,4 +35,19 @@ export {
   parseXml,
   validateMicrokit,
 } from './microkit.ts';
-// The launcher (deploy/launch.ts, to come) exports its surface from here too.
+export {
+  LaunchError,
+  type LaunchOptions,
+  type Stack,
+  innermostPid,
+  launch,
+  prepareCompartmentDirs,
+} from './launcher.ts';
+export {
+  type Host,
+  type Protection,
+  type SandboxCommand,
+  missingProtections,
+  probeHost,
+  sandboxCommand,
+} from './sandbox.ts';

@@ -52,6 +52,8 @@ export interface LaunchOptions {
   maxRestarts?: number;
   windowMs?: number;
   readyTimeoutMs?: number;
+  /** What the machine offers; probed when not given (tests pass a weaker one). */
+  host?: Host;
 }
 
 export interface Stack {
@@ -140,7 +142,7 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
     if (options.onLine) options.onLine('launch', `launch: ${line}`);
     else process.stderr.write(`launch: ${line}\n`);
   };
-  const host = probeHost(m.compartments.map((c) => c.user));
+  const host = options.host ?? probeHost(m.compartments.map((c) => c.user));
   const plan = new Map<string, SandboxCommand>();
   const protections = new Map<string, Protection[]>();
   const missing: string[] = [];
