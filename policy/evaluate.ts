@@ -1,9 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type {
-  DecryptionTrust,
-  SharingStrategy,
-  TrustSettings,
-} from './trust.ts';
+import type { DecryptionTrust, SharingStrategy, TrustSettings } from './trust.ts';
 import type { PolicyHolder } from './load.ts';
 import {
   type Capability,
