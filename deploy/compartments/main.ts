@@ -19,6 +19,7 @@ import {
   type MicrokitArch,
   type SystemdWhere,
   channelEnds,
+  homeserverAccess,
   loadManifest,
   microkitSystem,
   systemdUnits,
@@ -109,7 +110,8 @@ function parse(
     microkit: ['out', 'arch'],
   };
   for (const [k, v] of Object.entries(values) as [string, unknown][]) {
-    if (v === undefined || ['json', 'help', 'manifest'].includes(k)) continue;
+    // parseArgs leaves out options that were not given; defaults (json, help) are skipped.
+    if (['json', 'help', 'manifest'].includes(k) || typeof v !== 'string') continue;
     if (!allowed[command].includes(k))
       throw new UsageError(`${command}: --${k} is not an option here`);
   }
@@ -136,6 +138,16 @@ function absolute(o: Options, key: string, fallback: string): string {
   return v;
 }
 
+/** A bad --homeserver is a usage error (exit 2), not a failure. */
+function checkedHomeserver(url: string): string {
+  try {
+    homeserverAccess(url);
+  } catch (e) {
+    throw new UsageError(e instanceof Error ? e.message : 'bad --homeserver');
+  }
+  return url;
+}
+
 function where(o: Options): SystemdWhere {
   const code = absolute(o, 'code', DEFAULTS.code);
   const homeserver = o.values.homeserver;
@@ -146,7 +158,7 @@ function where(o: Options): SystemdWhere {
     state: absolute(o, 'state', DEFAULTS.state),
     run: absolute(o, 'run', DEFAULTS.run),
     node: absolute(o, 'node', process.execPath),
-    ...(typeof homeserver === 'string' ? { homeserver } : {}),
+    ...(typeof homeserver === 'string' ? { homeserver: checkedHomeserver(homeserver) } : {}),
     ...(typeof manifestAt === 'string' ? { manifestPath: absolute(o, 'manifest-at', '') } : {}),
   };
 }

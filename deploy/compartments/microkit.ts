@@ -71,15 +71,14 @@ export function escapeXmlAttribute(value: string): string {
     .replace(/'/g, '&apos;');
 }
 
-/** A comment may not hold "--" nor end in "-"; control characters are dropped. */
+/** A comment may not hold "--" nor end in "-"; control characters but tab and newline go. */
 function escapeComment(text: string): string {
-  return (
-    text
-      // eslint-disable-next-line no-control-regex -- control characters are exactly what is dropped
-      .replace(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g, '')
-      .replace(/-(?=-)/g, '- ')
-      .replace(/-$/, '- ')
-  );
+  let clean = '';
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 9 || c === 10 || (c >= 0x20 && c !== 0x7f)) clean += text.charAt(i);
+  }
+  return clean.replace(/-(?=-)/g, '- ').replace(/-$/, '- ');
 }
 
 function render(node: XmlNode, depth: number): string[] {

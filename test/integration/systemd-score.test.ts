@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import {
   STACK_UNIT,
   parseManifest,
@@ -43,6 +43,7 @@ describe('systemd units made from the manifest', async () => {
     homeserver: 'http://127.0.0.1:8008',
   });
   for (const [name, text] of units) await writeFile(join(dir, name), text);
+  afterAll(() => rm(dir, { recursive: true, force: true }));
 
   it('every compartment unit scores 2.0 or lower in systemd-analyze security; the table is printed', async () => {
     const rows: [string, number][] = [];
@@ -57,6 +58,58 @@ describe('systemd units made from the manifest', async () => {
     }
     // The launcher's unit must be root (it switches users and makes namespaces): reported, higher.
     expect(rows.some(([n]) => n === STACK_UNIT)).toBe(true);
+  });
+
+  it('systemd-analyze verify accepts every unit (offline: no user or running systemd needed)', async () => {
+    // verify loads each file and its dependencies from disk and checks that ExecStart's binary
+    // exists, so these units point at this checkout and this Node. It warns (exit 0) on unknown
+    // or malformed lines: any stderr fails the test.
+    const here = await mkdtemp(join(tmpdir(), 'mte-units-verify-'));
+    const local = systemdUnits(manifest, {
+      code: repoRoot,
+      config: '/etc/mte',
+      state: '/var/lib/mte',
+      run: '/run/mte',
+      node: process.execPath,
+      homeserver: 'http://127.0.0.1:8008',
+    });
+    try {
+      for (const [name, text] of local) await writeFile(join(here, name), text);
+      for (const name of local.keys()) {
+        const { stderr } = await run('systemd-analyze', ['verify', join(here, name)]);
+        expect(stderr, name).toBe('');
+      }
+    } finally {
+      await rm(here, { recursive: true, force: true });
+    }
+  });
+
+  it("the stack unit runs the launcher with options the launcher's CLI has", async () => {
+    const stack = units.get(STACK_UNIT) ?? '';
+    expect(stack).toMatch(/^ExecStart=\/usr\/bin\/node \/opt\/mte\/deploy\/launch\.ts serve \\$/m);
+    const { stdout: help } = await run(process.execPath, [
+      join(repoRoot, 'deploy', 'launch.ts'),
+      'serve',
+      '--help',
+    ]);
+    const options = [...stack.matchAll(/^ {4}(--[a-z-]+) /gm)].map((m) => m[1] ?? '');
+    expect(options.length).toBeGreaterThan(0);
+    for (const o of options) expect(help, o).toContain(o);
+  });
+
+  it('a homeserver named by DNS gets no IPAddressAllow=, only the note that it needs addresses', () => {
+    const endpoint =
+      systemdUnits(manifest, {
+        code: '/opt/mte',
+        config: '/etc/mte',
+        state: '/var/lib/mte',
+        run: '/run/mte',
+        node: '/usr/bin/node',
+        homeserver: 'https://matrix.example.org',
+      }).get(unitName('endpoint')) ?? '';
+    expect(endpoint).toMatch(/^IPAddressDeny=any$/m);
+    expect(endpoint).not.toMatch(/^IPAddressAllow=/m);
+    expect(endpoint).toMatch(/is a DNS name, and IPAddressAllow= needs addresses/);
   });
 
   it('the vault and the gateway have no network; the endpoint may reach only the homeserver', () => {

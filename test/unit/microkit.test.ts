@@ -47,6 +47,33 @@ describe('the seL4 Microkit description', () => {
     expect(vault).not.toMatch(/endpoint_rpc|gateway/);
   });
 
+  it('the aarch64 variant passes too; XML-hostile text in a description stays inside its comment', async () => {
+    const m = parseManifest(JSON.parse(await readFile(SHIPPED, 'utf8')));
+    expect(validateMicrokit(microkitSystem(m, { arch: 'aarch64' }))).toEqual({
+      ok: true,
+      problems: [],
+    });
+    const hostile = structuredClone(m);
+    const first = hostile.compartments[0];
+    if (first) first.description = 'a --> <b attr="x"> & -';
+    const xml = microkitSystem(hostile);
+    expect(validateMicrokit(xml)).toEqual({ ok: true, problems: [] });
+    expect(xml).not.toContain('a -->');
+  });
+
+  it('refuses a manifest whose channels call in a cycle (no priority order exists)', async () => {
+    const m = parseManifest(JSON.parse(await readFile(SHIPPED, 'utf8')));
+    m.channels.push({
+      name: 'back',
+      kind: 'socketpair',
+      ends: [
+        { compartment: 'vault', fd: 5 },
+        { compartment: 'gateway', fd: 5 },
+      ],
+    });
+    expect(() => microkitSystem(m)).toThrow(/cycle/);
+  });
+
   it('the checker accepts the small valid system (control)', () => {
     expect(validateMicrokit(system())).toEqual({ ok: true, problems: [] });
   });
@@ -97,7 +124,27 @@ describe('the seL4 Microkit description', () => {
       }),
       /unknown PD "ghost"/,
     ],
-    ['text that is not XML', '<system><protection_domain name="x"></system>', /./],
+    [
+      'an attribute outside the subset',
+      system({ regions: '<memory_region name="ring" size="0x1000" colour="red" />' }),
+      /has no attribute colour/,
+    ],
+    [
+      'two maps overlapping in one address space',
+      system({
+        regions:
+          '<memory_region name="ring" size="0x1000" /><memory_region name="big" size="0x2000" />',
+        pds: `<protection_domain name="server" priority="200"><program_image path="a.elf" />
+                <map mr="big" vaddr="0x20000000" /><map mr="ring" vaddr="0x20001000" /></protection_domain>
+              <protection_domain name="client" priority="100"><program_image path="c.elf" /></protection_domain>`,
+      }),
+      /"ring" overlaps "big"/,
+    ],
+    [
+      'text that is not XML',
+      '<system><protection_domain name="x"></system>',
+      /closes <protection_domain>/,
+    ],
   ])('refuses %s', (_what, xml, message) => {
     const report = validateMicrokit(xml);
     expect(report.ok).toBe(false);
