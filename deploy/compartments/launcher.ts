@@ -15,13 +15,7 @@ import {
   type SpawnedGateway,
   startGatewayProcess,
 } from '../../endpoint/untrusted/gateway/spawn.ts';
-import {
-  type Compartment,
-  type Manifest,
-  type Placeholders,
-  channelEnds,
-  expand,
-} from './manifest.ts';
+import { type Compartment, type Manifest, type Placeholders, channelEnds } from './manifest.ts';
 import {
   type Host,
   type Protection,
@@ -121,18 +115,6 @@ async function checkPaths(c: Compartment, where: Placeholders): Promise<void> {
       throw new LaunchError(`${c.name}: ${p} does not exist (the manifest lists it)`);
     }
   }
-}
-
-export function planProtections(
-  m: Manifest,
-  where: Placeholders,
-  host: Host,
-  node = process.execPath,
-): Map<string, { command: SandboxCommand; compartment: Compartment }> {
-  const out = new Map<string, { command: SandboxCommand; compartment: Compartment }>();
-  for (const c of m.compartments)
-    out.set(c.name, { compartment: c, command: sandboxCommand(c, { where, host, node }) });
-  return out;
 }
 
 export async function launch(options: LaunchOptions): Promise<Stack> {
@@ -330,5 +312,3 @@ export function innermostPid(pid: number): number {
   }
   return current;
 }
-
-export { expand };
