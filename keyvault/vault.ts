@@ -122,6 +122,19 @@ export const VaultCode = {
   HardwareError: 'VAULT_HARDWARE_ERROR',
   InsecureRefused: 'VAULT_INSECURE_BACKEND_REFUSED',
   Config: 'VAULT_CONFIG',
+  /**
+   * The anti-rollback counter (NV index or token object) is not the one this vault created:
+   * someone else defined it, or it was replaced. Never adopted.
+   */
+  CounterForeign: 'VAULT_COUNTER_FOREIGN',
+  /** A sign request whose bytes are not what the purpose allows (keyvault/purposes). */
+  SignRefused: 'VAULT_SIGN_REFUSED',
+  /** The TPM or token does not answer in time (frozen, busy, or gone mid-command). */
+  NotResponding: 'VAULT_NOT_RESPONDING',
+  /** Endpoint side: the vault compartment is not reachable right now (died, restarting). */
+  Unavailable: 'VAULT_UNAVAILABLE',
+  /** State files with the wrong owner, mode, or a symlink (keyvault/common/hygiene.ts). */
+  UnsafeFiles: 'VAULT_UNSAFE_FILES',
 } as const;
 export type VaultErrorCode = (typeof VaultCode)[keyof typeof VaultCode];
 

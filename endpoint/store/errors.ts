@@ -25,6 +25,14 @@ export const StoreCode = {
   Incompatible: 'STORE_INCOMPATIBLE_ENGINE',
   /** An app-state value does not match the schema the caller expects. */
   InvalidValue: 'STORE_INVALID_VALUE',
+  /** The store belongs to another Matrix user or device than the one configured. */
+  WrongIdentity: 'STORE_WRONG_IDENTITY',
+  /** No store on disk though the vault's counter shows one existed: refused, never recreated. */
+  Missing: 'STORE_MISSING',
+  /** The directory or its files have the wrong owner or mode, or are symlinks. */
+  UnsafeFiles: 'STORE_UNSAFE_FILES',
+  /** The disk is full: writes are refused (and retried) until space returns; nothing is lost. */
+  Full: 'STORAGE_FULL',
 } as const;
 export type StoreErrorCode = (typeof StoreCode)[keyof typeof StoreCode];
 
