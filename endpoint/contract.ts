@@ -171,6 +171,15 @@ export const roomSummary = z
   })
   .strict();
 
+/** The vault's reachability and the disk's room (endpoint/health.ts). */
+export const health = z
+  .object({
+    vault: z.enum(['available', 'unavailable']),
+    storage: z.enum(['ok', 'full']),
+    reason: z.string().max(600).optional(),
+  })
+  .strict();
+
 /** What the event stream carries. `seq` increases by one per event the endpoint saw. */
 export const streamEvent = z.discriminatedUnion('type', [
   z
@@ -217,6 +226,14 @@ export const streamEvent = z.discriminatedUnion('type', [
       identity,
     })
     .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** The endpoint's own condition changed: its vault or its disk (endpoint/health.ts). */
+      type: z.literal('health'),
+      health,
+    })
+    .strict(),
 ]);
 export type StreamEvent = z.infer<typeof streamEvent>;
 
@@ -236,7 +253,9 @@ export const endpointContract = defineContract({
       .object({
         userId: z.string(),
         deviceId: z.string(),
+        /** Sends accepted (durably queued) and not yet acknowledged by the homeserver. */
         pendingSends: z.number().int(),
+        health,
         client: z.object({ name: z.string(), capabilities: z.array(z.string()) }).strict(),
       })
       .strict(),

@@ -11,7 +11,7 @@ import { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { readSecret } from '../keyvault/common/secret.ts';
-import { type RemoteVault, vaultClient } from '../keyvault/client.ts';
+import { vaultClient } from '../keyvault/client.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/common/rpc/index.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
@@ -19,7 +19,9 @@ import { EventHub, apiHandlers, streamInput } from './api/index.ts';
 import { endpointContract } from './contract.ts';
 import { loadEndpointConfig } from './config.ts';
 import { loadX509Material } from './crypto/x509.ts';
+import { HealthState } from './health.ts';
 import { EndpointService } from './service.ts';
+import { type VaultConnection, VaultLink } from './vault-link.ts';
 
 const usage = `Usage: node endpoint/main.ts serve --config FILE [--vault-fd N]
 
@@ -82,12 +84,24 @@ async function main(argv: string[]): Promise<number> {
   const password = await readSecret(config.password, 'password');
   // Launched (deploy/launch.ts): the vault runs in its own sandbox and its channel is ours on
   // vaultFd. Otherwise we start it as our child (development, tests).
-  const vault =
-    vaultFd === undefined ? await spawnVault(config.vaultConfig) : await launchedVault(vaultFd);
+  const vault = await VaultLink.open(
+    vaultFd === undefined ? await childVault(config.vaultConfig) : await launchedVault(vaultFd),
+    {
+      logger: { warn: log.warn, info: (m) => process.stderr.write(`endpoint: ${m}\n`) },
+      // Unlaunched, the vault is our child: start another when it dies. Launched, the
+      // launcher restarts the stack; until then we report the vault down.
+      ...(vaultFd === undefined ? { reconnect: () => childVault(config.vaultConfig) } : {}),
+    },
+  );
+  const health = new HealthState();
+  const offVault = vault.onHealth((h) => {
+    health.setVault(h.state, h.state === 'unavailable' ? h.reason : undefined);
+  });
   let service: EndpointService;
   try {
     service = await EndpointService.start({
-      vault: vault.vault,
+      vault,
+      counter: vault.storeCounter,
       dataDir: config.dataDir,
       homeserver: config.homeserver,
       user: config.user,
@@ -97,7 +111,8 @@ async function main(argv: string[]): Promise<number> {
       ...(x509 ? { x509 } : {}),
     });
   } catch (e) {
-    await vault.stop();
+    offVault();
+    await vault.close();
     await audit.close();
     throw e;
   } finally {
@@ -108,6 +123,9 @@ async function main(argv: string[]): Promise<number> {
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
     hub.push(streamInput(event));
+  });
+  const offHealth = health.onChange((now) => {
+    hub.push({ type: 'health', health: now });
   });
   const reload = async (): Promise<void> => {
     const result = await policy.reload();
@@ -143,6 +161,7 @@ async function main(argv: string[]): Promise<number> {
       audit,
       policy: () => policy.current,
       hub,
+      health,
     }),
     {
       maxInFlight: MAX_IN_FLIGHT,
@@ -161,9 +180,11 @@ async function main(argv: string[]): Promise<number> {
   unwatchFile(config.policy);
   process.off('SIGHUP', onHup);
   offChanges();
+  offHealth();
+  offVault();
   await stopCheckpoints();
   await service.stop();
-  await vault.stop();
+  await vault.close();
   await audit.close();
   return 0;
 }
@@ -176,11 +197,20 @@ function isSocketFd(fd: number): boolean {
   }
 }
 
-async function launchedVault(fd: number): Promise<{ vault: RemoteVault; stop(): Promise<void> }> {
-  const vault = await vaultClient(
-    socketChannel(new Socket({ fd, readable: true, writable: true })),
+async function launchedVault(fd: number): Promise<VaultConnection> {
+  const socket = new Socket({ fd, readable: true, writable: true });
+  const closed = new Promise<void>((resolve) =>
+    socket.once('close', () => {
+      resolve();
+    }),
   );
-  return { vault, stop: () => vault.close() };
+  const vault = await vaultClient(socketChannel(socket));
+  return { vault, stop: () => vault.close(), exited: closed };
+}
+
+async function childVault(configPath: string): Promise<VaultConnection> {
+  const child = await spawnVault(configPath);
+  return { vault: child.vault, stop: () => child.stop(), exited: child.exited };
 }
 
 const auditHead = z.object({ seq: z.number().int().min(0), hash: z.string() });

@@ -47,6 +47,8 @@ export class Outbox {
   #again = false;
   #stopped = false;
   #seq = 0;
+  /** Transaction ids whose acceptance failed: never sent, never counted (see enqueue). */
+  readonly #refused = new Set<string>();
   #holdTimer: NodeJS.Timeout | undefined;
   readonly #abort = new AbortController();
 
@@ -76,7 +78,16 @@ export class Outbox {
       acceptedAt: Date.now(),
       seq: this.#seq++,
     };
-    await this.#state.put(key(entry), entry);
+    try {
+      await this.#state.put(key(entry), entry);
+    } catch (e) {
+      // The caller is told the send failed, so it must never go out, nor count as pending:
+      // the failed write may still be in memory (or reach the disk once a full one frees up),
+      // so it is marked refused here and its deletion queued behind it.
+      this.#refused.add(entry.txnId);
+      this.#state.delete(key(entry)).catch(() => undefined);
+      throw e;
+    }
     void this.pump();
     return entry;
   }
@@ -88,7 +99,7 @@ export class Outbox {
     for (const k of keys) {
       try {
         const entry = await this.#state.get(k, entrySchema);
-        if (entry) entries.push(entry);
+        if (entry && !this.#refused.has(entry.txnId)) entries.push(entry);
       } catch (e) {
         // Written by a different version, say: skipped and reported, never blocking the rest.
         this.#log.warn(`outbox: skipping unreadable entry ${k} (${describe(e)})`);

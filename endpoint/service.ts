@@ -9,7 +9,7 @@ import type { TrustSettings } from './crypto/settings.ts';
 import { Endpoint } from './device.ts';
 import { HomeserverClient } from './matrix/index.ts';
 import { Outbox } from './outbox.ts';
-import { type DurableStore, openDurableStore } from './store/index.ts';
+import { type DurableStore, type StoreCounter, openDurableStore } from './store/index.ts';
 
 /**
  * The endpoint compartment's core, wired to its vault: the store key from the vault opens the
@@ -19,6 +19,11 @@ import { type DurableStore, openDurableStore } from './store/index.ts';
  */
 export interface ServiceOptions {
   vault: Vault;
+  /**
+   * The store's anti-rollback counter; by default the vault's own. The endpoint passes its
+   * VaultLink's, which settles an increment lost with a dead vault (endpoint/vault-link.ts).
+   */
+  counter?: StoreCounter;
   /** Directory for the sealed store. */
   dataDir: string;
   homeserver: string;
@@ -85,7 +90,7 @@ export class EndpointService {
       store = await openDurableStore({
         dir: join(options.dataDir, 'store'),
         storeKey,
-        counter: {
+        counter: options.counter ?? {
           read: () => options.vault.counterRead(),
           increment: () => options.vault.counterIncrement(),
         },

@@ -14,6 +14,8 @@ import { type Endpoint, IdentityChangedError } from '../device.ts';
 import { ClientCode, MatrixApiError } from '../matrix/index.ts';
 import type { Outbox } from '../outbox.ts';
 import type { EventHub } from './events.ts';
+import { HealthState } from '../health.ts';
+import { StoreCode, isStoreError } from '../store/index.ts';
 import {
   IdentityError,
   VerificationError,
@@ -31,6 +33,8 @@ export interface ApiDependencies {
   audit: { append(record: AuditRecord): Promise<unknown> };
   policy: () => Policy;
   hub: EventHub;
+  /** The vault's and the disk's condition (status, `health` events, refused sends). */
+  health?: HealthState;
 }
 
 /**
@@ -51,6 +55,7 @@ export const PAGE_BUDGET_BYTES = 640 * 1024;
  */
 export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
   const { endpoint, outbox, authorizer, hub } = deps;
+  const health = deps.health ?? new HealthState();
 
   const guard = async (
     token: string,
@@ -184,6 +189,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
         userId: endpoint.userId,
         deviceId: endpoint.deviceId,
         pendingSends: (await outbox.pending()).length,
+        health: health.current,
         client: { name: client.name, capabilities: [...client.capabilities].sort() },
       };
     },
@@ -237,7 +243,12 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       if (changed.length > 0) {
         throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
       }
-      const entry = await outbox.enqueue(roomId, body, replyTo === undefined ? {} : { replyTo });
+      // Refused before anything is written: a send the disk cannot hold must not be queued in
+      // memory and sent later behind the client's back (it was told 507).
+      if (health.current.storage === 'full') throw storageFull();
+      const entry = await stored(() =>
+        outbox.enqueue(roomId, body, replyTo === undefined ? {} : { replyTo }),
+      );
       return { txnId: entry.txnId };
     },
 
@@ -308,6 +319,8 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
             return mayContacts && mayConcern(client, event.userId);
           case 'message':
             return mayRead && client.mayAccessRoom(event.roomId);
+          case 'health':
+            return true;
           default:
             return client.mayAccessRoom(event.roomId);
         }
@@ -420,6 +433,26 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       return { identity: identityWire(await identityOf(endpoint.engine.machine, userId)) };
     },
   };
+}
+
+function storageFull(): RpcError {
+  return new RpcError(
+    'STORAGE_FULL',
+    "the endpoint's disk is full: nothing new can be stored until space is freed; it recovers by itself",
+  );
+}
+
+/** Store failures as codes a UI can act on: a full disk is not an internal error. */
+async function stored<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (e) {
+    if (isStoreError(e, StoreCode.Full)) throw storageFull();
+    if (isStoreError(e)) {
+      throw new RpcError('STORE_UNAVAILABLE', 'the endpoint cannot write its store; see its log');
+    }
+    throw e;
+  }
 }
 
 /** Verification and identity refusals, as RPC errors with the same code and sentence. */

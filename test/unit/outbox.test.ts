@@ -29,6 +29,29 @@ class HomeserverRefusal extends Error {
 }
 
 describe('the outbox', () => {
+  it('a send whose write failed (a full disk) is neither counted as pending nor sent later', async () => {
+    const state = memoryState();
+    const sent: string[] = [];
+    const outbox = new Outbox(state, (entry) => {
+      sent.push(entry.body);
+      return Promise.resolve(`$${entry.txnId}`);
+    });
+    // The durable store fails the commit after its in-memory database took it, as it does when
+    // the journal write hits ENOSPC: the value is readable, the caller gets the error.
+    const realPut = state.put;
+    state.put = async (k, v) => {
+      await realPut(k, v);
+      throw Object.assign(new Error('the disk is full'), { code: 'STORAGE_FULL' });
+    };
+    await expect(outbox.enqueue('!r:example', 'refused')).rejects.toThrow('the disk is full');
+    state.put = realPut;
+    expect(await outbox.pending()).toEqual([]);
+    await outbox.enqueue('!r:example', 'accepted');
+    await outbox.pump();
+    expect(sent).toEqual(['accepted']);
+    expect([...state.map.keys()].filter((k) => k.startsWith('outbox/'))).toEqual([]);
+  });
+
   it('sets aside a message the homeserver refuses for good, and the ones after it still go out', async () => {
     const state = memoryState();
     const sent: string[] = [];

@@ -51,6 +51,12 @@ export const RPC_STATUS: Readonly<Record<string, number>> = Object.freeze({
   IDENTITY_CHANGED: 409,
   UPSTREAM_FAILED: 502,
   AUDIT_UNAVAILABLE: 503,
+  /** The vault compartment is down or restarting (endpoint/vault-link.ts). */
+  VAULT_UNAVAILABLE: 503,
+  /** The endpoint's store cannot be written for a reason other than a full disk. */
+  STORE_UNAVAILABLE: 503,
+  /** The endpoint's disk is full; it recovers by itself once space is freed. */
+  STORAGE_FULL: 507,
   BUSY: 503,
   DISCONNECTED: 503,
   TIMEOUT: 504,

@@ -24,8 +24,9 @@ const REASONS: Readonly<Record<number, string>> = {
   429: 'RATE_LIMITED (or TOO_MANY_STREAMS): see Retry-After',
   500: 'INTERNAL',
   502: 'UPSTREAM_FAILED: the homeserver refused or is unreachable',
-  503: 'AUDIT_UNAVAILABLE, BUSY, DISCONNECTED (or STREAMS_EXHAUSTED): see Retry-After when given',
+  503: 'AUDIT_UNAVAILABLE, VAULT_UNAVAILABLE, STORE_UNAVAILABLE, BUSY, DISCONNECTED (or STREAMS_EXHAUSTED): see Retry-After when given',
   504: 'TIMEOUT: the endpoint did not answer in time',
+  507: "STORAGE_FULL: the endpoint's disk is full; nothing was queued; it recovers by itself once space is freed (status shows health.storage)",
 };
 
 /** What every authenticated route can answer besides success. */

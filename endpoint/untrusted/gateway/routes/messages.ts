@@ -47,6 +47,7 @@ export const messageRoutes: JsonRoute[] = [
     params: roomPath,
     body: sendBody,
     status: 202,
+    errors: [409, 507],
     response: endpointContract.send.result,
     handle: ({ token, params, body }, { calls }) =>
       calls.call('send', {
