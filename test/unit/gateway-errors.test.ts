@@ -30,7 +30,10 @@ describe('gateway: RPC errors become HTTP errors', () => {
     ['AUDIT_UNAVAILABLE', 503],
     ['BUSY', 503],
     ['DISCONNECTED', 503],
+    ['VAULT_UNAVAILABLE', 503],
+    ['STORE_UNAVAILABLE', 503],
     ['TIMEOUT', 504],
+    ['STORAGE_FULL', 507],
   ];
   for (const [code, status] of cases) {
     it(`${code} → ${status}`, async () => {
