@@ -1,4 +1,5 @@
 import {
+  DecryptedToDeviceEvent,
   DeviceId,
   DeviceLists,
   KeysClaimRequest,
@@ -185,6 +186,18 @@ export class CryptoEngine {
    * them in: the core keeps the flows, the caller only learns which ones to look at.
    */
   async receiveSync(sync: SyncResponse): Promise<{ sender: string; flowId: string }[]> {
+    return (await this.receiveSyncAll(sync)).verificationRequests;
+  }
+
+  /**
+   * receiveSync, and also the Olm-decrypted to-device messages of `privateTypes` (our own
+   * protocols: attestation), with the sender and device as the decryption established them.
+   * Messages of those types that arrived in clear are dropped: they must be encrypted.
+   */
+  async receiveSyncAll(sync: SyncResponse): Promise<{
+    verificationRequests: { sender: string; flowId: string }[];
+    privateMessages: PrivateToDeviceMessage[];
+  }> {
     const changed = (sync.device_lists?.changed ?? []).flatMap(toUserId);
     const left = (sync.device_lists?.left ?? []).flatMap(toUserId);
     const counts = new Map(Object.entries(sync.device_one_time_keys_count ?? {}));
@@ -209,8 +222,40 @@ export class CryptoEngine {
       }
     }
     if (members.size > 0) await this.machine.updateTrackedUsers([...members].flatMap(toUserId));
-    return processed.flatMap(verificationRequestOf);
+    const privateMessages = processed
+      .flatMap(privateMessageOf)
+      .filter((m) => this.privateTypes.has(m.type));
+    return { verificationRequests: processed.flatMap(verificationRequestOf), privateMessages };
   }
+
+  /**
+   * Sends `content` to one device, Olm-encrypted (claiming a one-time key first if we have no
+   * session with it). The device must be known to the core (tracked user, keys queried).
+   */
+  async sendEncryptedToDevice(
+    userId: string,
+    deviceId: string,
+    type: string,
+    content: Record<string, unknown>,
+    txnId: string,
+  ): Promise<void> {
+    const user = new UserId(userId);
+    const claim = await this.machine.getMissingSessions([user]);
+    if (claim) await this.#send(claim);
+    const device = await this.machine.getDevice(user, new DeviceId(deviceId), 5);
+    if (!device) throw new Error(`crypto: ${userId} has no known device ${deviceId}`);
+    try {
+      const encrypted = await device.encryptToDeviceEvent(type, content);
+      await this.#api.sendToDevice('m.room.encrypted', txnId, {
+        [userId]: { [deviceId]: JSON.parse(encrypted) as object },
+      });
+    } finally {
+      device.free();
+    }
+  }
+
+  /** Which to-device types receiveSyncAll passes on (set once by the endpoint). */
+  privateTypes: ReadonlySet<string> = new Set();
 
   /**
    * Sets up cross-signing if this account has none yet, so that the MSC4153 default (room
@@ -290,6 +335,38 @@ export class CryptoEngine {
     });
     devices.free();
     return out;
+  }
+
+  /**
+   * A device's keys and its owner's cross-signing master key, as the core knows them (from a
+   * /keys/query it checked): what an attestation must bind. undefined for an unknown device.
+   */
+  async deviceKeys(
+    userId: string,
+    deviceId: string,
+  ): Promise<{ ed25519: string; curve25519: string; masterKey: string | undefined } | undefined> {
+    const user = new UserId(userId);
+    const device = await this.machine.getDevice(user, new DeviceId(deviceId), 5);
+    if (!device) return undefined;
+    try {
+      const ed25519 = device.ed25519Key?.toBase64();
+      const curve25519 = device.curve25519Key?.toBase64();
+      if (!ed25519 || !curve25519) return undefined;
+      const identity = await this.machine.getIdentity(user);
+      let masterKey: string | undefined;
+      if (identity) {
+        try {
+          const parsed = JSON.parse(identity.masterKey) as { keys?: Record<string, unknown> };
+          const key = Object.values(parsed.keys ?? {})[0];
+          masterKey = typeof key === 'string' ? key : undefined;
+        } finally {
+          identity.free();
+        }
+      }
+      return { ed25519, curve25519, masterKey };
+    } finally {
+      device.free();
+    }
   }
 
   /** Starts tracking these users' devices (room members found outside /sync). */
@@ -461,6 +538,44 @@ export type OutgoingRequest =
   | KeysClaimRequest
   | ToDeviceRequest
   | RoomMessageRequest;
+
+export interface PrivateToDeviceMessage {
+  type: string;
+  /** The Olm sender, its device and its Curve25519 key, as the decryption established them. */
+  sender: string;
+  senderDevice: string;
+  senderCurve25519: string;
+  content: unknown;
+}
+
+/** One of our own Olm-encrypted to-device messages, or nothing. */
+function privateMessageOf(
+  event: Awaited<ReturnType<OlmMachine['receiveSyncChanges']>>[number],
+): PrivateToDeviceMessage[] {
+  // Not freed here: verificationRequestOf frees every event after this has looked at it.
+  if (!(event instanceof DecryptedToDeviceEvent)) return [];
+  try {
+    const raw = JSON.parse(event.rawEvent) as {
+      type?: unknown;
+      sender?: unknown;
+      content?: unknown;
+    };
+    const info = event.encryptionInfo;
+    const device = info.senderDevice?.toString();
+    if (typeof raw.type !== 'string' || !device) return [];
+    return [
+      {
+        type: raw.type,
+        sender: info.sender.toString(),
+        senderDevice: device,
+        senderCurve25519: info.senderCurve25519Key,
+        content: raw.content,
+      },
+    ];
+  } catch {
+    return [];
+  }
+}
 
 /** A to-device m.key.verification.request, as the core passed it on (clear or decrypted). */
 function verificationRequestOf(

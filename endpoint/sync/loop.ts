@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { CryptoEngine } from '../crypto/engine.ts';
+import type { CryptoEngine, PrivateToDeviceMessage } from '../crypto/engine.ts';
 import type { HomeserverApi, RoomEvent, SyncResponse } from '../matrix/api.ts';
 
 export interface SyncHandlers {
@@ -12,6 +12,8 @@ export interface SyncHandlers {
   left(roomId: string): Promise<void>;
   /** Verification requests that arrived by to-device message (the core holds the flows). */
   verificationRequests?(requests: { sender: string; flowId: string }[]): Promise<void>;
+  /** Our own Olm-encrypted to-device messages (engine.privateTypes: attestation). */
+  privateMessages?(messages: PrivateToDeviceMessage[]): Promise<void>;
   /** Persist the token only after everything before it was handled (resume point). */
   saveSince(token: string): Promise<void>;
 }
@@ -94,9 +96,11 @@ export class SyncLoop {
   }
 
   async #handle(sync: SyncResponse): Promise<void> {
-    const requests = await this.#engine.receiveSync(sync);
+    const { verificationRequests: requests, privateMessages } =
+      await this.#engine.receiveSyncAll(sync);
     await this.#engine.processOutgoing();
     if (requests.length > 0) await this.#handlers.verificationRequests?.(requests);
+    if (privateMessages.length > 0) await this.#handlers.privateMessages?.(privateMessages);
     for (const roomId of Object.keys(sync.rooms?.invite ?? {}))
       await this.#handlers.invited(roomId);
     for (const roomId of Object.keys(sync.rooms?.leave ?? {})) await this.#handlers.left(roomId);
