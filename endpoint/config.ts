@@ -41,6 +41,19 @@ export const endpointConfig = z
       })
       .strict()
       .optional(),
+    /**
+     * Remote attestation (attestation/README.md): `policy`, the verifier policy file (which EK
+     * roots and attestation CAs are trusted, required PCRs and values); `pcrs`, the SHA-256
+     * PCRs we ask peers to quote (default 0-7). Without it the endpoint still answers peers'
+     * requests (with a TPM vault) but verifies nobody.
+     */
+    attestation: z
+      .object({
+        policy: z.string().min(1),
+        pcrs: z.array(z.number().int().min(0).max(23)).min(1).max(24).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 export type EndpointConfig = z.infer<typeof endpointConfig>;
@@ -75,6 +88,9 @@ export async function loadEndpointConfig(path: string): Promise<ResolvedEndpoint
             ...(c.x509.chain ? { chain: resolve(base, c.x509.chain) } : {}),
           },
         }
+      : {}),
+    ...(c.attestation
+      ? { attestation: { ...c.attestation, policy: resolve(base, c.attestation.policy) } }
       : {}),
   };
 }

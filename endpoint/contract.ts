@@ -171,11 +171,35 @@ export const roomSummary = z
   })
   .strict();
 
+/** A peer device's attestation verdict (endpoint/attestation/service.ts). */
+export const attestationResult = z
+  .object({
+    userId: z.string(),
+    deviceId: z.string(),
+    state: z.enum(['passed', 'failed', 'pending']),
+    at: z.number().int(),
+    /** One entry per reason, with the verifier's stable code (attestation/codes.ts). */
+    failures: z.array(z.object({ code: z.string(), message: z.string() }).strict()).max(64),
+    facts: z
+      .object({
+        akName: z.string(),
+        /** How the AK is known to be in a genuine TPM: ak-certificate or credential-activation. */
+        enrolment: z.string(),
+        manufacturer: z.string().optional(),
+        pcrs: z.array(z.object({ pcr: z.number().int(), digest: z.string() }).strict()).max(24),
+        rebooted: z.boolean(),
+        eventLog: z.string(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
 /** The vault's reachability and the disk's room (endpoint/health.ts). */
 export const health = z
   .object({
     vault: z.enum(['available', 'unavailable']),
-    storage: z.enum(['ok', 'full']),
+    storage: z.enum(['ok', 'full', 'failed']),
     reason: z.string().max(600).optional(),
   })
   .strict();
@@ -232,6 +256,14 @@ export const streamEvent = z.discriminatedUnion('type', [
       /** The endpoint's own condition changed: its vault or its disk (endpoint/health.ts). */
       type: z.literal('health'),
       health,
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** A peer device's attestation finished (passed or failed). */
+      type: z.literal('attestation'),
+      result: attestationResult,
     })
     .strict(),
 ]);
@@ -404,6 +436,36 @@ export const endpointContract = defineContract({
       })
       .strict(),
     result: z.object({ identity }).strict(),
+  },
+  /**
+   * attestation: ask a peer device to prove, with a TPM quote, that its keys live in a
+   * genuine measured TPM; answers with the verdict (or a timeout failure after 20 s).
+   */
+  attest: {
+    params: z.object({ auth, userId, deviceId }).strict(),
+    result: attestationResult,
+  },
+  /** attestation: the last verdict for a peer device, if its keys did not change since. */
+  attestation: {
+    params: z.object({ auth, userId, deviceId }).strict(),
+    result: z.object({ result: attestationResult.optional() }).strict(),
+  },
+  /**
+   * attestation: our own evidence for a nonce an auditor chose, to check offline with
+   * `node attestation/main.ts verify` (the statement is JSON text, attestation/README.md).
+   */
+  evidence: {
+    params: z
+      .object({
+        auth,
+        nonce: z
+          .base64()
+          .max(44)
+          .refine((s) => Buffer.from(s, 'base64').length === 32, 'expected 32 bytes'),
+        verifier: z.object({ userId, deviceId }).strict(),
+      })
+      .strict(),
+    result: z.object({ evidence: z.string().max(48 * 1024) }).strict(),
   },
   /** verification: stop requiring that this contact stays verified. */
   identityWithdraw: {

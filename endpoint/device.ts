@@ -4,6 +4,7 @@ import {
   type DecryptedMessage,
   type EngineOptions,
   type Logger,
+  type PrivateToDeviceMessage,
   type UndecryptableMessage,
 } from './crypto/engine.ts';
 import {
@@ -104,6 +105,11 @@ export class Endpoint {
   readonly userId: string;
   readonly deviceId: string;
   readonly verifications: Verifications;
+  /**
+   * Our own Olm-encrypted to-device protocols (attestation): the service sets the handler
+   * and the types once it has built them; until then such messages are dropped.
+   */
+  privateMessages: ((messages: PrivateToDeviceMessage[]) => Promise<void>) | undefined;
   readonly #sync: SyncLoop;
   readonly #rooms = new Map<string, RoomSummary>();
   readonly #listeners = new Set<(item: TimelineItem) => void>();
@@ -155,6 +161,9 @@ export class Endpoint {
       handlers: {
         saveSince,
         verificationRequests: (requests) => this.verifications.received(requests),
+        privateMessages: async (messages) => {
+          await this.privateMessages?.(messages);
+        },
         invited: async (roomId) => {
           if (this.#rooms.has(roomId)) return;
           this.#rooms.set(roomId, { roomId, membership: 'invite', members: [] });

@@ -7,7 +7,8 @@
  */
 export interface Health {
   vault: 'available' | 'unavailable';
-  storage: 'ok' | 'full';
+  /** full: commits refused until space returns (by itself); failed: the store stopped. */
+  storage: 'ok' | 'full' | 'failed';
   /** One sentence on what is wrong, when something is; never a secret or a path. */
   reason?: string;
 }

@@ -15,26 +15,37 @@ import { vaultClient } from '../keyvault/client.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/common/rpc/index.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
-import { EventHub, apiHandlers, streamInput } from './api/index.ts';
+import { loadVerifierPolicy } from '../attestation/index.ts';
+import { EventHub, apiHandlers, attestationWire, streamInput } from './api/index.ts';
+import { AttestationService } from './attestation/service.ts';
 import { endpointContract } from './contract.ts';
 import { loadEndpointConfig } from './config.ts';
 import { loadX509Material } from './crypto/x509.ts';
 import { HealthState } from './health.ts';
+import { RESET_STORE_USAGE, resetStoreCommand } from './reset-store.ts';
 import { EndpointService } from './service.ts';
 import { type VaultConnection, VaultLink } from './vault-link.ts';
 
 const usage = `Usage: node endpoint/main.ts serve --config FILE [--vault-fd N]
+       node endpoint/main.ts reset-store --config FILE --reason TEXT [--json] [--vault-fd N]
 
 Runs the endpoint compartment: launches the vault (or, with --vault-fd, uses the vault channel
 the launcher passed on that descriptor), opens the sealed store, syncs with the
 homeserver, and serves the endpoint contract on file descriptor 3. The password comes from the
 file or environment variable the config names, never from argv. The policy file is reloaded
-when it changes (or on SIGHUP); an invalid edit is refused and the last valid policy stays.`;
+when it changes (or on SIGHUP); an invalid edit is refused and the last valid policy stays.
+
+reset-store starts a new device on purpose (see reset-store --help).`;
 
 /** Long polls of the event stream hold a slot each; the gateway bounds them (64) below this. */
 const MAX_IN_FLIGHT = 256;
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'reset-store') return resetStoreCommand(argv.slice(1));
+  if (argv[0] === 'help' && argv[1] === 'reset-store') {
+    process.stdout.write(`${RESET_STORE_USAGE}\n`);
+    return 0;
+  }
   const { values, positionals } = parseArgs({
     args: argv,
     options: {
@@ -79,8 +90,10 @@ async function main(argv: string[]): Promise<number> {
     await audit.close();
     throw e;
   }
-  // Read before the vault starts: a missing or unusable certificate fails in one line.
+  // Read before the vault starts: a missing or unusable certificate or policy fails in one line.
   const x509 = config.x509 && (await loadX509Material(config.x509));
+  const verifierPolicy =
+    config.attestation && (await loadVerifierPolicy(config.attestation.policy));
   const password = await readSecret(config.password, 'password');
   // Launched (deploy/launch.ts): the vault runs in its own sandbox and its channel is ours on
   // vaultFd. Otherwise we start it as our child (development, tests).
@@ -119,10 +132,24 @@ async function main(argv: string[]): Promise<number> {
     password.fill(0);
   }
   const { endpoint, outbox } = service;
+  const attestation = new AttestationService({
+    engine: endpoint.engine,
+    vault,
+    state: service.store.appState,
+    self: { userId: endpoint.userId, deviceId: endpoint.deviceId },
+    ...(verifierPolicy ? { policy: verifierPolicy } : {}),
+    ...(config.attestation?.pcrs ? { pcrs: config.attestation.pcrs } : {}),
+    logger: log,
+  });
+  endpoint.engine.privateTypes = AttestationService.types;
+  endpoint.privateMessages = (messages) => attestation.handle(messages);
   const stopCheckpoints = await checkpointAuditHead(service, audit, log);
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
     hub.push(streamInput(event));
+  });
+  const offAttestation = attestation.onResult((view) => {
+    hub.push({ type: 'attestation', result: attestationWire(view) });
   });
   const offHealth = health.onChange((now) => {
     hub.push({ type: 'health', health: now });
@@ -162,6 +189,7 @@ async function main(argv: string[]): Promise<number> {
       policy: () => policy.current,
       hub,
       health,
+      attestation,
     }),
     {
       maxInFlight: MAX_IN_FLIGHT,
@@ -181,6 +209,8 @@ async function main(argv: string[]): Promise<number> {
   process.off('SIGHUP', onHup);
   offChanges();
   offHealth();
+  offAttestation();
+  endpoint.privateMessages = undefined;
   offVault();
   await stopCheckpoints();
   await service.stop();

@@ -9,7 +9,13 @@ import type { TrustSettings } from './crypto/settings.ts';
 import { Endpoint } from './device.ts';
 import { HomeserverClient } from './matrix/index.ts';
 import { Outbox } from './outbox.ts';
-import { type DurableStore, type StoreCounter, openDurableStore } from './store/index.ts';
+import {
+  type DurableStore,
+  type StoreCounter,
+  StoreCode,
+  isStoreError,
+  openDurableStore,
+} from './store/index.ts';
 
 /**
  * The endpoint compartment's core, wired to its vault: the store key from the vault opens the
@@ -94,6 +100,13 @@ export class EndpointService {
           read: () => options.vault.counterRead(),
           increment: () => options.vault.counterIncrement(),
         },
+        // Bound to the configured account: another account's store (copied with its vault)
+        // is refused, STORE_WRONG_IDENTITY. The device id is added after login, below.
+        identity: { userId: options.user },
+        // Dev and PKCS#11 vaults create their counters at 0, so a missing store past it is
+        // STORE_MISSING; a TPM counter starts above any value its TPM had (not recorded yet),
+        // so there only the store's birth record beside its directory tells.
+        counterStart: options.vault.backend === 'tpm' ? null : 0n,
         logger: log,
       });
     } finally {
@@ -119,6 +132,7 @@ export class EndpointService {
       const rooms = await state.get('rooms', roomsSchema);
       const userId = api.userId;
       if (!userId) throw new Error('endpoint: no homeserver session after login');
+      await bindStoreIdentity(store, { userId, deviceId: api.deviceId }, log);
       const x509 = options.x509 && (await x509Setup(options.vault, options.x509, userId));
       const extraMasterSignatures = options.extraMasterSignatures ?? x509?.extraMasterSignatures;
       const endpoint = await Endpoint.start({
@@ -171,4 +185,30 @@ export class EndpointService {
     await this.store.close();
     this.#uninstall();
   }
+}
+
+/**
+ * Seals the session's full user id and device id into the store (once: a no-op when they are
+ * recorded). A contradiction (the session is another account's or device's) refuses the start;
+ * a compaction that cannot run now (a full disk) only delays the record to the next one.
+ */
+async function bindStoreIdentity(
+  store: DurableStore,
+  session: { userId: string; deviceId: string | undefined },
+  log: Logger,
+): Promise<void> {
+  try {
+    await store.bindIdentity({
+      userId: session.userId,
+      ...(session.deviceId === undefined ? {} : { deviceId: session.deviceId }),
+    });
+  } catch (e) {
+    if (isStoreError(e, StoreCode.WrongIdentity)) throw e;
+    log.warn(`store: recording the device identity is postponed (${errorCodeOf(e)})`);
+  }
+}
+
+function errorCodeOf(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'error';
 }

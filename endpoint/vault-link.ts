@@ -22,6 +22,7 @@
  */
 import { RpcCode, isRpcError } from '../keyvault/common/rpc/index.ts';
 import {
+  type ActivationRequest,
   type AttestationIdentity,
   type PcrSelection,
   type PublicKeyInfo,
@@ -163,6 +164,9 @@ export class VaultLink implements Vault {
   }
   attestationIdentity(): Promise<AttestationIdentity> {
     return this.#call((v) => v.attestationIdentity());
+  }
+  activateCredential(request: ActivationRequest): Promise<Uint8Array> {
+    return this.#call((v) => v.activateCredential(request));
   }
   random(n: number): Promise<Uint8Array> {
     return this.#call((v) => v.random(n));

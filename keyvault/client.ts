@@ -10,6 +10,7 @@ import {
   createClient,
 } from './common/rpc/index.ts';
 import {
+  type ActivationRequest,
   type AttestationIdentity,
   type BackendName,
   type PcrSelection,
@@ -66,6 +67,14 @@ export class RemoteVault implements Vault {
   async attestationIdentity(): Promise<AttestationIdentity> {
     const { akPublic, akName, ekCertificate } = await this.#call('attestationIdentity', {});
     return ekCertificate ? { akPublic, akName, ekCertificate } : { akPublic, akName };
+  }
+
+  activateCredential(request: ActivationRequest): Promise<Uint8Array> {
+    return this.#call('activateCredential', {
+      credentialBlob: request.credentialBlob,
+      encryptedSecret: request.encryptedSecret,
+      challengeId: request.challengeId,
+    });
   }
 
   async random(n: number): Promise<Uint8Array> {

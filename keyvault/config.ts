@@ -14,9 +14,34 @@ const secretSource = z
 
 const pcrIndex = z.number().int().min(0).max(23);
 
+/**
+ * A Matrix user id (`@localpart:server`, at most 255 characters): the historical localpart
+ * grammar (printable ASCII but ':'), then a DNS name, an IPv4 or a bracketed IPv6 literal, and
+ * an optional port.
+ */
+export const matrixUserId = z
+  .string()
+  .max(255)
+  .regex(
+    /^@[\x21-\x39\x3b-\x7e]+:(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(:[0-9]{1,5})?$/,
+    'expected a Matrix user id, @localpart:server',
+  );
+
+/**
+ * Whose vault this is: the Matrix user whose cross-signing objects the vault signs, and the only
+ * one (keyvault/purposes). In the vault's own config, which the endpoint cannot write. Optional
+ * for init, status and doctor; signing refuses without it.
+ */
+const owner = z
+  .object({ userId: matrixUserId })
+  .strict()
+  .optional()
+  .describe('whose keys these are: {"userId": "@alice:example.org"}');
+
 export const tpmConfig = z
   .object({
     backend: z.literal('tpm'),
+    owner,
     /** Sealed blobs and public areas live here (nothing secret in clear). */
     stateDir: z.string().min(1),
     transport: z
@@ -41,14 +66,22 @@ export const tpmConfig = z
       ),
     /** PCRs (SHA-256 bank) the store key and the cross-signing seed are sealed to. */
     pcrs: z.array(pcrIndex).min(1).max(24),
-    /** NV index of the anti-rollback counter (owner range 0x01000000-0x01bfffff). */
-    nvCounterIndex: z.number().int().min(0x01000000).max(0x01bfffff).default(0x01a0cafe),
+    /**
+     * Optional, and best left out: the NV index of this vault's anti-rollback counter (owner
+     * range 0x01000000-0x01bfffff). Without it, provisioning picks a free index at random in
+     * 0x01800000-0x01bfffff and records it in the state. With it, that index must not exist
+     * when the vault is provisioned (an existing index is never adopted: VAULT_COUNTER_FOREIGN)
+     * and must afterwards equal the one recorded. No default: a shared fixed index would let
+     * whoever defines it first own the counter, and two vaults on one TPM break each other.
+     */
+    nvCounterIndex: z.number().int().min(0x01000000).max(0x01bfffff).optional(),
   })
   .strict();
 
 export const pkcs11Config = z
   .object({
     backend: z.literal('pkcs11'),
+    owner,
     stateDir: z.string().min(1),
     module: z.string().min(1),
     /** RFC 7512 URI naming the token, e.g. "pkcs11:token=mte". */
@@ -60,6 +93,7 @@ export const pkcs11Config = z
 export const devConfig = z
   .object({
     backend: z.literal('dev'),
+    owner,
     stateDir: z.string().min(1),
     /** Must be true: the dev backend keeps keys in software, protected by nothing. */
     allowInsecureDevBackend: z.literal(true),
@@ -72,3 +106,4 @@ export type TpmConfig = z.infer<typeof tpmConfig>;
 export type Pkcs11Config = z.infer<typeof pkcs11Config>;
 export type DevConfig = z.infer<typeof devConfig>;
 export type SecretSource = z.infer<typeof secretSource>;
+export type VaultOwner = NonNullable<z.infer<typeof owner>>;

@@ -78,6 +78,16 @@ export const vaultContract = defineContract({
       })
       .strict(),
   },
+  activateCredential: {
+    params: z
+      .object({
+        credentialBlob: bin(512),
+        encryptedSecret: bin(1024),
+        challengeId: z.string().regex(/^[A-Za-z0-9_-]{16,64}$/),
+      })
+      .strict(),
+    result: bin(32).refine((b) => b.length === 32, 'expected 32 bytes'),
+  },
   random: {
     params: z.object({ n: z.number().int().min(1).max(1024) }).strict(),
     result: bin(1024),

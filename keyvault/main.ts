@@ -7,11 +7,18 @@
  */
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { type VaultConfig } from './config.ts';
 import { loadVaultConfig, openVault } from './open.ts';
 import { socketChannel } from './common/rpc/index.ts';
 import { serveVault } from './server.ts';
-import type { DoctorCheck, VaultBackend, VaultStatus } from './vault.ts';
+import {
+  type BackendName,
+  type DoctorCheck,
+  type Vault,
+  type VaultBackend,
+  VaultError,
+  type VaultErrorCode,
+  type VaultStatus,
+} from './vault.ts';
 import { UsageError, oneLine, parseCommandLine, pickCommand, runMain } from './common/cli-main.ts';
 
 const COMMANDS = {
@@ -68,7 +75,9 @@ Exits 1 if any check fails; each failure says what to fix.
 Runs the vault compartment. It listens on nothing: it serves the vault RPC on file
 descriptor 3, a socketpair its launcher (keyvault/spawn.ts, deploy/) passes in, so the
 endpoint holding the other end is its only client. When that channel closes, the vault
-closes and exits 0.
+closes and exits 0. A vault that cannot open (a wrong or locked PIN, a missing token, a bad
+config) still answers every call on the channel with that error and its code (e.g.
+VAULT_WRONG_PIN), so its peer learns why, and exits 1 when the channel closes.
 
 ${NO_SECRETS}
 `,
@@ -98,8 +107,8 @@ async function run(argv: string[]): Promise<number> {
     process.stdout.write(invocation.text);
     return 0;
   }
+  if (invocation.command === 'serve') return serve(invocation.config);
   const config = await loadVaultConfig(invocation.config);
-  if (invocation.command === 'serve') return serve(config);
   if (invocation.command === 'doctor') {
     // A vault that will not even open is exactly when doctor matters: report, do not just fail.
     let opened: VaultBackend;
@@ -183,8 +192,15 @@ function report(checks: DoctorCheck[], json: boolean): number {
   return ok ? 0 : 1;
 }
 
-/** The compartment process: one channel (fd 3), one vault, exit when the channel closes. */
-async function serve(config: VaultConfig): Promise<number> {
+/**
+ * The compartment process: one channel (fd 3), one vault, exit when the channel closes.
+ *
+ * A vault that cannot open (a wrong or locked PIN, a missing token, a bad config) still
+ * serves its channel, answering every call with that VaultError, and exits 1 once the channel
+ * closes. Dying at once would leave its peer only the RPC's DISCONNECTED; this way the endpoint
+ * (spawned or launched) learns the typed reason, e.g. VAULT_WRONG_PIN, from its first call.
+ */
+async function serve(configPath: string): Promise<number> {
   let isSocket = false;
   try {
     isSocket = fstatSync(3).isSocket();
@@ -196,7 +212,19 @@ async function serve(config: VaultConfig): Promise<number> {
       'serve needs its channel on file descriptor 3 (a socketpair from its launcher); it listens on nothing itself',
     );
   }
-  const vault = await openVault(config);
+  let vault: VaultBackend;
+  let refusal: VaultError | undefined;
+  let backend: BackendName | undefined;
+  try {
+    const config = await loadVaultConfig(configPath);
+    backend = config.backend;
+    vault = await openVault(config);
+  } catch (e) {
+    if (!(e instanceof VaultError)) throw e;
+    warn(`cannot open the vault: ${oneLine(e)} [${e.code}]; answering every call with it`);
+    refusal = e;
+    vault = refusingVault(e, backend);
+  }
   const socket = new Socket({ fd: 3, readable: true, writable: true });
   const connection = serveVault(socketChannel(socket), vault, {
     // Local diagnostics only; the peer sees INTERNAL. No stack: it may hold values.
@@ -211,7 +239,36 @@ async function serve(config: VaultConfig): Promise<number> {
   process.once('SIGINT', stop);
   await connection.closed;
   await vault.close();
-  return 0;
+  return refusal ? 1 : 0;
+}
+
+/**
+ * A vault that failed to open: every call is refused with the reason, as a fresh VaultError.
+ * Its `backend` is never sent (status is refused too); 'dev' stands in when the config itself
+ * did not load.
+ */
+function refusingVault(reason: VaultError, backend: BackendName = 'dev'): VaultBackend {
+  const refuse = (): Promise<never> =>
+    Promise.reject(new VaultError(reason.code as VaultErrorCode, reason.message));
+  const calls: Omit<Vault, 'backend' | 'close'> = {
+    storeKey: refuse,
+    counterRead: refuse,
+    counterIncrement: refuse,
+    publicKey: refuse,
+    sign: refuse,
+    quote: refuse,
+    attestationIdentity: refuse,
+    activateCredential: refuse,
+    random: refuse,
+    status: refuse,
+  };
+  return {
+    backend,
+    ...calls,
+    provision: refuse,
+    doctor: refuse,
+    close: () => Promise.resolve(),
+  };
 }
 
 function printTable(rows: [string, string][]): void {

@@ -2,7 +2,9 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { type VaultConfig, vaultConfig } from './config.ts';
+import { UnsafeFilesError, assertPrivateDir } from './common/hygiene.ts';
 import { DEV_REFUSED } from './dev/messages.ts';
+import { purposeBound } from './purposes/index.ts';
 import { VaultCode, VaultError, type VaultBackend } from './vault.ts';
 
 /**
@@ -87,6 +89,12 @@ function describedAt(backend: unknown, path: PropertyKey[]): string | undefined 
  * never loads pkcs11js's native module and the dev backend cannot be reached by accident.
  */
 export async function openVault(config: VaultConfig): Promise<VaultBackend> {
+  await checkStateDir(config.stateDir);
+  // Purpose-bound signing (keyvault/purposes) for every backend: what serve puts on the RPC.
+  return purposeBound(await openBackend(config), config.owner);
+}
+
+async function openBackend(config: VaultConfig): Promise<VaultBackend> {
   switch (config.backend) {
     case 'tpm': {
       const { openTpmVault } = await import('./tpm/backend.ts');
@@ -100,5 +108,18 @@ export async function openVault(config: VaultConfig): Promise<VaultBackend> {
       const { openDevVault } = await import('./dev/index.ts');
       return openDevVault(config);
     }
+  }
+}
+
+/**
+ * The state directory must be this compartment's own: owned by its user, 0700, files 0600, no
+ * symlinks (keyvault/common/hygiene.ts). Not there yet is fine: provisioning creates it so.
+ */
+async function checkStateDir(stateDir: string): Promise<void> {
+  try {
+    await assertPrivateDir(stateDir, "the vault's state directory");
+  } catch (e) {
+    if (!(e instanceof UnsafeFilesError)) throw e;
+    throw new VaultError(VaultCode.UnsafeFiles, e.message);
   }
 }

@@ -41,6 +41,7 @@ export function serialized(inner: VaultBackend): VaultBackend {
     sign: (purpose, message) => one(() => inner.sign(purpose, message)),
     quote: (data, selection) => one(() => inner.quote(data, selection)),
     attestationIdentity: () => one(() => inner.attestationIdentity()),
+    activateCredential: (request) => one(() => inner.activateCredential(request)),
     random: (n) => one(() => inner.random(n)),
     status: () => one(() => inner.status()),
     provision: () => one(() => inner.provision()),

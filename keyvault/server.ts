@@ -34,6 +34,7 @@ export function serveVault(
       sign: ({ purpose, message }) => vault.sign(purpose, message),
       quote: ({ qualifyingData, selection }) => vault.quote(qualifyingData, selection),
       attestationIdentity: () => vault.attestationIdentity(),
+      activateCredential: (request) => vault.activateCredential(request),
       random: ({ n }) => vault.random(n),
       status: () => vault.status(),
     },

@@ -18,9 +18,12 @@ export interface SpawnedVault {
 
 /**
  * Starts the vault compartment (`node keyvault/main.ts serve --config F`) with a socketpair on
- * its fd 3, and connects to it. Its stderr lines pass through to ours, the last one kept so a
- * failed start reports why. For the endpoint when it runs unlaunched, and tests; the launcher
- * (deploy/launch.ts) starts it sandboxed instead.
+ * its fd 3, and connects to it. A vault that cannot open answers the first call with its
+ * VaultError (VAULT_WRONG_PIN, VAULT_PIN_LOCKED, VAULT_TOKEN_NOT_FOUND, VAULT_CONFIG, ...), and
+ * that error is what this rejects with; a vault that dies before answering is reported as
+ * DISCONNECTED with its exit code and its last stderr line. Its stderr lines pass through to
+ * ours. For the endpoint when it runs unlaunched, and tests; the launcher (deploy/launch.ts)
+ * starts it sandboxed instead.
  */
 export async function spawnVault(
   configPath: string,

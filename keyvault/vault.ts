@@ -48,6 +48,22 @@ export interface AttestationIdentity {
   ekCertificate?: Uint8Array;
 }
 
+/**
+ * Credential activation (attestation/enrol): what a verifier made with TPM2_MakeCredential
+ * for our EK and AK, and the challenge it is for.
+ */
+export interface ActivationRequest {
+  /** TPM2B_ID_OBJECT, size field included. */
+  credentialBlob: Uint8Array;
+  /** TPM2B_ENCRYPTED_SECRET, size field included. */
+  encryptedSecret: Uint8Array;
+  /** The verifier's challenge id, bound into the proof. */
+  challengeId: string;
+}
+
+/** The proof's domain label; attestation/enrol/proof.ts checks the same bytes. */
+export const ACTIVATION_PROOF_LABEL = 'mte-activation-proof v1\0';
+
 export interface VaultStatus {
   backend: BackendName;
   /** TPM manufacturer/firmware, token label/serial/model, or "software". */
@@ -92,6 +108,12 @@ export interface Vault {
   /** TPM only; other backends throw VAULT_NOT_SUPPORTED. */
   quote(qualifyingData: Uint8Array, selection: PcrSelection): Promise<Quote>;
   attestationIdentity(): Promise<AttestationIdentity>;
+  /**
+   * TPM only. Runs TPM2_ActivateCredential with the AK and the EK and answers with the proof
+   * HMAC-SHA256(credential, ACTIVATION_PROOF_LABEL || AK Name || challengeId), 32 bytes. The
+   * credential itself never leaves the vault: a fixed purpose, not a decryption oracle.
+   */
+  activateCredential(request: ActivationRequest): Promise<Uint8Array>;
   random(n: number): Promise<Uint8Array>;
   status(): Promise<VaultStatus>;
   close(): Promise<void>;

@@ -30,6 +30,11 @@ export const AUDIT_ACTIONS = [
   /** The log itself: a torn last line (a crash mid-append) was cut off at open. */
   'audit.recover',
   /**
+   * The operator started a new device (`endpoint/main.ts reset-store`): the sealed store was
+   * replaced by an empty one; the reason is the operator's, as a code.
+   */
+  'store.reset',
+  /**
    * The steps of the `verification` capability that change trust, each with the user it
    * concerns as the target: who was asked, accepted, confirmed (cross-signed), cancelled,
    * whose changed identity was acknowledged, whose verification withdrawn.
@@ -40,6 +45,14 @@ export const AUDIT_ACTIONS = [
   'verification.cancel',
   'identity.acknowledge',
   'identity.withdraw',
+  /**
+   * The `attestation` capability's decisions, with the peer user as the target: who was
+   * asked to attest, the verdict (reason OK or the first failure code), and our own evidence
+   * given out for an auditor's nonce.
+   */
+  'attestation.request',
+  'attestation.result',
+  'attestation.evidence',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

@@ -15,6 +15,7 @@ import { ClientCode, MatrixApiError } from '../matrix/index.ts';
 import type { Outbox } from '../outbox.ts';
 import type { EventHub } from './events.ts';
 import { HealthState } from '../health.ts';
+import type { AttestationView } from '../attestation/service.ts';
 import { StoreCode, isStoreError } from '../store/index.ts';
 import {
   IdentityError,
@@ -23,7 +24,7 @@ import {
   identityOf,
   withdrawVerification,
 } from '../verification/index.ts';
-import { flowWire, identityWire, timelineItemWire } from './wire.ts';
+import { attestationWire, flowWire, identityWire, timelineItemWire } from './wire.ts';
 
 export interface ApiDependencies {
   endpoint: Endpoint;
@@ -35,6 +36,15 @@ export interface ApiDependencies {
   hub: EventHub;
   /** The vault's and the disk's condition (status, `health` events, refused sends). */
   health?: HealthState;
+  /** Remote attestation (endpoint/attestation/); absent when the endpoint was built without. */
+  attestation?: AttestationApi;
+}
+
+/** What the attestation routes need of endpoint/attestation/service.ts. */
+export interface AttestationApi {
+  attest(userId: string, deviceId: string): Promise<AttestationView>;
+  last(userId: string, deviceId: string): Promise<AttestationView | undefined>;
+  ownEvidence(nonce: Uint8Array, verifier: { userId: string; deviceId: string }): Promise<string>;
 }
 
 /**
@@ -180,6 +190,30 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     }
   };
 
+  const attestationService = (): AttestationApi => {
+    if (!deps.attestation) {
+      throw new RpcError('ATTESTATION_UNAVAILABLE', 'attestation is not set up on this endpoint');
+    }
+    return deps.attestation;
+  };
+  /** Every verdict goes to the audit log: who asked, about whom, and the outcome's code. */
+  const auditResult = async (client: string, view: AttestationView): Promise<void> => {
+    try {
+      await deps.audit.append({
+        client,
+        action: 'attestation.result',
+        target: view.userId,
+        decision: 'info',
+        reason: view.state === 'passed' ? 'OK' : (view.failures[0]?.code ?? 'FAILED'),
+      });
+    } catch {
+      throw new RpcError(
+        'AUDIT_UNAVAILABLE',
+        'the audit log cannot be written, so nothing is being done',
+      );
+    }
+  };
+
   return {
     ready: () => Promise.resolve({}),
 
@@ -246,6 +280,9 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       // Refused before anything is written: a send the disk cannot hold must not be queued in
       // memory and sent later behind the client's back (it was told 507).
       if (health.current.storage === 'full') throw storageFull();
+      if (health.current.storage === 'failed') {
+        throw new RpcError('STORE_UNAVAILABLE', 'the endpoint cannot write its store; see its log');
+      }
       const entry = await stored(() =>
         outbox.enqueue(roomId, body, replyTo === undefined ? {} : { replyTo }),
       );
@@ -311,6 +348,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       const mayRead = client.capabilities.has('messages.read');
       const mayVerify = client.capabilities.has('verification');
       const mayContacts = mayVerify || client.capabilities.has('contacts.read');
+      const mayAttest = client.capabilities.has('attestation');
       const visible = (event: StreamEvent): boolean => {
         switch (event.type) {
           case 'verification':
@@ -321,6 +359,8 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
             return mayRead && client.mayAccessRoom(event.roomId);
           case 'health':
             return true;
+          case 'attestation':
+            return mayAttest && mayConcern(client, event.result.userId);
           default:
             return client.mayAccessRoom(event.roomId);
         }
@@ -423,6 +463,39 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       return { identity: identityWire(await identityOf(endpoint.engine.machine, userId)) };
     },
 
+    attest: async ({ auth, userId, deviceId }) => {
+      const client = await guard(auth.token, 'attestation', {
+        target: userId,
+        operation: 'attestation.request',
+      });
+      concerning(client, userId);
+      const view = await attestationService().attest(userId, deviceId);
+      await auditResult(client.name, view);
+      return attestationWire(view);
+    },
+
+    attestation: async ({ auth, userId, deviceId }) => {
+      const client = await guard(auth.token, 'attestation', { target: userId });
+      concerning(client, userId);
+      const view = await attestationService().last(userId, deviceId);
+      return view ? { result: attestationWire(view) } : {};
+    },
+
+    evidence: async ({ auth, nonce, verifier }) => {
+      await guard(auth.token, 'attestation', { operation: 'attestation.evidence' });
+      try {
+        return {
+          evidence: await attestationService().ownEvidence(Buffer.from(nonce, 'base64'), verifier),
+        };
+      } catch (e) {
+        if (e instanceof RpcError) throw e;
+        throw new RpcError(
+          'ATTESTATION_UNAVAILABLE',
+          'this endpoint cannot produce evidence right now',
+        );
+      }
+    },
+
     identityWithdraw: async ({ auth, userId }) => {
       const client = await guard(auth.token, 'verification', {
         target: userId,
@@ -446,7 +519,10 @@ function storageFull(): RpcError {
 async function stored<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
-  } catch (e) {
+  } catch (caught) {
+    // The IndexedDB layer wraps the store's error in a DOMException; its cause is the StoreError.
+    const e: unknown =
+      caught instanceof Error && isStoreError(caught.cause) ? caught.cause : caught;
     if (isStoreError(e, StoreCode.Full)) throw storageFull();
     if (isStoreError(e)) {
       throw new RpcError('STORE_UNAVAILABLE', 'the endpoint cannot write its store; see its log');

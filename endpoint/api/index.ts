@@ -8,4 +8,4 @@ export {
   type PollResult,
   type SubscribeResult,
 } from './events.ts';
-export { flowWire, identityWire, streamInput, timelineItemWire } from './wire.ts';
+export { attestationWire, flowWire, identityWire, streamInput, timelineItemWire } from './wire.ts';

@@ -3,6 +3,7 @@ import {
   type VerificationFlowWire,
   deviceId as deviceIdSchema,
 } from '../contract.ts';
+import type { AttestationView } from '../attestation/service.ts';
 import { type EndpointEvent, type TimelineItem, isDecrypted } from '../device.ts';
 import type { HubInput } from './events.ts';
 import type { FlowView, IdentityView } from '../verification/index.ts';
@@ -103,4 +104,16 @@ export function streamInput(event: EndpointEvent): HubInput {
     default:
       return event;
   }
+}
+
+/** A peer device's attestation verdict as the contract has it (bounded lists). */
+export function attestationWire(view: AttestationView) {
+  return {
+    userId: view.userId,
+    deviceId: view.deviceId,
+    state: view.state,
+    at: Math.trunc(view.at),
+    failures: view.failures.slice(0, 64).map((f) => ({ code: f.code, message: f.message })),
+    ...(view.facts ? { facts: { ...view.facts, pcrs: view.facts.pcrs.slice(0, 24) } } : {}),
+  };
 }

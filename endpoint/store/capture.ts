@@ -80,10 +80,12 @@ function deliver(dispatch: (event: RawEvent) => boolean, event: RawEvent): void 
 
 function failedCommit(error: unknown): DOMException {
   const code = error instanceof StoreError ? error.code : StoreCode.Failed;
-  return new DOMException(
-    `durable store could not persist the transaction (${code})`,
-    'UnknownError',
-  );
+  // The cause carries the typed StoreError, so a caller can tell a full disk (STORAGE_FULL,
+  // retried and recoverable) from a stopped store without parsing the message.
+  return new DOMException(`durable store could not persist the transaction (${code})`, {
+    name: 'UnknownError',
+    cause: error,
+  });
 }
 
 export class Capture {

@@ -4,7 +4,7 @@
  * epochs follow the vault's monotonic counter. See capture.ts (how commits are captured and
  * held back until durable), epochs.ts (the anti-rollback protocol) and format.ts (the files).
  */
-import { mkdir } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Capture, type CaptureSink } from './capture.ts';
 import { createAppState, type AppState } from './app-state.ts';
 import {
@@ -24,18 +24,49 @@ import {
   type StoreCounter,
   type StoreLogger,
 } from './epochs.ts';
-import { StoreCode, StoreError } from './errors.ts';
+import { StoreCode, StoreError, isStoreError } from './errors.ts';
+import { isNoSpace, makeDirDurable, nodeFs, type StoreFs } from './fs.ts';
 import { createPrivateFactory, keyRange, type RawFactory } from './fake-internals.ts';
 import { installGlobals, uninstallGlobals } from './globals.ts';
 import type { IdbFactory, IdbKeyRangeStatic } from './idb-types.ts';
 import { JournalWriter } from './journal.ts';
 import { deriveKeys, zeroiseKeys, type StoreKeys } from './keys.ts';
+import {
+  checkIdentityOption,
+  frameSnapshot,
+  reconcileIdentity,
+  sameIdentity,
+  unframeSnapshot,
+  type StoreIdentity,
+} from './identity.ts';
 import { lockDirectory } from './lock.ts';
+import { UnsafeFilesError, assertPrivateDir } from '../../keyvault/common/hygiene.ts';
 import { Replayer } from './replay.ts';
 
 export interface DurableStoreOptions {
-  /** The store's directory (created 0700 when missing). One process at a time. */
+  /**
+   * The store's directory (created 0700 when missing). One process at a time. It must be
+   * owned by this process's user, mode 0700, its files 0600, no symlinks: otherwise the open
+   * is refused with STORE_UNSAFE_FILES and the command that fixes it.
+   */
   dir: string;
+  /**
+   * Who the store belongs to (identity.ts): recorded in a new store, checked against an
+   * existing one (STORE_WRONG_IDENTITY when it belongs to someone else). Without it nothing is
+   * checked (tests, tools).
+   */
+  identity?: StoreIdentity;
+  /**
+   * Create a new store even though the counter shows one existed (STORE_MISSING otherwise):
+   * only for starting a new device on purpose (the endpoint's reset-store command).
+   */
+  allowFresh?: boolean;
+  /**
+   * The counter's value before any store used it (default 0n, as dev and PKCS#11 vaults
+   * create their counters); null when the vault cannot tell (a TPM counter starts above the
+   * highest value any counter on that TPM had). See epochs.ts RecoverOptions.
+   */
+  counterStart?: bigint | null;
   /** The vault's 32-byte store key. Not retained: only keys derived from it are, until close. */
   storeKey: Uint8Array;
   /** The vault's monotonic counter (Vault.counterRead / counterIncrement). */
@@ -52,6 +83,32 @@ export interface DurableStoreOptions {
   logger?: StoreLogger;
   /** Fault injection for tests: called at each step of an epoch change; throwing = crash. */
   testHooks?: { epochStep?: (step: EpochStep) => void | Promise<void> };
+  /** The filesystem the store's files live on (default node:fs/promises); tests simulate one. */
+  fs?: StoreFs;
+  /**
+   * While the disk is full, how long to wait before retrying the journal write (default 1000
+   * ms; later retries wait up to twice it). See the README's "Full disk".
+   */
+  fullRetryMs?: number;
+  /**
+   * Called with health() whenever it changes: the disk became full, has space again, or the
+   * store stopped. For the endpoint's status (e.g. HTTP 507 while `full`). Must not throw.
+   */
+  onHealth?: (health: DurableStoreHealth) => void;
+}
+
+export interface DurableStoreHealth {
+  /**
+   * The last journal write found no space (ENOSPC, EDQUOT): commits are rejected at once with
+   * STORAGE_FULL, their records are kept in order and written when space returns.
+   */
+  full: boolean;
+  /** When the disk became full (ms since 1970), or null. */
+  fullSince: number | null;
+  /** Commits rejected with STORAGE_FULL whose records are still waiting for space. */
+  waiting: number;
+  /** The error code that stopped the store for good (reopen it), or null. */
+  failed: string | null;
 }
 
 export interface DurableStoreStats {
@@ -62,6 +119,9 @@ export interface DurableStoreStats {
   compactions: number;
   /** The error code that stopped the store, or null. */
   failed: string | null;
+  /** See DurableStoreHealth. */
+  full: boolean;
+  fullSince: number | null;
 }
 
 export interface DurableStore {
@@ -82,6 +142,16 @@ export interface DurableStore {
   flush(): Promise<void>;
   close(): Promise<void>;
   stats(): DurableStoreStats;
+  /** Who the store belongs to, as recorded (null: a store created without an identity). */
+  readonly identity: StoreIdentity | null;
+  /**
+   * Records the full user id and the device id once the endpoint knows them (after login),
+   * compacting so that they are sealed in the snapshot. Refused with STORE_WRONG_IDENTITY
+   * when they contradict what the store has; a no-op when nothing new is learned.
+   */
+  bindIdentity(identity: StoreIdentity): Promise<void>;
+  /** Whether commits are being accepted; `onHealth` reports every change. */
+  health(): DurableStoreHealth;
 }
 
 const silent: StoreLogger = { warn: () => undefined, info: () => undefined };
@@ -124,6 +194,8 @@ class Store implements DurableStore, CaptureSink {
   readonly #compactEvery: number;
   readonly #compactBytes: number;
   readonly #compactOnClose: boolean;
+  readonly #fullRetryMs: number;
+  readonly #onHealth: ((health: DurableStoreHealth) => void) | undefined;
   #writer: JournalWriter | null = null;
   #releaseLock: () => Promise<void>;
   #state: 'loading' | 'open' | 'closed' = 'loading';
@@ -132,20 +204,35 @@ class Store implements DurableStore, CaptureSink {
   #autoCompacting = false;
   #compactions = 0;
   #snapshotBytes = 0;
+  /** An epoch change past its counter increment waits for space (its renames are retried). */
+  #epochFullSince: number | null = null;
+  /** After a compaction found no space, automatic ones wait until then. */
+  #compactAfter = 0;
+  #closing = false;
+  readonly #options: DurableStoreOptions;
+  #identity: StoreIdentity | null;
+  /** The identity changed since the last snapshot: the next compaction must run. */
+  #identityDirty = false;
 
   constructor(options: DurableStoreOptions, keys: StoreKeys, releaseLock: () => Promise<void>) {
     this.#keys = keys;
+    this.#options = options;
+    this.#identity = options.identity ?? null;
     this.#releaseLock = releaseLock;
     this.#log = options.logger ?? silent;
     this.#compactEvery = positive(options.compactEvery, 2000, 'compactEvery');
     this.#compactBytes = positive(options.compactBytes, 32 << 20, 'compactBytes');
     this.#compactOnClose = options.compactOnClose ?? true;
+    this.#fullRetryMs = positive(options.fullRetryMs, 1000, 'fullRetryMs');
+    this.#onHealth = options.onHealth;
     this.#ctx = {
       dir: options.dir,
+      fs: options.fs ?? nodeFs,
       keys,
       counter: options.counter,
       logger: this.#log,
       onStep: options.testHooks?.epochStep,
+      onNoSpace: (error) => this.#epochNoSpace(error),
     };
     const { factory, raw } = createPrivateFactory();
     this.indexedDB = factory;
@@ -159,12 +246,37 @@ class Store implements DurableStore, CaptureSink {
   }
 
   async load(): Promise<void> {
-    const files = await recoverFiles(this.#ctx, () => encodeSnapshot([]));
-    this.#writer = new JournalWriter(this.#keys, files.journal);
+    const configured = this.#options.identity;
+    const files = await recoverFiles(
+      this.#ctx,
+      () => frameSnapshot(this.#identity, encodeSnapshot([])),
+      {
+        allowFresh: this.#options.allowFresh,
+        counterStart: this.#options.counterStart,
+        checkSnapshot: (plaintext) => {
+          const stored = unframeSnapshot(plaintext).identity;
+          const next = configured
+            ? reconcileIdentity(stored, configured, this.#ctx.dir, 'as configured')
+            : stored;
+          this.#identityDirty = !sameIdentity(next, stored);
+          this.#identity = next;
+        },
+      },
+    );
+    this.#writer = new JournalWriter(this.#keys, files.journal, {
+      retryMs: this.#fullRetryMs,
+      onFull: (full) => {
+        this.#fullChanged(full);
+      },
+      onFailed: (failure) => {
+        if (!this.#closing) this.#fail(failure);
+      },
+    });
     this.#snapshotBytes = files.snapshotBytes;
     const replayer = new Replayer(this.indexedDB, this.#raw);
     try {
-      for (const db of decodeSnapshot(files.snapshot)) await replayer.database(db);
+      const { content } = unframeSnapshot(files.snapshot);
+      for (const db of decodeSnapshot(content)) await replayer.database(db);
       files.snapshot.fill(0);
       for (const payload of files.records) {
         const entry = decodeEntry(payload);
@@ -194,7 +306,8 @@ class Store implements DurableStore, CaptureSink {
         this.#maybeAutoCompact();
       },
       (e: unknown) => {
-        if (this.#state === 'open') this.#fail(e);
+        // STORAGE_FULL: not durable yet, still queued (see journal.ts); the store carries on.
+        if (this.#state === 'open' && !isStoreError(e, StoreCode.Full)) this.#fail(e);
       },
     );
     return done;
@@ -213,6 +326,8 @@ class Store implements DurableStore, CaptureSink {
     if (this.#state !== 'open') {
       return Promise.reject(new StoreError(StoreCode.Closed, 'the durable store is closed'));
     }
+    // Queued behind records waiting for space, it would wait as long: refuse it now.
+    if (this.#writer?.fullSince != null) return Promise.reject(this.#fullError());
     this.#compactWaiter ??= deferred();
     const { promise } = this.#compactWaiter;
     this.#startCompactionIfQuiet();
@@ -221,6 +336,7 @@ class Store implements DurableStore, CaptureSink {
 
   async flush(): Promise<void> {
     if (this.#failure) throw this.#failure;
+    if (this.#writer?.fullSince != null) throw this.#fullError();
     await this.#writer?.drain();
   }
 
@@ -232,18 +348,37 @@ class Store implements DurableStore, CaptureSink {
       snapshotBytes: this.#snapshotBytes,
       compactions: this.#compactions,
       failed: this.#failure?.code ?? null,
+      full: this.health().full,
+      fullSince: this.health().fullSince,
+    };
+  }
+
+  health(): DurableStoreHealth {
+    const since = this.#writer?.fullSince ?? this.#epochFullSince;
+    return {
+      full: since !== null,
+      fullSince: since,
+      waiting: this.#writer?.waiting ?? 0,
+      failed: this.#failure?.code ?? null,
     };
   }
 
   async close(): Promise<void> {
     if (this.#state === 'closed') return;
+    this.#closing = true;
     uninstallGlobals(this.indexedDB);
     this.appState.close();
     const writer = this.#writer;
-    if (writer && !this.#failure && this.#state === 'open') {
+    if (writer?.fullSince != null && !this.#failure) {
+      // Waiting for space would block the close for as long as the disk stays full.
+      this.#log.warn(
+        `store: closing on a full disk; ${writer.waiting} commits rejected with STORAGE_FULL are not written`,
+      );
+    } else if (writer && !this.#failure && this.#state === 'open') {
       await writer.drain().catch(() => undefined);
       // The drain may have failed the store, which TypeScript's narrowing cannot see.
-      if (this.#compactOnClose && writer.records > 0 && this.stats().failed === null) {
+      const changed = writer.records > 0 || this.#identityDirty;
+      if (this.#compactOnClose && changed && this.stats().failed === null) {
         if (this.#capture.quiescent()) {
           await this.compact().catch((e: unknown) => {
             this.#log.warn(`store: compaction on close failed (${errorCode(e)})`);
@@ -257,6 +392,7 @@ class Store implements DurableStore, CaptureSink {
     this.#compactWaiter?.reject(new StoreError(StoreCode.Closed, 'the durable store is closed'));
     this.#compactWaiter = null;
     writer?.fail(new StoreError(StoreCode.Closed, 'the durable store is closed'));
+    await writer?.settle();
     await writer?.close();
     zeroiseKeys(this.#keys);
     await this.#releaseLock();
@@ -269,20 +405,57 @@ class Store implements DurableStore, CaptureSink {
     if (!waiter || !writer || this.#state !== 'open' || !this.#capture.quiescent()) return;
     this.#compactWaiter = null;
     let plaintext: Buffer;
+    const identity = this.#identity;
     try {
-      plaintext = encodeSnapshot(dumpAll(this.#raw));
+      const content = encodeSnapshot(dumpAll(this.#raw));
+      plaintext = frameSnapshot(identity, content);
+      content.fill(0);
     } catch (e) {
       waiter.reject(e);
       return;
     }
-    writer.exclusive(() => this.#advance(writer, plaintext)).then(waiter.resolve, waiter.reject);
+    writer
+      .exclusive(() => this.#advance(writer, plaintext, identity))
+      .then(waiter.resolve, (e: unknown) => {
+        plaintext.fill(0); // refused without running (a full disk, a stopped store)
+        waiter.reject(e);
+      });
   }
 
-  async #advance(writer: JournalWriter, plaintext: Buffer): Promise<void> {
+  async bindIdentity(identity: StoreIdentity): Promise<void> {
+    if (this.#failure) throw this.#failure;
+    if (this.#state !== 'open')
+      throw new StoreError(StoreCode.Closed, 'the durable store is closed');
+    const next = reconcileIdentity(
+      this.#identity,
+      checkIdentityOption(identity),
+      this.#ctx.dir,
+      'as logged in',
+    );
+    if (sameIdentity(next, this.#identity) && !this.#identityDirty) return;
+    this.#identity = next;
+    this.#identityDirty = true;
+    await this.compact();
+  }
+
+  get identity(): StoreIdentity | null {
+    return this.#identity && { ...this.#identity };
+  }
+
+  async #advance(
+    writer: JournalWriter,
+    plaintext: Buffer,
+    identity: StoreIdentity | null,
+  ): Promise<void> {
     try {
-      if (writer.records === 0) return;
+      if (writer.records === 0 && !this.#identityDirty) return;
       const result = await advanceEpoch(this.#ctx, writer.epoch, plaintext);
+      if (this.#epochFullSince !== null) {
+        this.#epochFullSince = null;
+        this.#reportHealth();
+      }
       if (result.ok) {
+        if (this.#identity === identity) this.#identityDirty = false;
         await writer.replace(result.position);
         this.#compactions++;
         this.#snapshotBytes = result.snapshotBytes;
@@ -293,6 +466,14 @@ class Store implements DurableStore, CaptureSink {
         this.#log.warn(
           `store: compaction abandoned, journal continues (${errorCode(result.error)})`,
         );
+        if (isNoSpace(result.error)) {
+          this.#compactAfter = Date.now() + 30 * this.#fullRetryMs;
+          throw new StoreError(
+            StoreCode.Full,
+            'the disk is full: compaction abandoned; the journal continues',
+            { cause: result.error },
+          );
+        }
       } else {
         this.#fail(result.error);
       }
@@ -306,6 +487,7 @@ class Store implements DurableStore, CaptureSink {
     const writer = this.#writer;
     if (!writer || this.#autoCompacting || this.#state !== 'open') return;
     if (writer.records < this.#compactEvery && writer.bytes < this.#compactBytes) return;
+    if (Date.now() < this.#compactAfter) return;
     this.#autoCompacting = true;
     this.compact()
       .catch(() => undefined)
@@ -330,6 +512,48 @@ class Store implements DurableStore, CaptureSink {
     this.#writer?.fail(this.#failure);
     this.#compactWaiter?.reject(this.#failure);
     this.#compactWaiter = null;
+    this.#reportHealth();
+  }
+
+  #fullChanged(full: boolean): void {
+    if (full) {
+      this.#log.warn(
+        `store: the disk is full; commits are refused with STORAGE_FULL and retried every ${this.#fullRetryMs} ms`,
+      );
+    } else {
+      this.#log.info('store: the disk has space again; commits are accepted');
+    }
+    this.#reportHealth();
+    if (!full) this.#maybeAutoCompact();
+  }
+
+  /** A rename or directory sync after the counter moved found no space: wait and retry. */
+  async #epochNoSpace(error: unknown): Promise<boolean> {
+    if (this.#stopping()) return false;
+    if (this.#epochFullSince === null) {
+      this.#epochFullSince = Date.now();
+      this.#log.warn(`store: the disk is full while finishing a compaction (${errorCode(error)})`);
+      this.#reportHealth();
+    }
+    await sleep(this.#fullRetryMs);
+    return !this.#stopping();
+  }
+
+  #stopping(): boolean {
+    return this.#closing || this.#state !== 'open';
+  }
+
+  #fullError(): StoreError {
+    const waiting = this.#writer?.waiting ?? 0;
+    return new StoreError(StoreCode.Full, `the disk is full: ${waiting} commits waiting; retrying`);
+  }
+
+  #reportHealth(): void {
+    try {
+      this.#onHealth?.(this.health());
+    } catch (e) {
+      this.#log.warn(`store: the onHealth callback threw (${errorCode(e)})`);
+    }
   }
 }
 
@@ -344,11 +568,15 @@ export async function openDurableStore(options: DurableStoreOptions): Promise<Du
   if (typeof options.dir !== 'string' || options.dir === '') {
     throw new StoreError(StoreCode.BadOptions, 'dir must be a directory path');
   }
+  if (options.identity !== undefined) checkIdentityOption(options.identity);
   const keys = deriveKeys(options.storeKey);
   let release: (() => Promise<void>) | null = null;
   try {
-    await mkdir(options.dir, { recursive: true, mode: 0o700 });
-    release = await lockDirectory(options.dir);
+    const fs = options.fs ?? nodeFs;
+    await makeDirDurable(fs, options.dir);
+    // Only a real directory has owners and modes (a simulated disk in tests has neither).
+    if (fs === nodeFs) await checkHygiene(options.dir);
+    release = await lockDirectory(options.dir, fs);
     const store = new Store(options, keys, release);
     try {
       await store.load();
@@ -360,6 +588,23 @@ export async function openDurableStore(options: DurableStoreOptions): Promise<Du
   } catch (e) {
     zeroiseKeys(keys);
     await release?.();
+    if (isNoSpace(e)) {
+      throw new StoreError(
+        StoreCode.Full,
+        `the disk is full: the store in ${options.dir} cannot be opened (finishing an ` +
+          'interrupted write needs space); free some and retry',
+        { cause: e },
+      );
+    }
     throw e;
+  }
+}
+
+async function checkHygiene(dir: string): Promise<void> {
+  try {
+    await assertPrivateDir(dir, 'the store directory');
+  } catch (e) {
+    if (!(e instanceof UnsafeFilesError)) throw e;
+    throw new StoreError(StoreCode.UnsafeFiles, e.message, { cause: e });
   }
 }

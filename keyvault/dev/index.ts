@@ -29,8 +29,10 @@ import {
   COUNTER_MAX,
   type DevState,
   checkKeys,
+  createIdentity,
   emptyState,
   loadKey,
+  readIdentity,
   readState,
   statePath,
   wipeState,
@@ -141,6 +143,10 @@ class DevVault implements VaultBackend {
     return Promise.reject(notSupported('an attestation identity'));
   }
 
+  activateCredential(): Promise<Uint8Array> {
+    return Promise.reject(notSupported('credential activation'));
+  }
+
   random(n: number): Promise<Uint8Array> {
     this.#open();
     if (!Number.isInteger(n) || n < 1 || n > 1024) {
@@ -151,6 +157,7 @@ class DevVault implements VaultBackend {
 
   async status(): Promise<VaultStatus> {
     this.#open();
+    const vaultId = (await readIdentity(this.stateDir))?.vaultId;
     const provisioned = await this.#read((state) => ({
       storeKey: state.storeKey !== undefined,
       counter: state.counter !== undefined,
@@ -159,7 +166,7 @@ class DevVault implements VaultBackend {
     }));
     return {
       backend: 'dev',
-      identity: 'software',
+      identity: vaultId ? `software, vault ${vaultId}` : 'software',
       capabilities: { found: ['ed25519', 'rsa-pss-sha512', 'random'], missing: [] },
       provisioned,
       counterGuarantee:
@@ -172,14 +179,21 @@ class DevVault implements VaultBackend {
     this.#open();
     return this.#mutate(async () => {
       await mkdir(this.stateDir, { recursive: true, mode: 0o700 });
-      const state = (await readState(this.stateDir)) ?? emptyState();
+      // Refuses another vault's or a damaged state file before anything is made: provisioning
+      // over it would hide the damage, or bind a stranger's keys to a new identity.
+      const existing = await readState(this.stateDir);
+      const known = await readIdentity(this.stateDir);
+      const { identity, created: madeIdentity } = known
+        ? { identity: known, created: false }
+        : await createIdentity(this.stateDir);
+      const state = existing ?? emptyState(identity.vaultId);
       try {
-        // Never build on a damaged file: provisioning over it would hide the damage.
         checkKeys(this.stateDir, state);
         const report: ProvisionReport = { created: [], kept: [] };
         const note = (what: string, existed: boolean) =>
           (existed ? report.kept : report.created).push(what);
 
+        note('vault id', !madeIdentity);
         note('store key', state.storeKey !== undefined);
         state.storeKey ??= new Uint8Array(randomBytes(32));
         note('counter', state.counter !== undefined);
@@ -188,7 +202,9 @@ class DevVault implements VaultBackend {
           note(`${purpose} key (${PURPOSE_ALGORITHM[purpose]})`, state.keys[purpose] !== undefined);
           state.keys[purpose] ??= await generatePkcs8(purpose);
         }
-        if (report.created.length > 0) await writeState(this.stateDir, state);
+        if (report.created.some((what) => what !== 'vault id')) {
+          await writeState(this.stateDir, state);
+        }
         return report;
       } finally {
         wipeState(state);

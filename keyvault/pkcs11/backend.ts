@@ -13,15 +13,21 @@ import {
   type VaultBackend,
   type VaultStatus,
 } from '../vault.ts';
-import { COUNTER_GUARANTEE, incrementCounter, readCounter } from './counter.ts';
+import { COUNTER_GUARANTEE, counterMissing, incrementCounter, readCounter } from './counter.ts';
 import { doctorChecks } from './doctor.ts';
 import { requireMechanisms } from './mechanisms.ts';
-import { LABELS, PURPOSE_LABEL, findOne } from './objects.ts';
+import { findVaultObject, type ObjectRole } from './objects.ts';
 import { checkTokenSerial, findKek, provision } from './provision.ts';
 import type { TokenConnection } from './session.ts';
 import { checkPurpose, publicKey, sign } from './signing.ts';
-import { kekMissing, unsealStoreKey } from './store-key.ts';
-import { readStoreKeyFile } from './store-key-file.ts';
+import { checkStoreKeyVault, kekMissing, orphanStoreKeyFile, unsealStoreKey } from './store-key.ts';
+import { readStoreKeyFile, storeKeyFileExists } from './store-key-file.ts';
+import {
+  checkIdentityToken,
+  noIdentity,
+  readVaultIdentity,
+  type VaultIdentity,
+} from './vault-id.ts';
 
 const MAX_RANDOM_BYTES = 1024;
 
@@ -29,14 +35,17 @@ const NO_ATTESTATION =
   'a PKCS#11 token cannot produce TPM quotes or hold an attestation key; use the tpm backend for remote attestation';
 
 /**
- * The vault on a PKCS#11 token. Calls are serialised: the counter is read-modify-write, and a
- * reconnect must not race another call on the same session.
+ * One vault on a PKCS#11 token (a token may hold several: each has its own id, recorded in its
+ * state dir, and only ever touches the objects carrying it). Calls are serialised: the counter
+ * is read-modify-write, and a reconnect must not race another call on the same session.
  */
 export class Pkcs11Vault implements VaultBackend {
   readonly backend = 'pkcs11' as const;
   readonly #conn: TokenConnection;
   readonly #config: Pkcs11Config;
   #queue: Promise<unknown> = Promise.resolve();
+  /** Read from the state dir on first use, then kept: it never changes once written. */
+  #identity: VaultIdentity | undefined;
 
   constructor(conn: TokenConnection, config: Pkcs11Config) {
     this.#conn = conn;
@@ -49,9 +58,28 @@ export class Pkcs11Vault implements VaultBackend {
     return result;
   }
 
+  /**
+   * This vault's identity: NotProvisioned before `vault init`; refused when it was made on
+   * another token, or when a store-key file sits there without one.
+   */
+  async #vault(): Promise<VaultIdentity> {
+    if (this.#identity) return this.#identity;
+    const { stateDir } = this.#config;
+    const identity = await readVaultIdentity(stateDir);
+    if (!identity) {
+      throw (await storeKeyFileExists(stateDir))
+        ? orphanStoreKeyFile(stateDir)
+        : noIdentity(stateDir);
+    }
+    checkIdentityToken(identity, stateDir, this.#conn.identity.serial);
+    this.#identity = identity;
+    return identity;
+  }
+
   /** Released once per lifetime: serialized() enforces it for every backend. */
   storeKey(): Promise<Uint8Array> {
     return this.#serial(async () => {
+      const vault = await this.#vault();
       const file = await readStoreKeyFile(this.#config.stateDir);
       if (!file) {
         throw new VaultError(
@@ -60,39 +88,48 @@ export class Pkcs11Vault implements VaultBackend {
         );
       }
       checkTokenSerial(file.tokenSerial, this.#conn.identity.serial);
+      checkStoreKeyVault(file, vault);
       const key = await this.#conn.run('decrypting the store key', (p11, session) => {
-        const kek = findKek(p11, session);
+        const kek = findKek(p11, session, vault);
         if (!kek) throw kekMissing(this.#config.stateDir);
-        return unsealStoreKey(p11, session, kek, file);
+        return unsealStoreKey(p11, session, kek, file, vault);
       });
       return key;
     });
   }
 
   counterRead(): Promise<bigint> {
-    return this.#serial(() =>
-      this.#conn.run('reading the counter', (p11, session) => {
-        const value = readCounter(p11, session);
+    return this.#serial(async () => {
+      const vault = await this.#vault();
+      return this.#conn.run('reading the counter', async (p11, session) => {
+        const value = readCounter(p11, session, vault);
         if (value === undefined) {
-          throw new VaultError(
-            VaultCode.NotProvisioned,
-            'the counter does not exist; run "vault init"',
-          );
+          throw counterMissing(vault, await storeKeyFileExists(this.#config.stateDir));
         }
         return value;
-      }),
-    );
+      });
+    });
   }
 
   counterIncrement(): Promise<bigint> {
-    return this.#serial(() => this.#conn.run('incrementing the counter', incrementCounter));
+    return this.#serial(async () => {
+      const vault = await this.#vault();
+      return this.#conn.run('incrementing the counter', async (p11, session) => {
+        const value = incrementCounter(p11, session, vault);
+        if (value === undefined) {
+          throw counterMissing(vault, await storeKeyFileExists(this.#config.stateDir));
+        }
+        return value;
+      });
+    });
   }
 
   publicKey(purpose: SigningPurpose): Promise<PublicKeyInfo> {
     return this.#serial(async () => {
       const checked = checkPurpose(purpose);
+      const vault = await this.#vault();
       return this.#conn.run('reading a public key', (p11, session) =>
-        publicKey(p11, session, checked),
+        publicKey(p11, session, vault, checked),
       );
     });
   }
@@ -101,7 +138,10 @@ export class Pkcs11Vault implements VaultBackend {
     return this.#serial(async () => {
       const checked = checkPurpose(purpose);
       requireMechanisms(this.#conn.mechanisms);
-      return this.#conn.run('signing', (p11, session) => sign(p11, session, checked, message));
+      const vault = await this.#vault();
+      return this.#conn.run('signing', (p11, session) =>
+        sign(p11, session, vault, checked, message),
+      );
     });
   }
 
@@ -110,6 +150,10 @@ export class Pkcs11Vault implements VaultBackend {
   }
 
   attestationIdentity(): Promise<AttestationIdentity> {
+    return Promise.reject(new VaultError(VaultCode.NotSupported, NO_ATTESTATION));
+  }
+
+  activateCredential(): Promise<Uint8Array> {
     return Promise.reject(new VaultError(VaultCode.NotSupported, NO_ATTESTATION));
   }
 
@@ -130,34 +174,58 @@ export class Pkcs11Vault implements VaultBackend {
   provision(): Promise<ProvisionReport> {
     return this.#serial(async () => {
       requireMechanisms(this.#conn.mechanisms);
-      return this.#conn.run('provisioning', (p11, session) =>
+      const { report, identity } = await this.#conn.run('provisioning', (p11, session) =>
         provision(p11, session, this.#conn.identity.serial, this.#config.stateDir),
       );
+      this.#identity = identity;
+      return report;
     });
   }
 
   status(): Promise<VaultStatus> {
     return this.#serial(async () => {
       const { identity, mechanisms } = this.#conn;
+      const { stateDir } = this.#config;
       const warnings: string[] = [];
+      let vault: VaultIdentity | undefined;
+      try {
+        vault = await this.#vault();
+      } catch (e) {
+        if (!(e instanceof VaultError)) throw e;
+        if (e.code !== VaultCode.NotProvisioned) warnings.push(e.message);
+      }
+      const storeKeyThere = await storeKeyFileExists(stateDir);
       const onToken = await this.#conn.run('reading status', (p11, session) => {
-        const has = (cls: number, label: string) => findOne(p11, session, cls, label) !== undefined;
+        if (!vault) return { kek: false, counter: false, purposes: [] };
+        const scope = vault;
+        const has = (cls: number, role: ObjectRole) =>
+          findVaultObject(p11, session, scope, cls, role) !== undefined;
+        let counter = false;
+        try {
+          counter = readCounter(p11, session, scope) !== undefined;
+          if (!counter && storeKeyThere) throw counterMissing(scope, true);
+        } catch (e) {
+          if (!(e instanceof VaultError) || e.code !== VaultCode.CounterForeign) throw e;
+          warnings.push(e.message);
+        }
         return {
-          kek: has(pkcs11js.CKO_SECRET_KEY, LABELS.storeKek),
-          counter: readCounter(p11, session) !== undefined,
+          kek: has(pkcs11js.CKO_SECRET_KEY, 'store-kek'),
+          counter,
           purposes: SIGNING_PURPOSES.filter(
-            (p) =>
-              has(pkcs11js.CKO_PRIVATE_KEY, PURPOSE_LABEL[p]) &&
-              has(pkcs11js.CKO_PUBLIC_KEY, PURPOSE_LABEL[p]),
+            (p) => has(pkcs11js.CKO_PRIVATE_KEY, p) && has(pkcs11js.CKO_PUBLIC_KEY, p),
           ),
         };
       });
       let storeKeyFile = false;
       try {
-        const file = await readStoreKeyFile(this.#config.stateDir);
+        const file = await readStoreKeyFile(stateDir);
         storeKeyFile = file !== undefined;
         if (file && file.tokenSerial !== identity.serial) {
           warnings.push('the store-key file belongs to another token (its serial differs)');
+        } else if (file && vault && file.vaultId !== vault.hex) {
+          warnings.push(
+            `the store-key file belongs to another vault (vault id ${file.vaultId}, not ${vault.hex})`,
+          );
         }
       } catch (e) {
         warnings.push(e instanceof VaultError ? e.message : 'the store-key file cannot be read');
@@ -179,7 +247,7 @@ export class Pkcs11Vault implements VaultBackend {
       }
       return {
         backend: 'pkcs11' as const,
-        identity: `token "${identity.label}" (${identity.manufacturer} ${identity.model}, serial ${identity.serial})`,
+        identity: `token "${identity.label}" (${identity.manufacturer} ${identity.model}, serial ${identity.serial})${vault ? `, vault ${vault.hex}` : ''}`,
         capabilities: { found: mechanisms.found, missing: mechanisms.missing },
         provisioned: {
           storeKey: onToken.kek && storeKeyFile,
@@ -188,7 +256,7 @@ export class Pkcs11Vault implements VaultBackend {
           attestationKey: false,
         },
         counterGuarantee: COUNTER_GUARANTEE,
-        warnings,
+        warnings: warnings.slice(0, 16),
       };
     });
   }

@@ -1,12 +1,19 @@
 import pkcs11js from 'pkcs11js';
 import type { Pkcs11Config } from '../config.ts';
-import { SIGNING_PURPOSES, VaultError, type DoctorCheck } from '../vault.ts';
-import { readCounter } from './counter.ts';
+import { SIGNING_PURPOSES, VaultCode, VaultError, type DoctorCheck } from '../vault.ts';
+import { counterMissing, readCounter } from './counter.ts';
 import { REQUIRED_MECHANISMS } from './mechanisms.ts';
-import { PURPOSE_KEY_TYPE, PURPOSE_LABEL, assertHardwareBound, findOne } from './objects.ts';
+import {
+  PURPOSE_KEY_TYPE,
+  PURPOSE_LABEL,
+  assertHardwareBound,
+  findVaultObject,
+} from './objects.ts';
 import { checkTokenSerial, findKek } from './provision.ts';
 import { OPEN_STAGES, TokenConnection } from './session.ts';
-import { readStoreKeyFile } from './store-key-file.ts';
+import { checkStoreKeyVault, orphanStoreKeyFile } from './store-key.ts';
+import { readStoreKeyFile, storeKeyFileExists } from './store-key-file.ts';
+import { checkIdentityToken, readVaultIdentity, type VaultIdentity } from './vault-id.ts';
 
 const RUN_PROVISION = 'missing: run "vault init"';
 
@@ -56,26 +63,43 @@ export async function doctorChecks(
       ),
     );
   }
+  let vault: VaultIdentity | undefined;
   checks.push(
-    await check('object mte-store-kek', () =>
+    await check('vault identity', async () => {
+      const identity = await readVaultIdentity(stateDir);
+      if (!identity) {
+        if (await storeKeyFileExists(stateDir)) throw orphanStoreKeyFile(stateDir);
+        return `${RUN_PROVISION} (no vault identity in ${stateDir})`;
+      }
+      checkIdentityToken(identity, stateDir, conn.identity.serial);
+      vault = identity;
+      return undefined;
+    }),
+  );
+  /** A check of something that exists only once the vault has its identity. */
+  const ofVault = (name: string, fn: (v: VaultIdentity) => Promise<string | undefined>) =>
+    check(name, () => (vault ? fn(vault) : Promise.resolve(RUN_PROVISION)));
+  checks.push(
+    await ofVault('object mte-store-kek', (v) =>
       conn.run('checking the KEK', (p11, session) =>
-        findKek(p11, session) ? undefined : RUN_PROVISION,
+        findKek(p11, session, v) ? undefined : RUN_PROVISION,
       ),
     ),
-    await check('store-key file', async () => {
+    await ofVault('store-key file', async (v) => {
       const file = await readStoreKeyFile(stateDir);
       if (!file) return `${RUN_PROVISION} (nothing in ${stateDir})`;
       checkTokenSerial(file.tokenSerial, conn.identity.serial);
+      checkStoreKeyVault(file, v);
       return undefined;
     }),
   );
   for (const purpose of SIGNING_PURPOSES) {
     const label = PURPOSE_LABEL[purpose];
     checks.push(
-      await check(`object ${label}`, () =>
+      await ofVault(`object ${label}`, (v) =>
         conn.run(`checking ${label}`, (p11, session) => {
-          const priv = findOne(p11, session, pkcs11js.CKO_PRIVATE_KEY, label);
-          const pub = findOne(p11, session, pkcs11js.CKO_PUBLIC_KEY, label);
+          const priv = findVaultObject(p11, session, v, pkcs11js.CKO_PRIVATE_KEY, purpose);
+          const pub = findVaultObject(p11, session, v, pkcs11js.CKO_PUBLIC_KEY, purpose);
           if (!priv && !pub) return RUN_PROVISION;
           if (!priv || !pub)
             return `only half of the key pair is on the token; remove it and provision again`;
@@ -86,10 +110,13 @@ export async function doctorChecks(
     );
   }
   checks.push(
-    await check('object mte-counter', () =>
-      conn.run('checking the counter', (p11, session) =>
-        readCounter(p11, session) === undefined ? RUN_PROVISION : undefined,
-      ),
+    await ofVault('object mte-counter', (v) =>
+      conn.run('checking the counter', async (p11, session) => {
+        if (readCounter(p11, session, v) !== undefined) return undefined;
+        const missing = counterMissing(v, await storeKeyFileExists(stateDir));
+        if (missing.code !== VaultCode.NotProvisioned) throw missing;
+        return RUN_PROVISION;
+      }),
     ),
   );
   return checks;

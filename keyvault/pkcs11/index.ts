@@ -1,7 +1,8 @@
 /**
  * The PKCS#11 vault backend (pkcs11js; tested on SoftHSM2). Keys are generated inside the token
- * and never leave it; the store key is kept encrypted under a token KEK in config.stateDir.
- * Object labels are listed in objects.ts.
+ * and never leave it; the store key is kept encrypted under the vault's KEK in config.stateDir.
+ * Several vaults may share a token: each has its own id (vault-id.ts) on every object it makes
+ * (objects.ts) and in every wrapped secret's additional data. README.md beside this file.
  */
 import type { Pkcs11Config } from '../config.ts';
 import type { VaultBackend } from '../vault.ts';
@@ -16,7 +17,8 @@ export { LABELS, PURPOSE_LABEL } from './objects.ts';
 /**
  * Opens the token the URI names and logs in. Fails with a VaultError: VAULT_CONFIG (bad URI or
  * PIN source), VAULT_HARDWARE_UNREACHABLE (module), VAULT_TOKEN_NOT_FOUND, VAULT_MECHANISM_MISSING,
- * VAULT_WRONG_PIN, VAULT_PIN_LOCKED.
+ * VAULT_WRONG_PIN, VAULT_PIN_LOCKED. Provisioning and the counter may later refuse with
+ * VAULT_FOREIGN_OR_TAMPERED or VAULT_COUNTER_FOREIGN (objects or files not this vault's).
  */
 export async function openPkcs11Vault(config: Pkcs11Config): Promise<VaultBackend> {
   const conn = await TokenConnection.open(config, { requireMechanisms: true });

@@ -27,6 +27,16 @@ export const REQUIRED_MECHANISMS: readonly { name: string; code: number; usedFor
     code: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN,
     usedFor: 'generating the X.509 identity key',
   },
+  {
+    name: 'CKM_GENERIC_SECRET_KEY_GEN',
+    code: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN,
+    usedFor: "generating the counter's MAC key",
+  },
+  {
+    name: 'CKM_SHA256_HMAC',
+    code: pkcs11js.CKM_SHA256_HMAC,
+    usedFor: 'authenticating the counter objects',
+  },
 ];
 
 export interface MechanismCheck {

@@ -1,23 +1,30 @@
 import pkcs11js, { type PKCS11, type Template } from 'pkcs11js';
 import { VaultCode, VaultError, type SigningPurpose } from '../vault.ts';
 import { CKK_EC_EDWARDS } from './mechanisms.ts';
+import type { VaultScope } from './vault-id.ts';
 
 type Handle = Buffer;
 
 /**
- * The token objects the vault owns, found by CKA_CLASS + CKA_LABEL. CKA_ID is the label's UTF-8
- * bytes, so tools that pair keys by CKA_ID (pkcs11-tool) show each pair together.
+ * The token objects a vault owns. Several vaults may share a token, so each key carries its
+ * vault's id: CKA_ID is the 16-byte vault id followed by one byte naming the object's role, and
+ * a key is found by CKA_CLASS + CKA_LABEL + CKA_ID. Data objects cannot have a CKA_ID, so the
+ * counter's label carries the vault id instead (and its value is authenticated, counter.ts).
+ * An object under our label without our id is another vault's, and is never touched.
  *
- * | label                      | objects                                  |
- * |----------------------------|------------------------------------------|
- * | mte-store-kek              | AES-256 secret key (encrypts the store key) |
- * | mte-cross-signing-master   | Ed25519 private + public key             |
- * | mte-x509-identity          | RSA-3072 private + public key            |
- * | mte-counter                | CKO_DATA, CKA_VALUE = u64 big-endian     |
+ * | label                      | CKA_ID         | objects                                      |
+ * |----------------------------|----------------|----------------------------------------------|
+ * | mte-store-kek              | id ‖ 01        | AES-256 secret key (encrypts the store key)  |
+ * | mte-cross-signing-master   | id ‖ 02        | Ed25519 private + public key                 |
+ * | mte-x509-identity          | id ‖ 03        | RSA-3072 private + public key                |
+ * | mte-counter-mac            | id ‖ 04        | HMAC-SHA256 key (authenticates the counter)  |
+ * | mte-counter-<id hex>       | (none: data)   | CKO_DATA, the counter record (counter.ts)    |
  */
 export const LABELS = {
   storeKek: 'mte-store-kek',
-  counter: 'mte-counter',
+  counterMac: 'mte-counter-mac',
+  /** Followed by the vault id in hex. */
+  counterPrefix: 'mte-counter-',
 } as const;
 
 export const PURPOSE_LABEL: Record<SigningPurpose, string> = {
@@ -29,6 +36,30 @@ export const PURPOSE_KEY_TYPE: Record<SigningPurpose, number> = {
   'cross-signing-master': CKK_EC_EDWARDS,
   'x509-identity': pkcs11js.CKK_RSA,
 };
+
+/** What each of a vault's keys is for: the last byte of its CKA_ID. */
+export type ObjectRole = 'store-kek' | SigningPurpose | 'counter-mac';
+
+const ROLE: Record<ObjectRole, { tag: number; label: string }> = {
+  'store-kek': { tag: 0x01, label: LABELS.storeKek },
+  'cross-signing-master': { tag: 0x02, label: PURPOSE_LABEL['cross-signing-master'] },
+  'x509-identity': { tag: 0x03, label: PURPOSE_LABEL['x509-identity'] },
+  'counter-mac': { tag: 0x04, label: LABELS.counterMac },
+};
+
+export function roleLabel(role: ObjectRole): string {
+  return ROLE[role].label;
+}
+
+/** CKA_ID of the vault's key for `role`: vault id ‖ role byte. */
+export function objectId(scope: VaultScope, role: ObjectRole): Buffer {
+  return Buffer.concat([scope.id, Buffer.from([ROLE[role].tag])]);
+}
+
+/** The counter's label: the vault id is in it, since data objects have no CKA_ID. */
+export function counterLabel(scope: VaultScope): string {
+  return `${LABELS.counterPrefix}${scope.hex}`;
+}
 
 /** CKA_APPLICATION of the counter object. */
 export const APPLICATION = 'matrix-trusted-endpoint';
@@ -57,21 +88,27 @@ export function findObjects(p11: PKCS11, session: Handle, template: Template): H
   }
 }
 
-/** The one object of `objectClass` labelled `label`, or undefined; duplicates are refused. */
-export function findOne(
+/**
+ * The vault's one object of `objectClass` for `role` (label and CKA_ID both match), or
+ * undefined. Two of them mean one was made by someone else with our id: refused, never guessed.
+ */
+export function findVaultObject(
   p11: PKCS11,
   session: Handle,
+  scope: VaultScope,
   objectClass: number,
-  label: string,
+  role: ObjectRole,
 ): Handle | undefined {
+  const label = roleLabel(role);
   const found = findObjects(p11, session, [
     { type: pkcs11js.CKA_CLASS, value: objectClass },
     { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_ID, value: objectId(scope, role) },
   ]);
   if (found.length > 1) {
     throw new VaultError(
-      VaultCode.Config,
-      `the token holds ${found.length} objects labelled ${label}; remove the extra ones (the vault will not guess which is right)`,
+      VaultCode.ForeignOrTampered,
+      `the token holds ${found.length} objects labelled ${label} with this vault's id (${scope.hex}); all but one were made by someone else, and the vault will not guess which is its own`,
     );
   }
   return found[0];
@@ -154,10 +191,10 @@ const common = (label: string): Template => [
   { type: pkcs11js.CKA_MODIFIABLE, value: false },
 ];
 
-/** Data objects have no CKA_ID; keys do. */
-const keyCommon = (label: string): Template => [
-  ...common(label),
-  { type: pkcs11js.CKA_ID, value: Buffer.from(label, 'utf8') },
+/** Keys: the role's label, and the vault's id in CKA_ID. Data objects have no CKA_ID. */
+const keyCommon = (scope: VaultScope, role: ObjectRole): Template => [
+  ...common(roleLabel(role)),
+  { type: pkcs11js.CKA_ID, value: objectId(scope, role) },
 ];
 
 /** Secret and private keys: usable inside the token only, by the logged-in user only. */
@@ -168,9 +205,9 @@ const hidden: Template = [
   { type: pkcs11js.CKA_DERIVE, value: false },
 ];
 
-export function kekTemplate(): Template {
+export function kekTemplate(scope: VaultScope): Template {
   return [
-    ...keyCommon(LABELS.storeKek),
+    ...keyCommon(scope, 'store-kek'),
     ...hidden,
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
     { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
@@ -184,11 +221,13 @@ export function kekTemplate(): Template {
   ];
 }
 
-export function keyPairTemplates(purpose: SigningPurpose): { pub: Template; priv: Template } {
-  const label = PURPOSE_LABEL[purpose];
+export function keyPairTemplates(
+  purpose: SigningPurpose,
+  scope: VaultScope,
+): { pub: Template; priv: Template } {
   const keyType = PURPOSE_KEY_TYPE[purpose];
   const pub: Template = [
-    ...keyCommon(label),
+    ...keyCommon(scope, purpose),
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
     { type: pkcs11js.CKA_KEY_TYPE, value: keyType },
     { type: pkcs11js.CKA_PRIVATE, value: false },
@@ -197,7 +236,7 @@ export function keyPairTemplates(purpose: SigningPurpose): { pub: Template; priv
     { type: pkcs11js.CKA_WRAP, value: false },
   ];
   const priv: Template = [
-    ...keyCommon(label),
+    ...keyCommon(scope, purpose),
     ...hidden,
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
     { type: pkcs11js.CKA_KEY_TYPE, value: keyType },
@@ -217,14 +256,30 @@ export function keyPairTemplates(purpose: SigningPurpose): { pub: Template; priv
   return { pub, priv };
 }
 
-export function counterTemplate(value: bigint): Template {
-  const bytes = Buffer.alloc(8);
-  bytes.writeBigUInt64BE(value);
+/** The counter's MAC key: HMAC-SHA256 inside the token, sign/verify only. */
+export function counterMacTemplate(scope: VaultScope): Template {
   return [
-    ...common(LABELS.counter),
+    ...keyCommon(scope, 'counter-mac'),
+    ...hidden,
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_SIGN, value: true },
+    { type: pkcs11js.CKA_VERIFY, value: true },
+    { type: pkcs11js.CKA_ENCRYPT, value: false },
+    { type: pkcs11js.CKA_DECRYPT, value: false },
+    { type: pkcs11js.CKA_WRAP, value: false },
+    { type: pkcs11js.CKA_UNWRAP, value: false },
+  ];
+}
+
+/** One counter object: private, read-only, `record` as its value (counter.ts). */
+export function counterTemplate(scope: VaultScope, record: Buffer): Template {
+  return [
+    ...common(counterLabel(scope)),
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
     { type: pkcs11js.CKA_PRIVATE, value: true },
     { type: pkcs11js.CKA_APPLICATION, value: APPLICATION },
-    { type: pkcs11js.CKA_VALUE, value: bytes },
+    { type: pkcs11js.CKA_VALUE, value: record },
   ];
 }

@@ -1,9 +1,11 @@
+import { readFileSync, statSync } from 'node:fs';
 import { access, constants } from 'node:fs/promises';
+import { basename } from 'node:path';
 import pkcs11js, { type PKCS11 } from 'pkcs11js';
 import type { Pkcs11Config } from '../config.ts';
 import { readSecret } from '../common/secret.ts';
 import { VaultCode, VaultError } from '../vault.ts';
-import { ckrOf, needsReconnect, toVaultError } from './errors.ts';
+import { ckrName, ckrOf, needsReconnect, toVaultError } from './errors.ts';
 import { checkMechanisms, requireMechanisms, type MechanismCheck } from './mechanisms.ts';
 import { parseTokenUri, tokenMatches, type TokenIdentity, type TokenSelector } from './uri.ts';
 
@@ -55,7 +57,7 @@ export class TokenConnection {
   ): Promise<TokenConnection> {
     const selector = parseTokenUri(config.token);
     const p11 = await loadModule(config.module);
-    const ownsInit = initialize(p11);
+    const ownsInit = initialize(p11, config.module);
     options.progress?.('module loads');
     try {
       const found = findToken(p11, selector, config.token);
@@ -73,20 +75,55 @@ export class TokenConnection {
     }
   }
 
-  /** Runs `op` on the session; after a module or token failure, reconnects and retries once. */
+  /**
+   * Runs `op` on the session; after a module or token failure, reconnects and retries once.
+   * Any other failure is checked against the token still being there (#gone), so a token that
+   * went away is reported as such, not as whatever its absence looked like.
+   */
   async run<T>(what: string, op: (p11: PKCS11, session: Handle) => T | Promise<T>): Promise<T> {
     if (this.#closed) throw new VaultError(VaultCode.BadRequest, 'the vault is closed');
     try {
       return await op(this.#p11, this.#session);
     } catch (e) {
-      if (!needsReconnect(e)) throw toVaultError(e, what);
+      if (!needsReconnect(e)) throw this.#failure(e, what);
     }
     await this.#reconnect();
     try {
       return await op(this.#p11, this.#session);
     } catch (e) {
-      throw toVaultError(e, what);
+      throw this.#failure(e, what);
     }
+  }
+
+  #failure(e: unknown, what: string): VaultError {
+    const mapped = toVaultError(e, what);
+    if (CONCLUSIVE.has(mapped.code)) return mapped;
+    return this.#gone(what) ?? mapped;
+  }
+
+  /**
+   * Whether the token still answers, as itself. SoftHSM answers a deleted token directory with
+   * CKR_GENERAL_ERROR from most calls and with empty results from C_FindObjects, which would
+   * otherwise look like tampering, a foreign counter or an unprovisioned vault.
+   */
+  #gone(what: string): VaultError | undefined {
+    let serial: string;
+    try {
+      serial = this.#p11.C_GetTokenInfo(this.#slot).serialNumber.trimEnd();
+    } catch (e) {
+      const code = ckrOf(e);
+      return new VaultError(
+        VaultCode.TokenNotFound,
+        `${what} failed: the token no longer answers (${code === undefined ? 'no answer' : ckrName(code)}): it was removed, or its storage is gone (for SoftHSM2, its token directory was deleted); restore it and restart the vault`,
+      );
+    }
+    if (serial !== this.identity.serial) {
+      return new VaultError(
+        VaultCode.TokenNotFound,
+        `${what} failed: the slot now holds another token (serial ${serial}, expected ${this.identity.serial}); reopen the vault`,
+      );
+    }
+    return undefined;
   }
 
   /** Whether the session is still logged in as the user (for doctor). */
@@ -117,7 +154,7 @@ export class TokenConnection {
       // Already gone: that is why we are here.
     }
     if (this.#ownsInit) finalize(p11);
-    this.#ownsInit = initialize(p11);
+    this.#ownsInit = initialize(p11, this.#config.module);
     const found = findToken(p11, this.#selector, this.#config.token);
     if (found.identity.serial !== this.identity.serial) {
       // Same URI, other token (e.g. another token with the same label was plugged in).
@@ -196,16 +233,70 @@ async function loadModule(path: string): Promise<PKCS11> {
   return p11;
 }
 
+/** Codes that already say what happened, or that the token's presence cannot change. */
+const CONCLUSIVE = new Set<string>([
+  VaultCode.TokenNotFound,
+  VaultCode.Unreachable,
+  VaultCode.WrongPin,
+  VaultCode.PinLocked,
+  VaultCode.BadRequest,
+  VaultCode.MechanismMissing,
+  VaultCode.Config,
+  VaultCode.NotSupported,
+]);
+
 /** C_Initialize; returns false when someone else in this process already had. */
-function initialize(p11: PKCS11): boolean {
+function initialize(p11: PKCS11, modulePath: string): boolean {
   try {
     p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
     return true;
   } catch (e) {
-    if (ckrOf(e) === pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) return false;
+    const code = ckrOf(e);
+    if (code === pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) return false;
+    if (code === pkcs11js.CKR_GENERAL_ERROR) {
+      throw (
+        softHsmDiagnosis(modulePath) ??
+        new VaultError(
+          VaultCode.Unreachable,
+          `the PKCS#11 module ${modulePath} failed to initialise (CKR_GENERAL_ERROR): its configuration or its token storage is unusable`,
+        )
+      );
+    }
     const reason = toVaultError(e, 'initialising the PKCS#11 module').message;
     throw new VaultError(VaultCode.Unreachable, reason);
   }
+}
+
+/**
+ * SoftHSM2 fails C_Initialize with a bare CKR_GENERAL_ERROR when its configuration file or its
+ * token directory is missing; say which. Best effort: under Node's permission model the files
+ * may not be ours to read, and then the generic sentence stands.
+ */
+function softHsmDiagnosis(modulePath: string): VaultError | undefined {
+  if (!/softhsm/i.test(basename(modulePath))) return undefined;
+  const conf = process.env.SOFTHSM2_CONF ?? '/etc/softhsm/softhsm2.conf';
+  let text: string;
+  try {
+    text = readFileSync(conf, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return undefined;
+    return new VaultError(
+      VaultCode.Unreachable,
+      `SoftHSM2 cannot start: its configuration file ${conf} (SOFTHSM2_CONF) does not exist`,
+    );
+  }
+  const tokenDir = /^\s*directories\.tokendir\s*=\s*(.*?)\s*$/m.exec(text)?.[1];
+  if (!tokenDir) return undefined;
+  try {
+    statSync(tokenDir);
+    return undefined;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return undefined;
+  }
+  return new VaultError(
+    VaultCode.TokenNotFound,
+    `the token is gone: SoftHSM2's token directory ${tokenDir} (directories.tokendir in ${conf}) does not exist; restore it, or point SOFTHSM2_CONF at the configuration that names the right one`,
+  );
 }
 
 function finalize(p11: PKCS11): void {

@@ -12,11 +12,12 @@ import {
   PURPOSE_KEY_TYPE,
   PURPOSE_LABEL,
   assertHardwareBound,
-  findOne,
+  findVaultObject,
   isEd25519Params,
   readAttributes,
 } from './objects.ts';
 import { ed25519PointFromEcPoint, ed25519Spki, rsaSpki } from './spki.ts';
+import type { VaultScope } from './vault-id.ts';
 
 type Handle = Buffer;
 
@@ -57,9 +58,11 @@ function notProvisioned(purpose: SigningPurpose): VaultError {
   );
 }
 
+/** Signs with the vault's own key for `purpose` (found by label and the vault's CKA_ID). */
 export function sign(
   p11: PKCS11,
   session: Handle,
+  scope: VaultScope,
   purpose: SigningPurpose,
   message: Uint8Array,
 ): Uint8Array {
@@ -70,7 +73,7 @@ export function sign(
     );
   }
   const label = PURPOSE_LABEL[purpose];
-  const key = findOne(p11, session, pkcs11js.CKO_PRIVATE_KEY, label);
+  const key = findVaultObject(p11, session, scope, pkcs11js.CKO_PRIVATE_KEY, purpose);
   if (!key) throw notProvisioned(purpose);
   assertHardwareBound(p11, session, key, label, PURPOSE_KEY_TYPE[purpose]);
   p11.C_SignInit(session, MECHANISM[purpose], key);
@@ -78,9 +81,14 @@ export function sign(
   return new Uint8Array(p11.C_Sign(session, Buffer.from(message), Buffer.alloc(512)));
 }
 
-export function publicKey(p11: PKCS11, session: Handle, purpose: SigningPurpose): PublicKeyInfo {
+export function publicKey(
+  p11: PKCS11,
+  session: Handle,
+  scope: VaultScope,
+  purpose: SigningPurpose,
+): PublicKeyInfo {
   const label = PURPOSE_LABEL[purpose];
-  const key = findOne(p11, session, pkcs11js.CKO_PUBLIC_KEY, label);
+  const key = findVaultObject(p11, session, scope, pkcs11js.CKO_PUBLIC_KEY, purpose);
   if (!key) throw notProvisioned(purpose);
   let spki: Uint8Array;
   if (purpose === 'cross-signing-master') {

@@ -3,6 +3,7 @@ import { VaultCode, VaultError } from '../vault.ts';
 import { ckrOf } from './errors.ts';
 import { CKM_AES_GCM } from './mechanisms.ts';
 import { storeKeyAad, type StoreKeyFile } from './store-key-file.ts';
+import type { VaultScope } from './vault-id.ts';
 
 type Handle = Buffer;
 
@@ -21,37 +22,53 @@ function gcm(iv: Uint8Array, aad: Buffer): Mechanism {
   return { mechanism: CKM_AES_GCM, parameter };
 }
 
-/** Makes a fresh store key with the token's RNG and encrypts it under the KEK. */
+/** Makes a fresh store key with the token's RNG and encrypts it under the vault's KEK. */
 export function sealNewStoreKey(
   p11: PKCS11,
   session: Handle,
   kek: Handle,
   tokenSerial: string,
+  scope: VaultScope,
 ): StoreKeyFile {
   const storeKey = p11.C_GenerateRandom(session, Buffer.alloc(STORE_KEY_BYTES));
   try {
     const iv = p11.C_GenerateRandom(session, Buffer.alloc(12));
-    p11.C_EncryptInit(session, gcm(iv, storeKeyAad(tokenSerial)), kek);
+    p11.C_EncryptInit(session, gcm(iv, storeKeyAad(tokenSerial, scope.hex)), kek);
     const ciphertext = p11.C_Encrypt(session, storeKey, Buffer.alloc(STORE_KEY_BYTES + TAG_BYTES));
-    return { tokenSerial, iv, ciphertext: Buffer.from(ciphertext) };
+    return { tokenSerial, vaultId: scope.hex, iv, ciphertext: Buffer.from(ciphertext) };
   } finally {
     storeKey.fill(0);
   }
 }
 
+/** The file must record this vault's id; the tag check below makes the record honest. */
+export function checkStoreKeyVault(file: StoreKeyFile, scope: VaultScope): void {
+  if (file.vaultId !== scope.hex) {
+    throw new VaultError(
+      VaultCode.ForeignOrTampered,
+      `the store-key file belongs to another vault (vault id ${file.vaultId}; this vault is ${scope.hex}): it was copied or swapped into this state dir`,
+    );
+  }
+}
+
 /**
- * Decrypts the store key. A failed tag check is reported as tampering: SoftHSM 2.6 answers a
- * bad tag with CKR_GENERAL_ERROR rather than CKR_ENCRYPTED_DATA_INVALID, so both count.
+ * Decrypts the store key. The additional data is built from this token's serial and this
+ * vault's id, so a file from another vault or token fails the tag even with its recorded
+ * fields forged. A failed tag check is reported as tampering: SoftHSM 2.6 answers a bad tag
+ * with CKR_GENERAL_ERROR rather than CKR_ENCRYPTED_DATA_INVALID, so both count (the caller
+ * rules out a token that went away, session.ts).
  */
 export function unsealStoreKey(
   p11: PKCS11,
   session: Handle,
   kek: Handle,
   file: StoreKeyFile,
+  scope: VaultScope,
 ): Uint8Array {
+  checkStoreKeyVault(file, scope);
   const out = Buffer.alloc(STORE_KEY_BYTES + TAG_BYTES);
   try {
-    p11.C_DecryptInit(session, gcm(file.iv, storeKeyAad(file.tokenSerial)), kek);
+    p11.C_DecryptInit(session, gcm(file.iv, storeKeyAad(file.tokenSerial, scope.hex)), kek);
     let plain: Buffer;
     try {
       plain = p11.C_Decrypt(session, Buffer.from(file.ciphertext), out);
@@ -64,7 +81,7 @@ export function unsealStoreKey(
       ) {
         throw new VaultError(
           VaultCode.ForeignOrTampered,
-          "the store-key file does not decrypt under this token's KEK: it was altered or belongs to another token",
+          "the store-key file does not decrypt under this vault's KEK: it was altered, or belongs to another vault or token",
         );
       }
       throw e;
@@ -84,6 +101,14 @@ export function unsealStoreKey(
 export function kekMissing(stateDir: string): VaultError {
   return new VaultError(
     VaultCode.ForeignOrTampered,
-    `a store-key file exists in ${stateDir} but the token has no mte-store-kek: the token was re-initialised or the file belongs elsewhere, and the store key cannot be recovered here`,
+    `a store-key file exists in ${stateDir} but the token has no mte-store-kek of this vault: the token was re-initialised or the file belongs elsewhere, and the store key cannot be recovered here`,
+  );
+}
+
+/** A store-key file with no vault identity beside it: from before vault ids, or copied here. */
+export function orphanStoreKeyFile(stateDir: string): VaultError {
+  return new VaultError(
+    VaultCode.ForeignOrTampered,
+    `a store-key file exists in ${stateDir} but no vault identity (pkcs11-vault.json): it belongs to another vault, or was written before vaults had their own id; this vault will not use it`,
   );
 }

@@ -5,22 +5,90 @@ import { RC, TpmError } from './rc.ts';
 import { type Session, passwordSession, saltedSessionRequest } from './session.ts';
 import { type CreatedObject, type KeyBlobs, type NvPublic } from './commands.ts';
 import { srkTemplate } from './structures.ts';
-import type { TpmTransport } from './transport/index.ts';
+import { type TpmTransport, TpmTransportError } from './transport/index.ts';
+
+/**
+ * How long one command may take before the TPM counts as not answering (frozen or busy). Far
+ * below the vault RPC's deadlines (the client's 10 s, the server's 60 s), so a frozen TPM is
+ * reported as such rather than as a generic RPC timeout. Common TPMs answer the commands the
+ * vault sends at run time (ECC primaries, loads, sessions, NV, RSA signatures) in well under a
+ * second: 5 s is a wide margin, and still leaves the RPC client time to hear the answer.
+ */
+export const COMMAND_TIMEOUT_MS = 5_000;
+/** For commands marked slow: RSA key generation (provisioning only) can take a TPM ~a minute. */
+export const SLOW_COMMAND_TIMEOUT_MS = 120_000;
+
+export interface TpmClientOptions {
+  commandTimeoutMs?: number;
+  slowCommandTimeoutMs?: number;
+}
+
+/**
+ * The attributes of a vault's anti-rollback counter: a counter index (only ever goes up), not
+ * ORDERLY (an orderly counter may lose increments on an unclean shutdown), written and read
+ * with the index's own authValue (only the vault that defined it knows it; not OWNERWRITE, so
+ * the owner hierarchy's usually empty auth cannot move it), readable by the owner as well (so
+ * tpm2_nvread -C o can check it), and NO_DA: a wrong authValue must not push the whole TPM
+ * towards dictionary-attack lockout (the authValue is 32 random bytes: nothing to guess).
+ */
+export const COUNTER_ATTRIBUTES =
+  TPMA_NV.TPM_NT_COUNTER | TPMA_NV.AUTHWRITE | TPMA_NV.AUTHREAD | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA;
+
+/** An NV index as commands name it: its handle and its current Name. */
+export interface NvRef {
+  handle: number;
+  name: Uint8Array;
+}
 
 /**
  * A TPM 2.0 client over any transport. Every transient object and session it creates is
  * flushed in a finally block, because swtpm (and /dev/tpm0) have no resource manager: a leak
  * would end in "out of object memory" on a long run.
+ *
+ * Every command has a deadline (COMMAND_TIMEOUT_MS). After one passes, the client stops
+ * flushing (the TPM is not answering; each flush would wait out another deadline) and, before
+ * its next command, flushes whatever transient objects and sessions the TPM still holds:
+ * the commands it gave up on may have run late, and nobody else owns what they made (swtpm
+ * serves one connection at a time; /dev/tpmrm0 shows each file only its own handles).
  */
 export class TpmClient {
   readonly transport: TpmTransport;
+  readonly commandTimeoutMs: number;
+  readonly slowCommandTimeoutMs: number;
+  #abandoned = false;
+  #recovering = false;
 
-  constructor(transport: TpmTransport) {
+  constructor(transport: TpmTransport, options: TpmClientOptions = {}) {
     this.transport = transport;
+    this.commandTimeoutMs = options.commandTimeoutMs ?? COMMAND_TIMEOUT_MS;
+    this.slowCommandTimeoutMs = options.slowCommandTimeoutMs ?? SLOW_COMMAND_TIMEOUT_MS;
   }
 
-  run<R>(command: Command<R>, auths: Authorization[] = [], extra: Session[] = []): Promise<R> {
-    return execute(this.transport, command, auths, extra);
+  async run<R>(
+    command: Command<R>,
+    auths: Authorization[] = [],
+    extra: Session[] = [],
+  ): Promise<R> {
+    if (this.#abandoned && !this.#recovering) await this.#recover();
+    try {
+      return await execute(this.transport, command, auths, extra, {
+        timeoutMs: command.slow ? this.slowCommandTimeoutMs : this.commandTimeoutMs,
+      });
+    } catch (e) {
+      if (e instanceof TpmTransportError && e.code === 'TPM_TIMEOUT') this.#abandoned = true;
+      throw e;
+    }
+  }
+
+  async #recover(): Promise<void> {
+    this.#recovering = true;
+    try {
+      const leftovers = [...(await this.transientHandles()), ...(await this.loadedSessions())];
+      for (const handle of leftovers) await this.flush(handle);
+      this.#abandoned = false;
+    } finally {
+      this.#recovering = false;
+    }
   }
 
   /** TPM2_Startup(CLEAR), tolerating a TPM that has already started. */
@@ -62,6 +130,8 @@ export class TpmClient {
   }
 
   async flush(handle: number): Promise<void> {
+    // The TPM did not answer a moment ago: the next command flushes everything left over.
+    if (this.#abandoned && !this.#recovering) return;
     try {
       await this.run(cmd.flushContext(handle));
     } catch (e) {
@@ -86,8 +156,12 @@ export class TpmClient {
     }
   }
 
-  withSrk<R>(use: (srk: CreatedObject) => Promise<R>): Promise<R> {
-    return this.withPrimary(TPM_RH.OWNER, srkTemplate(), use);
+  /**
+   * The storage primary for the duration of `use`: tpm2-tools' default SRK, or with `unique`
+   * a vault's own (see srkTemplate).
+   */
+  withSrk<R>(use: (srk: CreatedObject) => Promise<R>, unique?: Uint8Array): Promise<R> {
+    return this.withPrimary(TPM_RH.OWNER, srkTemplate(unique), use);
   }
 
   /** A session salted to `saltKey` (ECC P-256), so its key is unknown to a bus observer. */
@@ -137,10 +211,15 @@ export class TpmClient {
     });
   }
 
-  /** Creates a key under the SRK (nothing secret goes in; the TPM generates it). */
+  /**
+   * Creates a key under the SRK (nothing secret goes in; the TPM generates it). Key generation
+   * (RSA above all) may take a TPM long: this command gets the slow deadline.
+   */
   createKey(srk: CreatedObject, template: Uint8Array): Promise<KeyBlobs> {
     return this.withSession('hmac', srk, (session) =>
-      this.run(cmd.create({ handle: srk.handle, name: srk.name }, template), [{ session }]),
+      this.run({ ...cmd.create({ handle: srk.handle, name: srk.name }, template), slow: true }, [
+        { session },
+      ]),
     );
   }
 
@@ -194,47 +273,65 @@ export class TpmClient {
     return `${ascii(props.get(TPM_PT.MANUFACTURER))} ${ascii(props.get(TPM_PT.VENDOR_STRING_1))}${ascii(props.get(TPM_PT.VENDOR_STRING_2))} firmware ${fw1 >>> 16}.${fw1 & 0xffff}.${fw2 >>> 16}`.trim();
   }
 
-  /** An NV counter owned by the owner hierarchy; incremented once so it can be read. */
-  async defineCounter(index: number): Promise<'created' | 'exists'> {
-    let existing;
+  /** An NV index's public area and Name, or undefined when no such index is defined. */
+  async nvPublic(index: number): Promise<NvPublic | undefined> {
     try {
-      existing = await this.run(cmd.nvReadPublic(index));
+      return await this.run(cmd.nvReadPublic(index));
     } catch (e) {
-      if (!(e instanceof TpmError && e.base === RC.HANDLE)) throw e;
+      if (e instanceof TpmError && e.base === RC.HANDLE) return undefined;
+      throw e;
     }
-    if (existing) {
-      checkCounter(existing);
-      return 'exists';
-    }
-    // Not ORDERLY: an orderly counter may lose increments on an unclean shutdown.
-    const attributes =
-      TPMA_NV.TPM_NT_COUNTER |
-      TPMA_NV.OWNERWRITE |
-      TPMA_NV.OWNERREAD |
-      TPMA_NV.AUTHREAD |
-      TPMA_NV.AUTHWRITE |
-      TPMA_NV.NO_DA;
-    await this.run(cmd.nvDefineSpace(TPM_RH.OWNER, index, attributes, 8), [
-      { session: passwordSession() },
-    ]);
-    await this.counterIncrement(index);
-    return 'created';
   }
 
-  async counterIncrement(index: number): Promise<void> {
-    const pub = await this.run(cmd.nvReadPublic(index));
-    checkCounter(pub);
-    await this.run(cmd.nvIncrement(TPM_RH.OWNER, { handle: index, name: pub.name }), [
-      { session: passwordSession() },
-    ]);
+  /**
+   * Defines a counter at `index` with COUNTER_ATTRIBUTES and `authValue` (at most 32 bytes),
+   * then increments it once (a counter cannot be read before). The owner authorizes the
+   * definition through a session salted to `saltKey`, and the authValue, the command's first
+   * parameter, crosses the bus encrypted. Answers the public area after the first increment
+   * (TPMA_NV_WRITTEN set: the Name the index keeps from then on). An index that exists
+   * already fails with TPM_RC_NV_DEFINED: nothing is adopted.
+   */
+  async defineCounter(
+    index: number,
+    authValue: Uint8Array,
+    saltKey: CreatedObject,
+  ): Promise<NvPublic> {
+    await this.withSession('hmac', saltKey, (session) => {
+      session.attributes = TPMA_SESSION.continueSession | TPMA_SESSION.decrypt;
+      return this.run(cmd.nvDefineSpace(TPM_RH.OWNER, index, COUNTER_ATTRIBUTES, 8, authValue), [
+        { session },
+      ]);
+    });
+    const defined = await this.nvPublic(index);
+    if (!defined)
+      throw new Error(`NV index 0x${index.toString(16)} vanished right after TPM2_NV_DefineSpace`);
+    await this.counterIncrement({ handle: index, name: defined.name }, authValue, saltKey);
+    const written = await this.nvPublic(index);
+    if (!written)
+      throw new Error(`NV index 0x${index.toString(16)} vanished after its first increment`);
+    return written;
   }
 
-  async counterRead(index: number): Promise<bigint> {
-    const pub = await this.run(cmd.nvReadPublic(index));
-    checkCounter(pub);
-    const value = await this.run(cmd.nvRead(TPM_RH.OWNER, { handle: index, name: pub.name }, 8), [
-      { session: passwordSession() },
-    ]);
+  /**
+   * Increments a counter authorized by its own authValue, in an HMAC session salted to
+   * `saltKey`: the authValue itself never crosses the bus, and a different index in its place
+   * (whatever its public area) fails the HMAC check (TPM_RC_BAD_AUTH).
+   */
+  counterIncrement(ref: NvRef, authValue: Uint8Array, saltKey: CreatedObject): Promise<void> {
+    return this.withSession('hmac', saltKey, (session) =>
+      this.run(cmd.nvIncrement(ref, ref), [{ session, authValue }]),
+    );
+  }
+
+  /**
+   * Reads a counter with its own authValue (as counterIncrement): the response HMAC, keyed
+   * with the authValue, proves the value comes from the index that knows it.
+   */
+  async counterRead(ref: NvRef, authValue: Uint8Array, saltKey: CreatedObject): Promise<bigint> {
+    const value = await this.withSession('hmac', saltKey, (session) =>
+      this.run(cmd.nvRead(ref, ref, 8), [{ session, authValue }]),
+    );
+    if (value.length !== 8) throw new Error(`TPM2_NV_Read returned ${value.length} bytes, not 8`);
     return value.readBigUInt64BE(0);
   }
 
@@ -254,9 +351,10 @@ export class TpmClient {
     for (let offset = 0; offset < pub.dataSize; offset += 512) {
       const size = Math.min(512, pub.dataSize - offset);
       chunks.push(
-        await this.run(cmd.nvRead(TPM_RH.OWNER, { handle: index, name: pub.name }, size, offset), [
-          { session: passwordSession() },
-        ]),
+        await this.run(
+          cmd.nvRead({ handle: TPM_RH.OWNER }, { handle: index, name: pub.name }, size, offset),
+          [{ session: passwordSession() }],
+        ),
       );
     }
     return Buffer.concat(chunks);
@@ -264,26 +362,5 @@ export class TpmClient {
 
   close(): Promise<void> {
     return this.transport.close();
-  }
-}
-
-/**
- * An anti-rollback counter must be a TPM counter index: only those are guaranteed never to go
- * down (a new one starts at the highest value any counter on this TPM has had). Someone who
- * deleted ours and put an ordinary index holding a chosen value in its place is caught here.
- */
-export function checkCounter(pub: NvPublic): void {
-  const type = (pub.attributes >> 4) & 0xf;
-  if (type !== 1 || pub.attributes & TPMA_NV.ORDERLY || pub.dataSize !== 8) {
-    throw new NvCounterError(
-      `NV index 0x${pub.index.toString(16)} is not a non-orderly 8-byte counter (attributes 0x${pub.attributes.toString(16)})`,
-    );
-  }
-}
-
-export class NvCounterError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'NvCounterError';
   }
 }

@@ -261,8 +261,12 @@ export function signRsaPss(key: HandleArg, digest: Uint8Array): Command<Buffer> 
 
 export interface NvPublic {
   index: number;
+  nameAlg: number;
   attributes: number;
+  authPolicy: Buffer;
   dataSize: number;
+  /** The marshalled TPMS_NV_PUBLIC the Name is the hash of. */
+  raw: Buffer;
   name: Buffer;
 }
 
@@ -279,23 +283,28 @@ export function nvReadPublic(index: number): Command<NvPublic> {
       const idx = r.u32();
       const nameAlg = r.u16();
       const attributes = r.u32();
-      r.tpm2b();
+      const authPolicy = r.tpm2b();
       const dataSize = r.u16();
       const name = p.tpm2b();
       // The Name is what sessions bind to: it must be the hash of the public area we were shown.
       if (idx !== index || (nameAlg === TPM_ALG.SHA256 && !name.equals(objectName(pub)))) {
         throw new Error('TPM2_NV_ReadPublic: the returned Name does not match the public area');
       }
-      return { index: idx, attributes, dataSize, name };
+      return { index: idx, nameAlg, attributes, authPolicy, dataSize, raw: pub, name };
     },
   };
 }
 
+/**
+ * TPM2_NV_DefineSpace. `authValue` is the index's own authorization value, the first
+ * parameter: a session with the decrypt attribute sends it encrypted.
+ */
 export function nvDefineSpace(
   auth: number,
   index: number,
   attributes: number,
   dataSize: number,
+  authValue: Uint8Array = new Uint8Array(),
 ): Command<void> {
   return {
     name: 'NV_DefineSpace',
@@ -303,7 +312,7 @@ export function nvDefineSpace(
     handles: [{ handle: auth }],
     authHandles: 1,
     params: new Writer()
-      .tpm2b(new Uint8Array())
+      .tpm2b(authValue)
       .sized((w) =>
         w.u32(index).u16(TPM_ALG.SHA256).u32(attributes).tpm2b(new Uint8Array()).u16(dataSize),
       )
@@ -313,10 +322,11 @@ export function nvDefineSpace(
   };
 }
 
-export function nvIncrement(auth: number, index: HandleArg): Command<void> {
+/** TPM2_NV_UndefineSpace by the owner (or platform) hierarchy. */
+export function nvUndefineSpace(auth: number, index: HandleArg): Command<void> {
   return {
-    name: 'NV_Increment',
-    code: TPM_CC.NV_Increment,
+    name: 'NV_UndefineSpace',
+    code: TPM_CC.NV_UndefineSpace,
     handles: [{ handle: auth }, index],
     authHandles: 1,
     params: Buffer.alloc(0),
@@ -324,11 +334,29 @@ export function nvIncrement(auth: number, index: HandleArg): Command<void> {
   };
 }
 
-export function nvRead(auth: number, index: HandleArg, size: number, offset = 0): Command<Buffer> {
+/** `auth` is a hierarchy (OWNERWRITE) or the index itself (AUTHWRITE, with its Name). */
+export function nvIncrement(auth: HandleArg, index: HandleArg): Command<void> {
+  return {
+    name: 'NV_Increment',
+    code: TPM_CC.NV_Increment,
+    handles: [auth, index],
+    authHandles: 1,
+    params: Buffer.alloc(0),
+    parse: () => undefined,
+  };
+}
+
+/** `auth` is a hierarchy (OWNERREAD) or the index itself (AUTHREAD, with its Name). */
+export function nvRead(
+  auth: HandleArg,
+  index: HandleArg,
+  size: number,
+  offset = 0,
+): Command<Buffer> {
   return {
     name: 'NV_Read',
     code: TPM_CC.NV_Read,
-    handles: [{ handle: auth }, index],
+    handles: [auth, index],
     authHandles: 1,
     params: new Writer().u16(size).u16(offset).done(),
     encryptsResponse: true,
@@ -362,4 +390,67 @@ function skipTicket(p: Reader): void {
   p.u16();
   p.u32();
   p.tpm2b();
+}
+
+/** TPM2_ReadPublic: an object's public area and Name (for a persistent key such as the EK). */
+export function readPublic(handle: number): Command<{ public: PublicArea; name: Buffer }> {
+  return {
+    name: 'ReadPublic',
+    code: TPM_CC.ReadPublic,
+    handles: [{ handle }],
+    authHandles: 0,
+    params: new Uint8Array(),
+    parse: ({ params: p }) => {
+      const pub = parsePublic(p.tpm2b());
+      const name = p.tpm2b();
+      p.tpm2b(); // qualifiedName
+      if (!name.equals(objectName(pub.raw)))
+        throw new Error('TPM2_ReadPublic: the returned Name does not match the public area');
+      return { public: pub, name };
+    },
+  };
+}
+
+/**
+ * TPM2_PolicySecret: asserts knowledge of `authHandle`'s authorization in a policy session
+ * (the default EK's policy is PolicySecret(TPM_RH_ENDORSEMENT)). No expiry, no cpHash.
+ */
+export function policySecret(authHandle: number, session: number): Command<void> {
+  return {
+    name: 'PolicySecret',
+    code: TPM_CC.PolicySecret,
+    handles: [{ handle: authHandle }, { handle: session }],
+    authHandles: 1,
+    params: new Writer()
+      .tpm2b(new Uint8Array()) // nonceTPM: not needed without an expiry
+      .tpm2b(new Uint8Array()) // cpHashA
+      .tpm2b(new Uint8Array()) // policyRef
+      .u32(0) // expiration
+      .done(),
+    parse: () => undefined,
+  };
+}
+
+/**
+ * TPM2_ActivateCredential: recovers a credential a verifier made (TPM2_MakeCredential, in
+ * software) for `activate`'s Name and `key`'s public key. The TPM answers only if both are
+ * loaded here: the proof that this AK lives on the TPM that holds this EK. `credentialBlob`
+ * and `secret` are the TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET, size fields included.
+ */
+export function activateCredential(
+  activate: HandleArg,
+  key: HandleArg,
+  credentialBlob: Uint8Array,
+  secret: Uint8Array,
+): Command<Buffer> {
+  return {
+    name: 'ActivateCredential',
+    code: TPM_CC.ActivateCredential,
+    handles: [activate, key],
+    authHandles: 2,
+    params: Buffer.concat([credentialBlob, secret]),
+    encryptsCommand: true,
+    encryptsResponse: true,
+    parse: ({ params: p }) => p.tpm2b(),
+  };
 }

@@ -7,6 +7,7 @@ export const TPM_ST = {
 } as const;
 
 export const TPM_CC = {
+  NV_UndefineSpace: 0x122,
   NV_DefineSpace: 0x12a,
   EvictControl: 0x120,
   CreatePrimary: 0x131,
@@ -27,6 +28,8 @@ export const TPM_CC = {
   PolicyPCR: 0x17f,
   PCR_Extend: 0x182,
   PolicyGetDigest: 0x189,
+  ActivateCredential: 0x147,
+  PolicySecret: 0x151,
 } as const;
 
 export const TPM_ALG = {

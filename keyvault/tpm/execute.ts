@@ -4,7 +4,7 @@ import { DIGEST_BYTES, cfb, hmac, sha256 } from './kdf.ts';
 import { Reader, Writer } from './marshal.ts';
 import { TpmError } from './rc.ts';
 import type { Session } from './session.ts';
-import { type TpmTransport, TpmTransportError } from './transport/index.ts';
+import { type SendOptions, type TpmTransport, TpmTransportError } from './transport/index.ts';
 
 /**
  * One execute path for every command (after go-tpm's "direct" API): a command is plain data
@@ -29,6 +29,11 @@ export interface Command<R> {
   encryptsCommand?: boolean;
   encryptsResponse?: boolean;
   responseHandles?: number;
+  /**
+   * Whether the TPM may take long (generating an RSA key): the client then waits longer
+   * before it calls the TPM frozen.
+   */
+  slow?: boolean;
   parse(response: { handles: number[]; params: Reader }): R;
 }
 
@@ -49,6 +54,7 @@ export async function execute<R>(
   cmd: Command<R>,
   auths: Authorization[] = [],
   extraSessions: Session[] = [],
+  options: SendOptions = {},
 ): Promise<R> {
   if (auths.length !== cmd.authHandles) {
     throw new Error(
@@ -122,7 +128,7 @@ export async function execute<R>(
       .done();
     scratch.push(bodyBytes, command);
 
-    const raw = Buffer.from(await tpm.send(command));
+    const raw = Buffer.from(await tpm.send(command, options));
     scratch.push(raw);
     const response = new Reader(raw);
     const tag = response.u16();
@@ -183,7 +189,7 @@ export async function execute<R>(
       return cmd.parse({ handles, params: new Reader(rparams) });
     } catch (e) {
       // The TPM did create what the response names: flush it, or it stays loaded forever.
-      for (const handle of handles) await flushQuietly(tpm, handle);
+      for (const handle of handles) await flushQuietly(tpm, handle, options);
       throw e;
     }
   } finally {
@@ -195,20 +201,31 @@ function badResponse(command: string, why: string): TpmTransportError {
   return new TpmTransportError('TPM_BAD_RESPONSE', `TPM2_${command}: ${why}`);
 }
 
-async function flushQuietly(tpm: TpmTransport, handle: number): Promise<void> {
+async function flushQuietly(
+  tpm: TpmTransport,
+  handle: number,
+  options: SendOptions,
+): Promise<void> {
   const flush = new Writer()
     .u16(TPM_ST.NO_SESSIONS)
     .u32(14)
     .u32(TPM_CC.FlushContext)
     .u32(handle)
     .done();
-  await tpm.send(flush).catch(() => undefined);
+  await tpm.send(flush, options).catch(() => undefined);
 }
 
+/**
+ * sessionKey || authValue. The TPM keeps an authValue without its trailing zero octets and
+ * keys HMACs with what it kept: so must we, or a random authValue ending in 0x00 would fail
+ * as a wrong one.
+ */
 function hmacKey(a: Authorization): Buffer {
-  return a.session.includeAuth
-    ? Buffer.concat([a.session.sessionKey, a.authValue ?? new Uint8Array()])
-    : a.session.sessionKey;
+  if (!a.session.includeAuth) return a.session.sessionKey;
+  const auth = a.authValue ?? new Uint8Array();
+  let end = auth.length;
+  while (end > 0 && auth[end - 1] === 0) end--;
+  return Buffer.concat([a.session.sessionKey, auth.subarray(0, end)]);
 }
 
 /** sessionKey || authValue: the key material for parameter encryption. */

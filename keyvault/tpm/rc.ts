@@ -148,6 +148,8 @@ export const RC = {
   VALUE: 0x084,
   HANDLE: 0x08b,
   AUTH_FAIL: 0x08e,
+  BAD_AUTH: 0x0a2,
+  NV_AUTHORIZATION: 0x149,
   POLICY_FAIL: 0x09d,
   INTEGRITY: 0x09f,
   BINDING: 0x0a5,

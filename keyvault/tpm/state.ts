@@ -7,26 +7,56 @@ import { VaultCode, VaultError } from '../vault.ts';
 
 /**
  * What the TPM backend keeps on disk: sealed/wrapped blobs (useless without this TPM and, for
- * sealed ones, its PCR state) and the Names it pinned at provisioning. Nothing secret in clear.
+ * sealed ones, its PCR state), the Names it pinned at provisioning, and what makes this vault
+ * its own on a TPM others use too: the `unique` of its storage primary (the parent of all its
+ * blobs) and its counter's NV index, public area and sealed authValue. Nothing secret in clear.
+ *
+ * Version 2 (issue 18). Version 1 shared one storage primary and one fixed NV index with every
+ * other vault on the TPM; such a state is refused, not upgraded (see readTpmState).
  */
 const b64 = z.base64();
+const hex = (bytes: number) => z.string().regex(new RegExp(`^[0-9a-f]{${bytes * 2}}$`));
 const blobs = z.object({ private: b64, public: b64 }).strict();
+const counter = z
+  .object({
+    /** Chosen at provisioning (random in the owner range, or the configured one if free). */
+    index: z.number().int().min(0x01000000).max(0x01bfffff),
+    /** The index's authValue (32 random bytes), sealed under this vault's primary to its PCRs. */
+    auth: blobs,
+    /**
+     * The TPMS_NV_PUBLIC and Name after the first increment (TPMA_NV_WRITTEN set), as they
+     * must stay. Absent only between defining the index and recording it (a provisioning
+     * that stopped there resumes).
+     */
+    public: z
+      .string()
+      .regex(/^([0-9a-f]{2}){14,128}$/)
+      .optional(),
+    name: hex(34).optional(),
+  })
+  .strict();
 export const tpmStateSchema = z
   .object({
-    version: z.literal(1),
+    version: z.literal(2),
     kind: z.literal('mte-tpm-vault'),
-    /** The storage primary's Name: a different TPM (or a cleared one) has a different one. */
-    srkName: z.string().regex(/^[0-9a-f]{68}$/),
-    akName: z.string().regex(/^[0-9a-f]{68}$/),
+    /** The random unique.x of this vault's own storage primary (structures.ts, srkTemplate). */
+    parentUnique: hex(32),
+    /**
+     * This vault's storage primary's Name, the parent of all its blobs: a different TPM (or a
+     * cleared one) derives a different key from the same template, so a different Name.
+     */
+    srkName: hex(34),
+    akName: hex(34),
     pcrs: z.array(z.number().int().min(0).max(23)).min(1),
     storeKey: blobs.optional(),
     crossSigningSeed: blobs.optional(),
     x509Identity: blobs.optional(),
-    counterIndex: z.number().int().optional(),
+    counter: counter.optional(),
   })
   .strict();
 export type TpmState = z.infer<typeof tpmStateSchema>;
 export type StoredBlobs = z.infer<typeof blobs>;
+export type CounterState = z.infer<typeof counter>;
 
 export function statePath(stateDir: string): string {
   return join(stateDir, 'tpm-vault.json');
@@ -45,6 +75,13 @@ export async function readTpmState(stateDir: string): Promise<TpmState | undefin
     json = JSON.parse(text);
   } catch {
     throw new VaultError(VaultCode.ForeignOrTampered, `${statePath(stateDir)} is not valid JSON`);
+  }
+  const { version, kind } = (json ?? {}) as { version?: unknown; kind?: unknown };
+  if (kind === 'mte-tpm-vault' && version === 1) {
+    throw new VaultError(
+      VaultCode.Config,
+      `${statePath(stateDir)} is a version 1 TPM vault state (one storage key and one NV counter shared with every vault on this TPM); it cannot be made safe in place: move it away and run "vault init" to provision afresh`,
+    );
   }
   const parsed = tpmStateSchema.safeParse(json);
   if (!parsed.success) {

@@ -77,8 +77,14 @@ const eccPoint0 = (w: Writer): void => {
  * The storage primary ("SRK"), ECC P-256, the same template as tpm2-tools' default. It is
  * derived from the owner seed, so the same template gives the same key on the same TPM: we
  * recreate it on demand instead of persisting it, and pin its Name at provisioning.
+ *
+ * With `unique` (at most 32 bytes, put in the template's unique.x, as `tpm2_createprimary -u`
+ * does), the TPM derives a different key: the template, unique field included, is input to
+ * the derivation. Each vault uses its own random `unique`, so its storage primary, the parent
+ * of all its blobs, is its own and no other vault's blob loads under it.
  */
-export function srkTemplate(): Buffer {
+export function srkTemplate(unique: Uint8Array = new Uint8Array()): Buffer {
+  if (unique.length > 32) throw new RangeError('srkTemplate: unique is at most 32 bytes');
   return publicArea(
     TPM_ALG.ECC,
     TPMA_OBJECT.fixedTPM |
@@ -97,7 +103,7 @@ export function srkTemplate(): Buffer {
         .u16(TPM_ALG.NULL)
         .u16(TPM_ECC_NIST_P256)
         .u16(TPM_ALG.NULL),
-    eccPoint0,
+    (w) => w.tpm2b(unique).tpm2b(new Uint8Array()),
   );
 }
 

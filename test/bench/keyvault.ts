@@ -17,6 +17,7 @@ import { TpmClient, pcrPolicyDigest, sealTemplate } from '../../keyvault/tpm/ind
 import { openTpmVault } from '../../keyvault/tpm/backend.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
 import { startSoftHsm, startSwtpm } from '../fixtures/index.ts';
+import { TEST_OWNER } from '../fixtures/sign-inputs.ts';
 
 const exec = promisify(execFile);
 const { values: args } = parseArgs({
@@ -71,6 +72,7 @@ async function main(): Promise<void> {
   try {
     const tpmConfig: TpmConfig = {
       backend: 'tpm',
+      owner: { userId: TEST_OWNER },
       stateDir: join(dir, 'tpm'),
       transport: { swtpm: { host: swtpm.host, port: swtpm.port, ctrlPort: swtpm.ctrlPort } },
       pcrs: [PCR],
@@ -246,6 +248,8 @@ async function main(): Promise<void> {
     );
     await client.close();
 
+    // The backends themselves, below openVault's purpose check (keyvault/purposes, microseconds
+    // beside a signature): a nonce stands in for the key object the vault would insist on.
     const tpmVault = await openTpmVault(tpmConfig);
     await tpmVault.provision();
     add(
@@ -274,6 +278,7 @@ async function main(): Promise<void> {
     const { openPkcs11Vault } = await import('../../keyvault/pkcs11/index.ts');
     const pkcs11Config: Pkcs11Config = {
       backend: 'pkcs11',
+      owner: { userId: TEST_OWNER },
       stateDir: join(dir, 'pkcs11'),
       module: hsm.modulePath,
       token: `pkcs11:token=${hsm.label}`,

@@ -4,9 +4,8 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Pkcs11Config, TpmConfig } from '../../keyvault/config.ts';
-import { openPkcs11Vault } from '../../keyvault/pkcs11/index.ts';
+import { openVault } from '../../keyvault/open.ts';
 import { spawnVault } from '../../keyvault/spawn.ts';
-import { openTpmVault } from '../../keyvault/tpm/backend.ts';
 import type { Vault, VaultBackend } from '../../keyvault/vault.ts';
 import {
   type CrossSigningKey,
@@ -32,6 +31,7 @@ import {
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { waitUntil } from '../fixtures/process.ts';
+import { subkeyBytes } from '../fixtures/sign-inputs.ts';
 
 // Cross-signing with the master key in the vault (issue 6): the published master key is the
 // vault's, the endpoint holds only the self-signing and user-signing keys, a stock
@@ -65,13 +65,14 @@ afterAll(async () => {
   await bob.stop();
 });
 
-function tpmConfig(t: Swtpm, stateDir: string): TpmConfig {
+/** A TPM vault owned by `userId`: it signs that user's subkeys only (keyvault/purposes). */
+function tpmConfig(t: Swtpm, stateDir: string, userId: string): TpmConfig {
   return {
     backend: 'tpm',
+    owner: { userId },
     stateDir,
     transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
     pcrs: [16],
-    nvCounterIndex: 0x01a0cafe,
   };
 }
 
@@ -187,7 +188,7 @@ describe('cross-signing with the master key in the TPM vault', () => {
   let first: Published;
 
   beforeAll(async () => {
-    vault = await openTpmVault(tpmConfig(tpm(), vaultDir()));
+    vault = await openVault(tpmConfig(tpm(), vaultDir(), alice.userId));
     await vault.provision();
     counted = counting(vault);
     masterPublic = await vaultMasterBase64(vault);
@@ -249,6 +250,29 @@ describe('cross-signing with the master key in the TPM vault', () => {
       crossSignedByOwner: true,
       verified: true,
     });
+  });
+
+  it("the vault signs nothing else with the master key: not another user's subkey, not a master key, not arbitrary bytes", async () => {
+    const refused = { code: 'VAULT_SIGN_REFUSED' };
+    const theirs = keyOf(first.master) ?? '';
+    for (const message of [
+      subkeyBytes(bob.userId),
+      subkeyBytes(bob.userId, 'user_signing'),
+      // A master key for us that is not the vault's: what a compromised endpoint would want.
+      signingBytes({ user_id: alice.userId, usage: ['master'], keys: first.master?.keys ?? {} }),
+      // Our real subkey, with its published signatures left in.
+      new TextEncoder().encode(JSON.stringify(first.selfSigning)),
+      new TextEncoder().encode('{"probe":true}'),
+    ]) {
+      await expect(vault.sign('cross-signing-master', message)).rejects.toMatchObject(refused);
+    }
+    // Nor the X.509 key anything but our master key.
+    const bobMaster = signingBytes({
+      user_id: bob.userId,
+      usage: ['master'],
+      keys: { [`ed25519:${theirs}`]: theirs },
+    });
+    await expect(vault.sign('x509-identity', bobMaster)).rejects.toMatchObject(refused);
   });
 
   it('never gives the endpoint the master key: the core holds subkeys only, and only the vault signs', async () => {
@@ -332,7 +356,7 @@ describe('cross-signing with the master key in the TPM vault', () => {
     current = undefined;
     const before = counted.masterSigns();
     await vault.close();
-    vault = await openTpmVault(tpmConfig(tpm(), vaultDir()));
+    vault = await openVault(tpmConfig(tpm(), vaultDir(), alice.userId));
     counted = counting(vault);
     current = await startService(counted.vault, alice, dataDir());
     expect(running().endpoint.deviceId).toBe(deviceId);
@@ -351,7 +375,7 @@ describe('cross-signing with the master key in the TPM vault', () => {
     await running().stop();
     current = undefined;
     await vault.close();
-    vault = await openTpmVault(tpmConfig(tpm(), vaultDir()));
+    vault = await openVault(tpmConfig(tpm(), vaultDir(), alice.userId));
     counted = counting(vault);
     current = await startService(counted.vault, alice, join(dir, 'data-2'));
     const after = await published(alice.accessToken, alice.userId);
@@ -469,7 +493,9 @@ describe('an account whose identity is not the vault’s', () => {
   it('is not replaced: the published master key stays the one the stock client made', async () => {
     const carolUser = await synapse().registerUser('carol');
     const carol = await StockPeer.start(synapse().baseUrl, carolUser);
-    const vault = await openTpmVault(tpmConfig(otherTpm(), join(dir, 'carol-vault')));
+    const vault = await openVault(
+      tpmConfig(otherTpm(), join(dir, 'carol-vault'), carolUser.userId),
+    );
     try {
       await carol.bootstrapCrossSigning(carolUser.password);
       const before = await published(carolUser.accessToken, carolUser.userId);
@@ -508,12 +534,13 @@ describe('cross-signing with the master key in a PKCS#11 token (SoftHSM2)', () =
     const daveUser = await synapse().registerUser('dave');
     const config: Pkcs11Config = {
       backend: 'pkcs11',
+      owner: { userId: daveUser.userId },
       stateDir: join(dir, 'dave-vault'),
       module: hsm().modulePath,
       token: `pkcs11:token=${encodeURIComponent(hsm().label)}`,
       pin: { file: hsm().pinFile },
     };
-    const vault = await openPkcs11Vault(config);
+    const vault = await openVault(config);
     try {
       await vault.provision();
       const counted = counting(vault);
@@ -543,9 +570,10 @@ describe('with the vault in its own process (the compartments as deployed)', () 
     const erinUser = await synapse().registerUser('erin');
     const configPath = join(dir, 'erin-vault.json');
     // On the other swtpm, which carol's vault (a different state dir) has finished with.
-    await writeFile(configPath, JSON.stringify(tpmConfig(otherTpm(), join(dir, 'erin-vault'))));
+    const erinConfig = tpmConfig(otherTpm(), join(dir, 'erin-vault'), erinUser.userId);
+    await writeFile(configPath, JSON.stringify(erinConfig));
     // Provisioning is the operator's `vault init`; swtpm serves one connection at a time.
-    const local = await openTpmVault(tpmConfig(otherTpm(), join(dir, 'erin-vault')));
+    const local = await openVault(erinConfig);
     await local.provision();
     await local.close();
     const spawned = await spawnVault(configPath);

@@ -165,16 +165,17 @@ async function killHard(child: Child): Promise<void> {
 
 let root: string;
 let vaultDir: string;
+/** Each store its own vault: a second store on a counter that moved is STORE_MISSING. */
+let crashVaultDir: string;
 beforeAll(async () => {
   root = await makeTempDir('durable-store-olm');
   vaultDir = join(root, 'vault');
-  const vault = await openDevVault({
-    backend: 'dev',
-    stateDir: vaultDir,
-    allowInsecureDevBackend: true,
-  });
-  await vault.provision();
-  await vault.close();
+  crashVaultDir = join(root, 'vault-crash');
+  for (const stateDir of [vaultDir, crashVaultDir]) {
+    const vault = await openDevVault({ backend: 'dev', stateDir, allowInsecureDevBackend: true });
+    await vault.provision();
+    await vault.close();
+  }
 });
 afterAll(async () => {
   for (const child of children) child.kill('SIGKILL');
@@ -208,7 +209,7 @@ describe('durable store with the wasm OlmMachine, across processes', () => {
     let midCompaction = 0;
     const kills = 24;
     for (let i = 0; i < kills; i++) {
-      const child = startChild('loop', dir, vaultDir);
+      const child = startChild('loop', dir, crashVaultDir);
       const start = await child.line(/^start /);
       const [, present, status, epoch] = /^start (\d+) (\S+) epoch=(\d+)$/.exec(start) ?? [];
       expect(status, `after kill ${i}: ${start}`).toBe('ok');
@@ -224,7 +225,7 @@ describe('durable store with the wasm OlmMachine, across processes', () => {
       committed = child.lastCommitted() ?? Number(present);
       if (existsSync(join(dir, 'snapshot.next'))) midCompaction++;
     }
-    const verify = startChild('verify', dir, vaultDir);
+    const verify = startChild('verify', dir, crashVaultDir);
     const final = await verify.line(/^start /);
     expect(await verify.exited, verify.stderr()).toBe(0);
     expect(final).toMatch(/^start \d+ ok /);

@@ -1,7 +1,7 @@
 import { DeviceId, LocalTrust, UserId } from '@matrix-org/matrix-sdk-crypto-wasm';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openTpmVault } from '../../keyvault/tpm/backend.ts';
+import { openVault } from '../../keyvault/open.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
 import { type RpcClient, isRpcError } from '../../keyvault/common/rpc/index.ts';
 import type { EndpointContract } from '../../endpoint/contract.ts';
@@ -79,8 +79,10 @@ beforeAll(async () => {
   await bob.crossSignOwnDevice(bob2.deviceId);
 
   const t = tpm();
-  vault = await openTpmVault({
+  // As the vault command opens it: owned by alice, signing only her cross-signing objects.
+  vault = await openVault({
     backend: 'tpm',
+    owner: { userId: alice.userId },
     stateDir: `${dir}/vault`,
     transport: t.transport,
     pcrs: [16],

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TpmConfig } from '../../keyvault/config.ts';
-import { openTpmVault } from '../../keyvault/tpm/backend.ts';
+import { openVault } from '../../keyvault/open.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
 import { isDecrypted } from '../../endpoint/device.ts';
 import { EndpointService } from '../../endpoint/service.ts';
@@ -41,9 +41,11 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** Alice's vault, as the vault command opens it: it signs only her cross-signing objects. */
 function vaultConfig(t: Swtpm, stateDir: string): TpmConfig {
   return {
     backend: 'tpm',
+    owner: { userId: alice.userId },
     stateDir,
     transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
     pcrs: [16],
@@ -52,7 +54,7 @@ function vaultConfig(t: Swtpm, stateDir: string): TpmConfig {
 }
 
 async function vaultOn(t: Swtpm, stateDir: string): Promise<VaultBackend> {
-  const v = await openTpmVault(vaultConfig(t, stateDir));
+  const v = await openVault(vaultConfig(t, stateDir));
   await v.provision();
   return v;
 }

@@ -14,6 +14,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { Pkcs11Config } from '../../keyvault/config.ts';
 import { diagnosePkcs11, openPkcs11Vault } from '../../keyvault/pkcs11/index.ts';
 import { STORE_KEY_FILE } from '../../keyvault/pkcs11/store-key-file.ts';
+import { VAULT_ID_FILE } from '../../keyvault/pkcs11/vault-id.ts';
 import {
   VaultCode,
   VaultError,
@@ -253,6 +254,7 @@ describe('an unprovisioned token', () => {
       const checks = await v.doctor();
       const failing = checks.filter((c) => !c.ok);
       expect(failing.map((c) => c.check)).toEqual([
+        'vault identity',
         'object mte-store-kek',
         'store-key file',
         'object mte-cross-signing-master',
@@ -285,7 +287,14 @@ describe('a provisioned token', () => {
   });
 
   it('provision creates everything once, then keeps it (same public keys after reopening)', async () => {
-    const all = ['store-kek', 'store-key', 'cross-signing-master', 'x509-identity', 'counter'];
+    const all = [
+      'vault-id',
+      'counter',
+      'store-kek',
+      'store-key',
+      'cross-signing-master',
+      'x509-identity',
+    ];
     expect(first).toEqual({ created: all, kept: [] });
     await withVault(config(), async (v) => {
       expect(await v.provision()).toEqual({ created: [], kept: all });
@@ -350,11 +359,17 @@ describe('a provisioned token', () => {
     expect(e.code).toBe(VaultCode.Config);
   });
 
-  it('keeps the store key as a versioned 0600 JSON file of iv and ciphertext||tag', async () => {
+  it('keeps the store key as a versioned 0600 JSON file of iv and ciphertext||tag, naming its vault', async () => {
     const path = join(config().stateDir, STORE_KEY_FILE);
     expect((await stat(path)).mode & 0o777).toBe(0o600);
     const json = JSON.parse(await readFile(path, 'utf8')) as Record<string, string | number>;
-    expect(json.version).toBe(1);
+    const idPath = join(config().stateDir, VAULT_ID_FILE);
+    expect((await stat(idPath)).mode & 0o777).toBe(0o600);
+    const identity = JSON.parse(await readFile(idPath, 'utf8')) as Record<string, string | number>;
+    expect(identity.vaultId).toMatch(/^[0-9a-f]{32}$/);
+    expect(json.version).toBe(2);
+    expect(json.vaultId).toBe(identity.vaultId);
+    expect(json.tokenSerial).toBe(identity.tokenSerial);
     expect(Buffer.from(String(json.iv), 'base64')).toHaveLength(12);
     expect(Buffer.from(String(json.ciphertext), 'base64')).toHaveLength(48);
   });
@@ -386,17 +401,43 @@ describe('a provisioned token', () => {
       tag: JSON.stringify({ ...original, ciphertext: flip(original.ciphertext, 40) }),
       iv: JSON.stringify({ ...original, iv: flip(original.iv, 0) }),
       serial: JSON.stringify({ ...original, tokenSerial: '0123456789abcdef' }),
+      vaultId: JSON.stringify({ ...original, vaultId: 'ab'.repeat(16) }),
+      version1: JSON.stringify({ ...original, version: 1, vaultId: undefined }),
       extraField: JSON.stringify({ ...original, note: 'x' }),
       notJson: '{"version": 1,',
     };
+    const why: Record<string, RegExp> = {
+      ciphertext: /does not decrypt/,
+      tag: /does not decrypt/,
+      iv: /does not decrypt/,
+      serial: /belongs to another token/,
+      vaultId: /belongs to another vault/,
+      version1: /version 1 store-key file/,
+      extraField: /not a valid store-key file/,
+      notJson: /not valid JSON/,
+    };
     for (const [name, body] of Object.entries(variants)) {
+      // Beside this vault's own identity: only the store-key file differs.
       const dir = join(hsm().dir, `tampered-${name}`);
       await mkdir(dir, { recursive: true });
+      await cp(join(config().stateDir, VAULT_ID_FILE), join(dir, VAULT_ID_FILE));
       await writeFile(join(dir, STORE_KEY_FILE), body, { mode: 0o600 });
       const e = await withVault(config({ stateDir: dir }), (v) => rejection(v.storeKey()));
       expect(e.code, name).toBe(VaultCode.ForeignOrTampered);
+      expect(e.message, name).toMatch(why[name] ?? /never/);
       expectClean(e);
     }
+    // Without the identity beside it, a store-key file is nobody's.
+    const lone = join(hsm().dir, 'tampered-lone');
+    await mkdir(lone, { recursive: true });
+    await cp(join(config().stateDir, STORE_KEY_FILE), join(lone, STORE_KEY_FILE));
+    await withVault(config({ stateDir: lone }), async (v) => {
+      for (const attempt of [v.storeKey(), v.counterRead(), v.provision()]) {
+        const e = await rejection(attempt);
+        expect(e.code).toBe(VaultCode.ForeignOrTampered);
+        expect(e.message).toMatch(/no vault identity/);
+      }
+    });
   });
 
   it('a state dir copied next to another token does not open there', async () => {
@@ -406,25 +447,39 @@ describe('a provisioned token', () => {
       const e = await rejection(v.storeKey());
       expect(e.code).toBe(VaultCode.ForeignOrTampered);
       expect(e.message).toMatch(/belongs to another token/);
-      // Provisioning there refuses too, and leaves the file alone.
+      // Provisioning there refuses too, and leaves the files alone.
       expect((await rejection(v.provision())).code).toBe(VaultCode.ForeignOrTampered);
       return /serial ([0-9a-f]+)/.exec((await v.status()).identity)?.[1] ?? '';
     });
 
-    // Even with the recorded serial forged to match, the other token cannot decrypt it:
-    // first with no KEK at all, then with a KEK of its own.
-    const path = join(copied, STORE_KEY_FILE);
-    const forged = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
-    await writeFile(path, JSON.stringify({ ...forged, tokenSerial: otherSerial }));
+    // Even with the recorded serials forged to match, the other token cannot decrypt it:
+    // it has no KEK of this vault's id.
+    const keyPath = join(copied, STORE_KEY_FILE);
+    const idPath = join(copied, VAULT_ID_FILE);
+    const forgedKey = JSON.parse(await readFile(keyPath, 'utf8')) as Record<string, unknown>;
+    const forgedId = JSON.parse(await readFile(idPath, 'utf8')) as Record<string, unknown>;
+    await writeFile(keyPath, JSON.stringify({ ...forgedKey, tokenSerial: otherSerial }));
+    await writeFile(idPath, JSON.stringify({ ...forgedId, tokenSerial: otherSerial }));
     await withVault(otherConfig(copied), async (v) => {
       const e = await rejection(v.storeKey());
       expect(e.code).toBe(VaultCode.ForeignOrTampered);
       expect(e.message).toMatch(/no mte-store-kek/);
     });
-    await withVault(otherConfig(join(hsm().dir, 'other-state')), async (v) => {
+    // Nor when it names a vault that does exist on the other token: that vault's KEK, with its
+    // serial and id as additional data, fails the tag.
+    const otherState = join(hsm().dir, 'other-state');
+    await withVault(otherConfig(otherState), async (v) => {
       const report = await v.provision();
       expect(report.created).toContain('store-kek');
     });
+    const otherId = JSON.parse(await readFile(join(otherState, VAULT_ID_FILE), 'utf8')) as {
+      vaultId: string;
+    };
+    await cp(join(otherState, VAULT_ID_FILE), idPath);
+    await writeFile(
+      keyPath,
+      JSON.stringify({ ...forgedKey, tokenSerial: otherSerial, vaultId: otherId.vaultId }),
+    );
     await withVault(otherConfig(copied), async (v) => {
       const e = await rejection(v.storeKey());
       expect(e.code).toBe(VaultCode.ForeignOrTampered);
@@ -517,11 +572,19 @@ describe('a provisioned token', () => {
     for (let i = 1; i < seen.length; i++) {
       expect(seen[i]).toBe((seen[i - 1] ?? 0n) + 1n);
     }
-    // One counter object remains on the token, holding the last value big-endian.
+    // One counter object remains on the token, labelled with the vault id, holding a record:
+    // magic, vault id, the last value big-endian, a 32-byte MAC.
+    const { vaultId } = JSON.parse(
+      await readFile(join(config().stateDir, VAULT_ID_FILE), 'utf8'),
+    ) as { vaultId: string };
     raw(hsm().label, hsm().pin, (p11, session) => {
-      const obj = findByLabel(p11, session, pkcs11js.CKO_DATA, 'mte-counter');
+      const obj = findByLabel(p11, session, pkcs11js.CKO_DATA, `mte-counter-${vaultId}`);
       const [value] = p11.C_GetAttributeValue(session, obj, [{ type: pkcs11js.CKA_VALUE }]);
-      expect(value?.value.readBigUInt64BE()).toBe(seen.at(-1));
+      const record = value?.value ?? Buffer.alloc(0);
+      expect(record).toHaveLength(64);
+      expect(record.subarray(0, 8).toString('ascii')).toBe('mte-ctr1');
+      expect(record.subarray(8, 24).toString('hex')).toBe(vaultId);
+      expect(record.readBigUInt64BE(24)).toBe(seen.at(-1));
     });
   });
 
@@ -629,5 +692,164 @@ describe('a provisioned token', () => {
     await v.close();
     expect((await rejection(v.random(8))).code).toBe(VaultCode.BadRequest);
     expect((await rejection(v.counterRead())).code).toBe(VaultCode.BadRequest);
+  });
+});
+
+describe("the counter is this vault's own", () => {
+  const vaultId = async (): Promise<string> =>
+    (
+      JSON.parse(await readFile(join(config().stateDir, VAULT_ID_FILE), 'utf8')) as {
+        vaultId: string;
+      }
+    ).vaultId;
+
+  /** Our counter objects' handles, found behind the vault's back. */
+  function counterObjects(p11: PKCS11, session: Buffer, id: string): Buffer[] {
+    p11.C_FindObjectsInit(session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_LABEL, value: `mte-counter-${id}` },
+    ]);
+    const found = p11.C_FindObjects(session, 10);
+    p11.C_FindObjectsFinal(session);
+    return found;
+  }
+
+  function createData(p11: PKCS11, session: Buffer, label: string, value: Buffer, priv = true) {
+    return p11.C_CreateObject(session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: priv },
+      { type: pkcs11js.CKA_LABEL, value: label },
+      { type: pkcs11js.CKA_APPLICATION, value: 'matrix-trusted-endpoint' },
+      { type: pkcs11js.CKA_VALUE, value },
+    ]);
+  }
+
+  /** Destroys our label's objects holding `value` (handles do not survive a new session). */
+  function destroyHolding(id: string, value: Buffer, atMost = Infinity): void {
+    let left = atMost;
+    raw(hsm().label, hsm().pin, (p11, session) => {
+      for (const handle of counterObjects(p11, session, id)) {
+        const [held] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE }]);
+        if (left > 0 && held?.value.equals(value)) {
+          p11.C_DestroyObject(session, handle);
+          left--;
+        }
+      }
+    });
+  }
+
+  /** Our one counter object's record. */
+  function ourRecord(id: string): Buffer {
+    return raw(hsm().label, hsm().pin, (p11, session) => {
+      const found = counterObjects(p11, session, id);
+      expect(found).toHaveLength(1);
+      const [value] = p11.C_GetAttributeValue(session, found[0] as Buffer, [
+        { type: pkcs11js.CKA_VALUE },
+      ]);
+      return Buffer.from(value?.value ?? Buffer.alloc(0));
+    });
+  }
+
+  async function expectForeign(pattern: RegExp): Promise<void> {
+    await withVault(config(), async (v) => {
+      for (const attempt of [v.counterRead(), v.counterIncrement(), v.provision()]) {
+        const e = await rejection(attempt);
+        expect(e.code).toBe(VaultCode.CounterForeign);
+        expect(e.message).toMatch(pattern);
+        expect(e.message.split('\n')).toHaveLength(1);
+      }
+      const status = await v.status();
+      expect(status.provisioned.counter).toBe(false);
+      expect(status.warnings.join(' ')).toMatch(pattern);
+      const check = (await v.doctor()).find((c) => c.check === 'object mte-counter');
+      expect(check?.ok).toBe(false);
+    });
+  }
+
+  it('refuses objects a PIN holder forges under its label (VAULT_COUNTER_FOREIGN), and takes none of them', async () => {
+    const id = await vaultId();
+    const before = await withVault(config(), (v) => v.counterRead());
+    const u64 = (n: bigint) => {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE(n);
+      return b;
+    };
+    const badMac = Buffer.concat([
+      Buffer.from('mte-ctr1'),
+      Buffer.from(id, 'hex'),
+      u64(before + 1000n),
+      randomBytes(32),
+    ]);
+    const forgeries: [string, Buffer, boolean, RegExp][] = [
+      ['an old-style u64 value', u64(before + 1000n), true, /does not hold a counter record/],
+      ['a record with a made-up MAC', badMac, true, /does not carry this vault's MAC/],
+      ['a public object', badMac, false, /public/],
+    ];
+    for (const [name, value, priv, pattern] of forgeries) {
+      raw(hsm().label, hsm().pin, (p11, session) =>
+        createData(p11, session, `mte-counter-${id}`, value, priv),
+      );
+      try {
+        await expectForeign(pattern);
+      } finally {
+        destroyHolding(id, value);
+      }
+      // Gone again: the vault's own counter is intact and untouched.
+      expect(await withVault(config(), (v) => v.counterRead()), name).toBe(before);
+    }
+  });
+
+  it('refuses a copied or replayed record of its own: not one chain of values', async () => {
+    const id = await vaultId();
+    // A copy of the current object (C_CopyObject, or a restored backup of it): two equal values.
+    const current = ourRecord(id);
+    raw(hsm().label, hsm().pin, (p11, session) => {
+      const [ours] = counterObjects(p11, session, id);
+      p11.C_CopyObject(session, ours as Buffer, []);
+    });
+    try {
+      await expectForeign(/not one value or one unfinished increment/);
+    } finally {
+      destroyHolding(id, current, 1);
+    }
+
+    // An old record replayed after two increments: valid MAC, but n and n+2.
+    const old = ourRecord(id);
+    const next = await withVault(config(), async (v) => {
+      await v.counterIncrement();
+      return v.counterIncrement();
+    });
+    raw(hsm().label, hsm().pin, (p11, session) =>
+      createData(p11, session, `mte-counter-${id}`, old),
+    );
+    try {
+      await expectForeign(/values \d+, \d+/);
+    } finally {
+      destroyHolding(id, old);
+    }
+    expect(await withVault(config(), (v) => v.counterRead())).toBe(next);
+  });
+
+  it('a deleted counter is refused, and init will not start a new one at 0 (a rollback)', async () => {
+    const id = await vaultId();
+    const saved = raw(hsm().label, hsm().pin, (p11, session) => {
+      const [ours] = counterObjects(p11, session, id);
+      const [value] = p11.C_GetAttributeValue(session, ours as Buffer, [
+        { type: pkcs11js.CKA_VALUE },
+      ]);
+      p11.C_DestroyObject(session, ours as Buffer);
+      return Buffer.from(value?.value ?? Buffer.alloc(0));
+    });
+    await expectForeign(/no longer on the token/);
+    raw(hsm().label, hsm().pin, (p11, session) => {
+      expect(counterObjects(p11, session, id)).toHaveLength(0);
+      // Putting the genuine last record back is accepted: it is this vault's, and current.
+      createData(p11, session, `mte-counter-${id}`, saved);
+    });
+    await withVault(config(), async (v) => {
+      expect(await v.counterRead()).toBe(saved.readBigUInt64BE(24));
+      expect((await v.provision()).kept).toContain('counter');
+    });
   });
 });

@@ -8,6 +8,7 @@ import { loadVaultConfig, openVault } from '../../keyvault/open.ts';
 import { connectSwtpm } from '../../keyvault/tpm/transport/index.ts';
 import { startSwtpm } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { TEST_OWNER, subkeyBytes } from '../fixtures/sign-inputs.ts';
 
 const run = promisify(execFile);
 const tpm = useFixture(() => startSwtpm());
@@ -160,6 +161,7 @@ describe('swtpm over Unix sockets', () => {
     // Relative socket paths are taken relative to the config file, like stateDir.
     const configPath = await writeConfig('unix', {
       backend: 'tpm',
+      owner: { userId: TEST_OWNER },
       stateDir: 'unix-state',
       transport: { swtpm: { path: relative(dir, t.socketPath), ctrlPath: t.ctrlSocketPath } },
       pcrs: [16],
@@ -185,7 +187,7 @@ describe('swtpm over Unix sockets', () => {
     try {
       key = await vault.storeKey();
       expect(key).toHaveLength(32);
-      const signature = await vault.sign('cross-signing-master', Buffer.from('hello'));
+      const signature = await vault.sign('cross-signing-master', subkeyBytes(TEST_OWNER));
       expect(signature.length).toBe(64);
     } finally {
       await vault.close();

@@ -6,6 +6,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  COUNTER_ATTRIBUTES,
+  RC,
+  TPMA_NV,
   TPM_RH,
   TpmClient,
   TpmError,
@@ -173,18 +176,40 @@ describe('our TPM 2.0 client against swtpm', () => {
     ).toBe(false);
   });
 
-  it('keeps an NV counter that tpm2_nvread reads the same', async () => {
+  it('keeps an NV counter only its authValue moves, the authValue never in clear on the bus; tpm2_nvread reads the same', async () => {
     // swtpm serves one connection at a time: tpm2-tools gets its turn when ours is closed.
     const index = 0x01a0cafe;
-    const c = new TpmClient(await tpmB().connect());
-    let after: bigint;
+    // Ends in a zero octet: the TPM drops those from authValues, and so must our HMAC key.
+    const authValue = Buffer.concat([randomBytes(31), Buffer.alloc(1)]);
+    const t = recording(await tpmB().connect());
+    const c = new TpmClient(t);
+    let after = -1n;
     try {
-      expect(await c.defineCounter(index)).toBe('created');
-      expect(await c.defineCounter(index)).toBe('exists');
-      const before = await c.counterRead(index);
-      await c.counterIncrement(index);
-      after = await c.counterRead(index);
-      expect(after).toBe(before + 1n);
+      await c.withSrk(async (srk) => {
+        const pub = await c.defineCounter(index, authValue, srk);
+        expect(pub.attributes & TPMA_NV.WRITTEN).toBeTruthy();
+        expect(pub.attributes & ~TPMA_NV.WRITTEN).toBe(COUNTER_ATTRIBUTES);
+        const again = await c.defineCounter(index, authValue, srk).catch((e: unknown) => e);
+        expect(again).toMatchObject({ base: RC.NV_DEFINED });
+        const ref = { handle: index, name: pub.name };
+        const before = await c.counterRead(ref, authValue, srk);
+        await c.counterIncrement(ref, authValue, srk);
+        after = await c.counterRead(ref, authValue, srk);
+        expect(after).toBe(before + 1n);
+        // The owner's (empty) authorization no longer moves it; a wrong authValue neither.
+        const byOwner = await c
+          .run(commands.nvIncrement({ handle: TPM_RH.OWNER }, ref), [
+            { session: passwordSession() },
+          ])
+          .catch((e: unknown) => e);
+        expect(byOwner).toBeInstanceOf(TpmError);
+        const wrong = await c.counterIncrement(ref, randomBytes(32), srk).catch((e: unknown) => e);
+        expect(wrong).toMatchObject({ base: RC.BAD_AUTH });
+        expect(await c.counterRead(ref, authValue, srk)).toBe(after);
+      });
+      for (const frame of t.wire) expect(frame.includes(authValue.subarray(0, 31))).toBe(false);
+      expect(await c.transientHandles()).toEqual([]);
+      expect(await c.loadedSessions()).toEqual([]);
     } finally {
       await c.close();
     }
@@ -193,5 +218,32 @@ describe('our TPM 2.0 client against swtpm', () => {
       encoding: 'buffer',
     });
     expect(stdout.readBigUInt64BE(0)).toBe(after);
+  });
+
+  it('derives a different storage primary for each unique, and a blob of one does not load under another', async () => {
+    const [u1, u2] = [randomBytes(32), randomBytes(32)];
+    const name = (u?: Buffer) => a.withSrk((srk) => Promise.resolve(srk.name.toString('hex')), u);
+    expect(await name(u1)).toBe(await name(u1));
+    expect(await name(u1)).not.toBe(await name(u2));
+    expect(await name(u1)).not.toBe(await name());
+    const values = await a.pcrRead([POLICY_PCR]);
+    const template = sealTemplate(
+      pcrPolicyDigest(
+        [POLICY_PCR],
+        values.map((v) => v.digest),
+      ),
+    );
+    const secret = randomBytes(32);
+    const blobs = await a.withSrk((srk) => a.seal(srk, secret, template), u1);
+    expect((await a.withSrk((srk) => a.unseal(srk, blobs, [POLICY_PCR]), u1)).equals(secret)).toBe(
+      true,
+    );
+    for (const other of [u2, undefined]) {
+      const error = await a
+        .withSrk((srk) => a.unseal(srk, blobs, [POLICY_PCR]), other)
+        .catch((e: unknown) => e);
+      expect(error).toMatchObject({ command: 'Load', base: RC.INTEGRITY });
+    }
+    expect(await a.transientHandles()).toEqual([]);
   });
 });

@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TpmConfig } from '../../keyvault/config.ts';
+import { spawnVault } from '../../keyvault/index.ts';
 import { openTpmVault } from '../../keyvault/tpm/backend.ts';
-import { TpmClient, parsePublic } from '../../keyvault/tpm/index.ts';
+import { COMMAND_TIMEOUT_MS, TpmClient, parsePublic } from '../../keyvault/tpm/index.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
 import { type Swtpm, startSwtpm } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
@@ -17,6 +18,8 @@ const run = promisify(execFile);
 const tpm = useFixture(() => startSwtpm());
 const other = useFixture(() => startSwtpm());
 const PCR = 16;
+// Named in the configuration, so tpm2_nvread can be pointed at it: free on a fresh swtpm, so
+// the vault defines it and it is its own (the other tests leave nvCounterIndex out).
 const COUNTER = 0x01a0cafe;
 
 let dir: string;
@@ -203,6 +206,7 @@ describe('the TPM vault backend on swtpm', () => {
       (v: VaultBackend) => v.sign('cross-signing-master', Buffer.from('x')),
       (v: VaultBackend) => v.sign('x509-identity', Buffer.from('x')),
       (v: VaultBackend) => v.quote(randomBytes(8), { hash: 'sha256', pcrs: [0] }),
+      (v: VaultBackend) => v.counterRead(),
       (v: VaultBackend) => v.provision(),
     ];
     for (const attempt of attempts) {
@@ -224,10 +228,36 @@ describe('the TPM vault backend on swtpm', () => {
     expect(await errorOf(withVault(config(tpm(), tampered), (v) => v.storeKey()))).toMatchObject({
       code: 'VAULT_FOREIGN_OR_TAMPERED',
     });
-    await writeFile(file, '{"version": 2}');
+    await writeFile(file, '{"version": 3}');
     expect(await errorOf(withVault(config(tpm(), tampered), (v) => v.storeKey()))).toMatchObject({
       code: 'VAULT_FOREIGN_OR_TAMPERED',
     });
+  });
+
+  it('refuses a version 1 state (storage key and counter shared with every vault), saying what to do', async () => {
+    const old = join(dir, 'version-1');
+    await cp(join(dir, 'state'), old, { recursive: true });
+    const file = join(old, 'tpm-vault.json');
+    const state = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+    await writeFile(
+      file,
+      JSON.stringify({
+        ...state,
+        version: 1,
+        parentUnique: undefined,
+        counter: undefined,
+        counterIndex: COUNTER,
+      }),
+    );
+    const ops: ((v: VaultBackend) => Promise<unknown>)[] = [
+      (v) => v.storeKey(),
+      (v) => v.provision(),
+    ];
+    for (const op of ops) {
+      const error = await errorOf(withVault(config(tpm(), old), op));
+      expect(error).toMatchObject({ code: 'VAULT_CONFIG' });
+      expect((error as Error).message).toMatch(/version 1 .*move it away and run "vault init"/);
+    }
   });
 
   it('a TPM that is not there is a typed error, not a crash', async () => {
@@ -306,4 +336,81 @@ describe('the TPM vault under concurrent requests', () => {
       await v.close();
     }
   });
+});
+
+describe('a TPM that does not answer (swtpm SIGSTOPped)', () => {
+  it('is VAULT_NOT_RESPONDING within the command timeout; the same vault answers again once the TPM does', async () => {
+    // A shorter deadline than the default, to keep the test short; the RPC test below uses
+    // the default.
+    const timeoutMs = 1500;
+    const v = await openTpmVault(config(tpm()), { commandTimeoutMs: timeoutMs });
+    try {
+      const before = await v.counterRead();
+      tpm().freeze();
+      try {
+        const calls = [
+          () => v.sign('x509-identity', Buffer.from('while frozen')),
+          () => v.counterIncrement(),
+          () => v.random(8),
+        ];
+        for (const call of calls) {
+          const started = Date.now();
+          const error = await errorOf(call());
+          const took = Date.now() - started;
+          expect(error).toMatchObject({ code: 'VAULT_NOT_RESPONDING' });
+          expect((error as Error).message).toMatch(
+            /did not answer within 1.5 s \(frozen or busy\)/,
+          );
+          expect(took).toBeGreaterThanOrEqual(timeoutMs - 50);
+          expect(took).toBeLessThan(timeoutMs + 2000);
+        }
+      } finally {
+        tpm().thaw();
+      }
+      // The increment was never sent: it was still waiting when its time ran out.
+      expect(await v.counterRead()).toBe(before);
+      const rsa = await v.publicKey('x509-identity');
+      const message = Buffer.from('after the thaw');
+      expect(
+        await opensslVerifyRsaPss(rsa.spki, message, await v.sign('x509-identity', message)),
+      ).toBe(true);
+      expect(await v.counterIncrement()).toBe(before + 1n);
+    } finally {
+      tpm().thaw();
+      await v.close();
+    }
+    // What the TPM did late for the commands given up on was flushed when it came back.
+    const c = new TpmClient(await tpm().connect());
+    try {
+      expect(await c.transientHandles()).toEqual([]);
+      expect(await c.loadedSessions()).toEqual([]);
+    } finally {
+      await c.close();
+    }
+  }, 60_000);
+
+  it('crosses the vault RPC as VAULT_NOT_RESPONDING, well before the RPC client gives up', async () => {
+    const configPath = join(dir, 'frozen.json');
+    await writeFile(configPath, JSON.stringify(config(tpm())), { mode: 0o600 });
+    const spawned = await spawnVault(configPath);
+    try {
+      const { vault } = spawned;
+      const before = await vault.counterRead();
+      tpm().freeze();
+      try {
+        const started = Date.now();
+        const error = await errorOf(vault.counterRead());
+        expect(error).toMatchObject({ code: 'VAULT_NOT_RESPONDING' });
+        expect((error as Error).message).toMatch(/did not answer within 5 s \(frozen or busy\)/);
+        // The RPC client's own deadline is 10 s (keyvault/common/rpc/client.ts).
+        expect(Date.now() - started).toBeLessThan(COMMAND_TIMEOUT_MS + 3000);
+      } finally {
+        tpm().thaw();
+      }
+      expect(await vault.counterRead()).toBe(before);
+    } finally {
+      tpm().thaw();
+      await spawned.stop();
+    }
+  }, 60_000);
 });

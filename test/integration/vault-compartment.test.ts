@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnVault } from '../../keyvault/index.ts';
 import { startSoftHsm, startSwtpm } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { TEST_OWNER, ownMasterBytes, subkeyBytes } from '../fixtures/sign-inputs.ts';
 
 // The vault as its own process behind the RPC, on real hardware stand-ins: what the endpoint
 // will see. Provisioned with the vault command, then used through the typed client.
@@ -40,12 +41,14 @@ describe.each(['tpm', 'pkcs11'] as const)('the %s vault compartment', (backend) 
       backend === 'tpm'
         ? await writeConfig('tpm', {
             backend: 'tpm',
+            owner: { userId: TEST_OWNER },
             stateDir: 'tpm-state',
             transport: { swtpm: { host: tpm().host, port: tpm().port, ctrlPort: tpm().ctrlPort } },
             pcrs: [16],
           })
         : await writeConfig('pkcs11', {
             backend: 'pkcs11',
+            owner: { userId: TEST_OWNER },
             stateDir: 'pkcs11-state',
             module: hsm().modulePath,
             token: `pkcs11:token=${hsm().label}`,
@@ -91,7 +94,8 @@ describe.each(['tpm', 'pkcs11'] as const)('the %s vault compartment', (backend) 
         code: 'VAULT_STORE_KEY_ALREADY_RELEASED',
       });
 
-      const message = randomBytes(100);
+      // What the purposes allow (keyvault/purposes): our subkey, our master key.
+      const message = subkeyBytes(TEST_OWNER);
       const ed = await vault.publicKey('cross-signing-master');
       const sig = await vault.sign('cross-signing-master', message);
       expect(
@@ -102,12 +106,22 @@ describe.each(['tpm', 'pkcs11'] as const)('the %s vault compartment', (backend) 
           sig,
         ),
       ).toBe(true);
+      const ours = await ownMasterBytes(vault, TEST_OWNER);
       const rsa = await vault.publicKey('x509-identity');
-      const rsaSig = await vault.sign('x509-identity', message);
+      const rsaSig = await vault.sign('x509-identity', ours);
       const rsaKey = createPublicKey({ key: Buffer.from(rsa.spki), format: 'der', type: 'spki' });
-      expect(verify('sha512', message, { key: rsaKey, padding: 6, saltLength: 64 }, rsaSig)).toBe(
+      expect(verify('sha512', ours, { key: rsaKey, padding: 6, saltLength: 64 }, rsaSig)).toBe(
         true,
       );
+      // Anything else is refused by the vault, whatever the backend.
+      for (const purpose of ['cross-signing-master', 'x509-identity'] as const) {
+        await expect(vault.sign(purpose, randomBytes(100))).rejects.toMatchObject({
+          code: 'VAULT_SIGN_REFUSED',
+        });
+      }
+      await expect(vault.sign('x509-identity', message)).rejects.toMatchObject({
+        code: 'VAULT_SIGN_REFUSED',
+      });
 
       const c1 = await vault.counterIncrement();
       expect(await vault.counterRead()).toBe(c1);

@@ -5,10 +5,12 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeFrame } from '../../keyvault/common/rpc/index.ts';
+import { vaultClient } from '../../keyvault/client.ts';
+import { encodeFrame, socketChannel } from '../../keyvault/common/rpc/index.ts';
 import { spawnVault } from '../../keyvault/spawn.ts';
 import { VaultCode } from '../../keyvault/vault.ts';
 import { isAlive, makeTempDir, repoRoot } from '../fixtures/process.ts';
+import { TEST_OWNER, ownMasterBytes } from '../fixtures/sign-inputs.ts';
 
 const MAIN = join(repoRoot, 'keyvault', 'main.ts');
 const WARNING =
@@ -52,7 +54,12 @@ beforeAll(async () => {
   // A relative stateDir: resolved against the config file, not the test's cwd.
   await writeFile(
     config,
-    JSON.stringify({ backend: 'dev', stateDir: 'state', allowInsecureDevBackend: true }),
+    JSON.stringify({
+      backend: 'dev',
+      owner: { userId: TEST_OWNER },
+      stateDir: 'state',
+      allowInsecureDevBackend: true,
+    }),
   );
 });
 
@@ -65,7 +72,7 @@ describe('vault command line', () => {
     const first = await cli('init', '--config', config, '--json');
     expect(first.code).toBe(0);
     const report = JSON.parse(first.stdout) as { created: string[]; kept: string[] };
-    expect(report.created).toHaveLength(4);
+    expect(report.created).toHaveLength(5);
     expect(first.stderr).toContain(WARNING);
 
     const second = await cli('init', '--config', config, '--json');
@@ -125,12 +132,16 @@ describe('vault process', () => {
     try {
       const { vault } = spawned;
       expect(vault.backend).toBe('dev');
-      const message = new TextEncoder().encode('hello');
+      // The x509-identity key signs our master key and nothing else (keyvault/purposes).
+      const message = await ownMasterBytes(vault, TEST_OWNER);
       const info = await vault.publicKey('x509-identity');
       const key = createPublicKey({ key: Buffer.from(info.spki), format: 'der', type: 'spki' });
       const signature = await vault.sign('x509-identity', message);
       const pss = { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 64 };
       expect(verify('sha512', message, pss, signature)).toBe(true);
+      await expect(
+        vault.sign('x509-identity', new TextEncoder().encode('hello')),
+      ).rejects.toMatchObject({ code: VaultCode.SignRefused });
 
       expect(await vault.storeKey()).toHaveLength(32);
       await expect(vault.storeKey()).rejects.toMatchObject({
@@ -205,9 +216,53 @@ setInterval(() => undefined, 1000);
     await fresh.stop();
   });
 
-  it('reports why the vault did not start', async () => {
+  it('reports why the vault did not start, with its code, not as DISCONNECTED', async () => {
     const refused = join(dir, 'refused.json');
     await writeFile(refused, JSON.stringify({ backend: 'dev', stateDir: 'state' }));
     await expect(spawnVault(refused)).rejects.toThrow(/allowInsecureDevBackend/);
+    await expect(spawnVault(refused)).rejects.toMatchObject({
+      name: 'VaultError',
+      code: VaultCode.InsecureRefused,
+    });
+    await expect(spawnVault(join(dir, 'missing.json'))).rejects.toMatchObject({
+      code: VaultCode.Config,
+    });
+  });
+
+  it('a vault that cannot open answers every call with the reason, then exits 1', async () => {
+    // Another vault's state file in ours: the dev vault refuses to open.
+    const other = join(dir, 'other.json');
+    await writeFile(
+      other,
+      JSON.stringify({ backend: 'dev', stateDir: 'other-state', allowInsecureDevBackend: true }),
+    );
+    expect((await cli('init', '--config', other)).code).toBe(0);
+    const foreign = join(dir, 'foreign.json');
+    await writeFile(
+      foreign,
+      JSON.stringify({ backend: 'dev', stateDir: 'foreign-state', allowInsecureDevBackend: true }),
+    );
+    expect((await cli('init', '--config', foreign)).code).toBe(0);
+    await writeFile(
+      join(dir, 'foreign-state', 'dev-vault.json'),
+      await readFile(join(dir, 'other-state', 'dev-vault.json')),
+      { mode: 0o600 },
+    );
+    // Raw: the process keeps its channel open and answers, rather than dying.
+    const child = spawn(process.execPath, [MAIN, 'serve', '--config', foreign], {
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const fd3 = child.stdio[3];
+    if (!(fd3 instanceof Socket)) throw new Error('no fd 3');
+    const e = await vaultClient(socketChannel(fd3)).catch((err: unknown) => err);
+    expect(e).toMatchObject({ code: VaultCode.ForeignOrTampered });
+    expect((e as Error).message).toMatch(/belongs to another vault/);
+    expect(await exited).toBe(1);
+    expect(stderr).toMatch(
+      /vault: cannot open the vault: .*belongs to another vault.*\[VAULT_FOREIGN_OR_TAMPERED\]/,
+    );
   });
 });

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openTpmVault } from '../../keyvault/tpm/backend.ts';
+import { openVault as openConfiguredVault } from '../../keyvault/open.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
 import { type RpcClient, isRpcError } from '../../keyvault/common/rpc/index.ts';
 import type {
@@ -100,8 +100,10 @@ const audited: AuditRecord[] = [];
 /** A vault releases the store key once per lifetime: each start opens it anew, like a boot. */
 async function openVault(): Promise<VaultBackend> {
   const t = tpm();
-  return openTpmVault({
+  // As the vault command opens it: owned by alice, signing only her cross-signing objects.
+  return openConfiguredVault({
     backend: 'tpm',
+    owner: { userId: alice.userId },
     stateDir: `${dataDir}/../vault`,
     transport: t.transport,
     pcrs: [16],

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Pkcs11Config } from '../../keyvault/config.ts';
-import { openPkcs11Vault } from '../../keyvault/pkcs11/index.ts';
+import { openVault } from '../../keyvault/open.ts';
 import type { Vault, VaultBackend } from '../../keyvault/vault.ts';
 import { type Issued, type SigningKey, createRootCa, issueLeaf } from '../../deploy/x509/index.ts';
 import { loadX509Material } from '../../endpoint/crypto/x509.ts';
@@ -71,14 +71,16 @@ beforeAll(async () => {
   await writeFile(join(dir, 'other.pem'), otherRoot.certPem);
   // SoftHSM reads its configuration from the environment, once per process.
   process.env.SOFTHSM2_CONF = hsm().env.SOFTHSM2_CONF;
+  // Opened as the vault command opens it: owned by alice, signing only what its purposes allow.
   const config: Pkcs11Config = {
     backend: 'pkcs11',
+    owner: { userId: alice.userId },
     stateDir: join(dir, 'vault'),
     module: hsm().modulePath,
     token: `pkcs11:token=${encodeURIComponent(hsm().label)}`,
     pin: { file: hsm().pinFile },
   };
-  vault = await openPkcs11Vault(config);
+  vault = await openVault(config);
   await vault.provision();
   const spki = (await vault.publicKey('x509-identity')).spki;
   const leaf = await issueLeaf(root, { userId: alice.userId, publicKey: spki });
@@ -153,6 +155,21 @@ describe('our X.509 identity, the key in a PKCS#11 token (SoftHSM2)', () => {
     );
     expect(other.code).not.toBe(0);
     expect(other.stderr).not.toContain('Verification successful');
+  });
+
+  it("the token's key signs nothing but our master key (keyvault/purposes)", async () => {
+    const master = await queryMasterKey(synapse().baseUrl, alice.accessToken, alice.userId);
+    const bare = { user_id: alice.userId, usage: ['master'], keys: master?.keys ?? {} };
+    const refused = { code: 'VAULT_SIGN_REFUSED' };
+    // The published object with its signatures, another user's, arbitrary bytes: refused.
+    const encode = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+    for (const message of [
+      encode(master),
+      encode({ ...bare, user_id: '@mallory:example.org' }),
+      encode('hello'),
+    ]) {
+      await expect(vault.sign('x509-identity', message)).rejects.toMatchObject(refused);
+    }
   });
 
   it('a stock peer configured with our CA sees us verified', async () => {

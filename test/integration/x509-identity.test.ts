@@ -5,7 +5,7 @@ import { type KeyObject, constants, generateKeyPairSync, sign } from 'node:crypt
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openTpmVault } from '../../keyvault/tpm/backend.ts';
+import { openVault as openConfiguredVault } from '../../keyvault/open.ts';
 import type { Vault, VaultBackend } from '../../keyvault/vault.ts';
 import {
   type Issued,
@@ -147,11 +147,15 @@ async function startService(chainFile: string): Promise<EndpointService> {
   });
 }
 
-/** The TPM vault (a fresh vault lifetime each time: the store key is released once per lifetime). */
+/**
+ * The TPM vault (a fresh vault lifetime each time: the store key is released once per lifetime),
+ * opened as the vault command opens it: owned by alice, signing only what its purposes allow.
+ */
 function openVault(): Promise<VaultBackend> {
   const t = tpm();
-  return openTpmVault({
+  return openConfiguredVault({
     backend: 'tpm',
+    owner: { userId: alice.userId },
     stateDir: join(dir, 'vault'),
     transport: { swtpm: { host: t.host, port: t.port, ctrlPort: t.ctrlPort } },
     pcrs: [16],
@@ -439,6 +443,10 @@ describe('expiry refresh', () => {
     const bytes = signingBytes({ ...foreign });
     await expect(setup.engine.signer?.rawSigner(bytes)).rejects.toThrow(/refusing to sign/);
     await expect(setup.extraMasterSignatures?.(bytes)).rejects.toThrow(/refusing to sign/);
+    // The vault refuses it too, for an endpoint that skipped its own check (keyvault/purposes).
+    await expect(vault.sign('x509-identity', bytes)).rejects.toMatchObject({
+      code: 'VAULT_SIGN_REFUSED',
+    });
     expect(x509Signs[0]).toBe(before);
     expect(uploads).toBe(0);
     // The real answer, our master key with a current signature: nothing to do.

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { DevConfig } from '../../keyvault/config.ts';
 import { openDevVault } from '../../keyvault/dev/index.ts';
-import { STATE_FILE } from '../../keyvault/dev/state.ts';
+import { ID_FILE, STATE_FILE } from '../../keyvault/dev/state.ts';
 import { loadVaultConfig } from '../../keyvault/open.ts';
 import { VaultCode, VaultError, type VaultBackend } from '../../keyvault/vault.ts';
 import { makeTempDir } from '../fixtures/process.ts';
@@ -44,7 +44,8 @@ describe('dev vault', () => {
       });
       const report = await v.provision();
       expect(report.kept).toEqual([]);
-      expect(report.created).toHaveLength(4);
+      expect(report.created).toHaveLength(5);
+      expect(report.created[0]).toBe('vault id');
       return {
         ed: (await v.publicKey('cross-signing-master')).spki,
         rsa: (await v.publicKey('x509-identity')).spki,
@@ -54,7 +55,7 @@ describe('dev vault', () => {
     await withVault(config, async (v) => {
       const report = await v.provision();
       expect(report.created).toEqual([]);
-      expect(report.kept).toHaveLength(4);
+      expect(report.kept).toHaveLength(5);
       expect((await v.publicKey('cross-signing-master')).spki).toEqual(first.ed);
       expect((await v.publicKey('x509-identity')).spki).toEqual(first.rsa);
       expect((await v.status()).provisioned).toEqual({
@@ -185,6 +186,72 @@ describe('dev vault', () => {
     await chmod(path, 0o600);
     await withVault(config, async (v) => {
       expect(await v.counterRead()).toBe(0n);
+    });
+  });
+
+  it("refuses another vault's state file swapped in (VAULT_FOREIGN_OR_TAMPERED), even with its vault id forged", async () => {
+    const a = freshConfig();
+    const b = freshConfig();
+    const keyA = await withVault(a, async (v) => {
+      await v.provision();
+      return v.storeKey();
+    });
+    await withVault(b, (v) => v.provision());
+    const idA = JSON.parse(await readFile(join(a.stateDir, ID_FILE), 'utf8')) as {
+      vaultId: string;
+    };
+    const idB = JSON.parse(await readFile(join(b.stateDir, ID_FILE), 'utf8')) as {
+      vaultId: string;
+    };
+    expect(idA.vaultId).toMatch(/^[0-9a-f]{32}$/);
+    expect(idA.vaultId).not.toBe(idB.vaultId);
+    expect((await withVault(a, (v) => v.status())).identity).toBe(`software, vault ${idA.vaultId}`);
+
+    const pathA = join(a.stateDir, STATE_FILE);
+    const originalA = await readFile(pathA);
+    const stateB = await readFile(join(b.stateDir, STATE_FILE), 'utf8');
+    const refused = async (body: string | Buffer, pattern: RegExp) => {
+      await writeFile(pathA, body, { mode: 0o600 });
+      const error = await openDevVault(a).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(VaultError);
+      expect(error).toMatchObject({ code: VaultCode.ForeignOrTampered });
+      expect((error as Error).message).toMatch(pattern);
+    };
+    // B's file as it is: it names B's vault.
+    await refused(stateB, /belongs to another vault/);
+    // B's file claiming to be A's: the MAC (under A's key, over A's id) fails.
+    const forged = JSON.parse(stateB) as Record<string, unknown>;
+    await refused(JSON.stringify({ ...forged, vaultId: idA.vaultId }), /MAC does not verify/);
+    // A's own file with its MAC stripped, or one field changed.
+    const own = JSON.parse(originalA.toString('utf8')) as Record<string, unknown>;
+    await refused(JSON.stringify({ ...own, mac: undefined }), /MAC does not verify/);
+    await refused(JSON.stringify({ ...own, counter: '7' }), /MAC does not verify/);
+    // Swapped while the vault runs: every call, and provisioning, refuse; the file is left alone.
+    await writeFile(pathA, originalA, { mode: 0o600 });
+    await withVault(a, async (v) => {
+      await writeFile(pathA, stateB, { mode: 0o600 });
+      for (const attempt of [v.provision(), v.counterRead(), v.storeKey()]) {
+        await expect(attempt).rejects.toMatchObject({ code: VaultCode.ForeignOrTampered });
+      }
+    });
+    expect(await readFile(pathA, 'utf8')).toBe(stateB);
+
+    // A state file without the identity beside it (copied alone): refused.
+    const lone = freshConfig();
+    await mkdir(lone.stateDir, { recursive: true, mode: 0o700 });
+    await writeFile(join(lone.stateDir, STATE_FILE), stateB, { mode: 0o600 });
+    await expect(openDevVault(lone)).rejects.toMatchObject({
+      code: VaultCode.ForeignOrTampered,
+      message: expect.stringMatching(/no vault identity beside it/) as unknown,
+    });
+
+    // A's own file back: opens, same store key.
+    await writeFile(pathA, originalA, { mode: 0o600 });
+    await withVault(a, async (v) => {
+      expect(await v.storeKey()).toEqual(keyA);
     });
   });
 

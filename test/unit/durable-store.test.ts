@@ -387,12 +387,19 @@ describe('durable store', () => {
     await expectCode(open(dir, new MemoryCounter(0n)), StoreCode.CounterBehind);
   });
 
-  it('creates a new store at the counter plus one', async () => {
+  it('creates a new store at the counter plus one, past its start only when asked', async () => {
     const counter = new MemoryCounter(41n);
-    const store = await open(freshDir(), counter);
+    const dir = freshDir();
+    await expectCode(open(dir, counter), StoreCode.Missing);
+    expect(counter.value).toBe(41n);
+    const store = await open(dir, counter, { allowFresh: true });
     expect(store.stats()).toMatchObject({ epoch: 42n, journalRecords: 0 });
     expect(counter.value).toBe(42n);
     await store.close();
+    // Where the vault tells where its counter started, a store at that value is a first one.
+    const first = await open(freshDir(), new MemoryCounter(5n), { counterStart: 5n });
+    expect(first.stats().epoch).toBe(6n);
+    await first.close();
   });
 
   it('compaction shrinks the journal, advances the counter and keeps the data', async () => {

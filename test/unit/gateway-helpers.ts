@@ -140,8 +140,28 @@ export function defaultHandlers(): Handlers<EndpointContract> {
       checkToken(p);
       return Promise.resolve({ identity: { state: 'verified' as const, wasVerified: false } });
     },
+    attest: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ ...ATTESTED, userId: p.userId, deviceId: p.deviceId });
+    },
+    attestation: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ result: { ...ATTESTED, userId: p.userId, deviceId: p.deviceId } });
+    },
+    evidence: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ evidence: '{}' });
+    },
   };
 }
+
+export const ATTESTED = {
+  userId: '@bob:example.org',
+  deviceId: 'BOBDEVICE',
+  state: 'passed' as const,
+  at: 1_700_000_000_000,
+  failures: [],
+};
 
 export const FLOW = {
   flowId: 'flow-1',

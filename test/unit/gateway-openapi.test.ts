@@ -37,6 +37,7 @@ describe('gateway OpenAPI document', () => {
       [
         'get /v1/contacts',
         'get /v1/contacts/{userId}',
+        'get /v1/contacts/{userId}/devices/{deviceId}/attestation',
         'get /v1/events',
         'get /v1/openapi.json',
         'get /v1/rooms',
@@ -52,6 +53,8 @@ describe('gateway OpenAPI document', () => {
         'post /v1/verifications/{flowId}/accept',
         'post /v1/verifications/{flowId}/confirm',
         'post /v1/verifications/{flowId}/cancel',
+        'post /v1/attestation/evidence',
+        'post /v1/contacts/{userId}/devices/{deviceId}/attestation',
         'post /v1/contacts/{userId}/identity/acknowledge',
         'post /v1/contacts/{userId}/identity/withdraw-verification',
       ].sort(),

@@ -38,13 +38,13 @@ describe('the outbox', () => {
     });
     // The durable store fails the commit after its in-memory database took it, as it does when
     // the journal write hits ENOSPC: the value is readable, the caller gets the error.
-    const realPut = state.put;
+    const realPut = (k: string, v: unknown) => state.update({ put: [[k, v]] });
     state.put = async (k, v) => {
       await realPut(k, v);
       throw Object.assign(new Error('the disk is full'), { code: 'STORAGE_FULL' });
     };
     await expect(outbox.enqueue('!r:example', 'refused')).rejects.toThrow('the disk is full');
-    state.put = realPut;
+    state.put = (k, v) => realPut(k, v);
     expect(await outbox.pending()).toEqual([]);
     await outbox.enqueue('!r:example', 'accepted');
     await outbox.pump();

@@ -132,7 +132,12 @@ describe('x509 CLI', { timeout: 60_000 }, () => {
     // The vault's x509-identity key (dev backend here; TPM and PKCS#11 in the integration test).
     await writeFile(
       join(dir, 'vault.json'),
-      JSON.stringify({ backend: 'dev', stateDir: 'vault', allowInsecureDevBackend: true }),
+      JSON.stringify({
+        backend: 'dev',
+        owner: { userId: '@dev:example.org' },
+        stateDir: 'vault',
+        allowInsecureDevBackend: true,
+      }),
     );
     const init = await new Promise<number>((resolve) => {
       execFile(

@@ -55,6 +55,8 @@ export const RPC_STATUS: Readonly<Record<string, number>> = Object.freeze({
   VAULT_UNAVAILABLE: 503,
   /** The endpoint's store cannot be written for a reason other than a full disk. */
   STORE_UNAVAILABLE: 503,
+  /** No attestation on this endpoint (no TPM vault, or no verifier policy), or not right now. */
+  ATTESTATION_UNAVAILABLE: 503,
   /** The endpoint's disk is full; it recovers by itself once space is freed. */
   STORAGE_FULL: 507,
   BUSY: 503,

@@ -4,12 +4,21 @@ import {
   TPM_HEADER_BYTES,
   type TpmTransport,
   TpmTransportError,
+  notAnswered,
 } from './transport.ts';
+
+/** How long a command may take before the TPM counts as not answering, unless told otherwise. */
+const DEFAULT_TIMEOUT_MS = 30_000;
 
 /**
  * The kernel's TPM character device. Use /dev/tpmrm0: the in-kernel resource manager
  * virtualises handles and flushes what a process leaves behind when the file is closed.
  * One write is one command; the following read returns the whole response.
+ *
+ * A command cannot be taken back once written, and a read in flight cannot be cancelled: when
+ * the TPM does not answer in time the caller gets TPM_TIMEOUT, the late answer is still read
+ * (and dropped) before anything else is written, and commands whose time ran out while they
+ * waited for it are never sent.
  */
 export async function openTpmDevice(path = '/dev/tpmrm0'): Promise<TpmTransport> {
   let file: FileHandle;
@@ -41,16 +50,37 @@ export async function openTpmDevice(path = '/dev/tpmrm0'): Promise<TpmTransport>
   };
   return {
     description: path,
-    send(command) {
+    send(command, options = {}) {
       if (closed)
         return Promise.reject(new TpmTransportError('TPM_CLOSED', `${path}: transport is closed`));
-      const next = queue.then(() => exchange(command));
+      const limit = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+      let abandoned = false;
+      const next = queue.then(() => {
+        if (abandoned) throw notAnswered(path, limit);
+        return exchange(command);
+      });
       queue = next.catch(() => undefined);
-      return next;
+      return new Promise<Uint8Array>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          abandoned = true;
+          reject(notAnswered(path, limit));
+        }, limit);
+        next.then(
+          (response) => {
+            clearTimeout(timer);
+            resolve(response);
+          },
+          (e: unknown) => {
+            clearTimeout(timer);
+            reject(e instanceof Error ? e : new Error(String(e)));
+          },
+        );
+      });
     },
     async close() {
       closed = true;
-      await queue;
+      // A command the TPM never answered would hold the queue for ever: do not wait on it.
+      await Promise.race([queue, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
       await file.close();
     },
   };

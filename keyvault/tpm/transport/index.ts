@@ -1,4 +1,9 @@
-export { type TpmTransport, TpmTransportError, type TransportErrorCode } from './transport.ts';
+export {
+  type SendOptions,
+  type TpmTransport,
+  TpmTransportError,
+  type TransportErrorCode,
+} from './transport.ts';
 export {
   type SwtpmAddress,
   type SwtpmTransport,

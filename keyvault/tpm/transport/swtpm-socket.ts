@@ -4,6 +4,7 @@ import {
   TPM_HEADER_BYTES,
   type TpmTransport,
   TpmTransportError,
+  notAnswered,
 } from './transport.ts';
 
 /**
@@ -60,19 +61,51 @@ export async function connectSwtpm(
   const timeoutMs = options.timeoutMs ?? 30_000;
   const where = endpoints(address);
   const description = `swtpm ${where.name}`;
-  const socket = await open(where.data, description, timeoutMs);
+  let socket = await open(where.data, description, timeoutMs);
   let queue: Promise<unknown> = Promise.resolve();
   let closed = false;
+  /**
+   * Set when we dropped the connection because the TPM did not answer: the next command
+   * connects again (swtpm serves one connection at a time and takes the next one once it
+   * runs again). A connection the other side closed stays closed: that TPM went away.
+   */
+  let reconnect = false;
 
-  const exchange = (command: Uint8Array): Promise<Uint8Array> =>
+  const exchange = async (command: Uint8Array, deadline: number, limit: number) => {
+    const left = deadline - Date.now();
+    // Still waiting behind an earlier command when its time ran out: never sent at all.
+    if (left <= 0) throw notAnswered(description, limit);
+    if (socket.destroyed && reconnect && !closed) {
+      socket = await open(where.data, description, left).catch((e: unknown) => {
+        throw e instanceof TpmTransportError && e.code === 'TPM_TIMEOUT'
+          ? notAnswered(description, limit)
+          : e;
+      });
+      reconnect = false;
+    }
+    if (closed || socket.destroyed) {
+      throw new TpmTransportError('TPM_CLOSED', `${description}: transport is closed`);
+    }
+    return exchangeOn(socket, command, Math.max(1, deadline - Date.now()), () => {
+      reconnect = true;
+      return notAnswered(description, limit);
+    });
+  };
+
+  const exchangeOn = (
+    s: Socket,
+    command: Uint8Array,
+    waitMs: number,
+    onTimeout: () => Error,
+  ): Promise<Uint8Array> =>
     new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       let length = 0;
       let expected = -1;
       const finish = (error?: Error, response?: Uint8Array): void => {
         clearTimeout(timer);
-        socket.off('data', onData);
-        socket.off('close', onClose);
+        s.off('data', onData);
+        s.off('close', onClose);
         if (error) reject(error);
         else resolve(response ?? new Uint8Array());
       };
@@ -83,7 +116,7 @@ export async function connectSwtpm(
           const head = Buffer.concat(chunks);
           expected = head.readUInt32BE(2);
           if (expected < TPM_HEADER_BYTES || expected > MAX_RESPONSE_BYTES) {
-            socket.destroy();
+            s.destroy();
             finish(
               new TpmTransportError(
                 'TPM_BAD_RESPONSE',
@@ -96,7 +129,7 @@ export async function connectSwtpm(
         if (expected >= 0 && length >= expected) {
           const all = Buffer.concat(chunks);
           if (length > expected) {
-            socket.destroy();
+            s.destroy();
             finish(
               new TpmTransportError(
                 'TPM_BAD_RESPONSE',
@@ -116,29 +149,30 @@ export async function connectSwtpm(
           ),
         );
       };
+      // The answer to this command can no longer be told from the next one's: drop the
+      // connection (a late answer goes nowhere).
       const timer = setTimeout(() => {
-        socket.destroy();
-        finish(
-          new TpmTransportError(
-            'TPM_TIMEOUT',
-            `${description}: no response within ${timeoutMs} ms`,
-          ),
-        );
-      }, timeoutMs);
-      socket.on('data', onData);
-      socket.once('close', onClose);
-      socket.write(command);
+        const error = onTimeout();
+        s.off('close', onClose);
+        s.destroy();
+        finish(error);
+      }, waitMs);
+      s.on('data', onData);
+      s.once('close', onClose);
+      s.write(command);
     });
 
   return {
     description,
-    send(command) {
-      if (closed || socket.destroyed) {
+    send(command, sendOptions = {}) {
+      if (closed || (socket.destroyed && !reconnect)) {
         return Promise.reject(
           new TpmTransportError('TPM_CLOSED', `${description}: transport is closed`),
         );
       }
-      const next = queue.then(() => exchange(command));
+      const limit = sendOptions.timeoutMs ?? timeoutMs;
+      const deadline = Date.now() + limit;
+      const next = queue.then(() => exchange(command, deadline, limit));
       queue = next.catch(() => undefined);
       return next;
     },

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { GatewayContext, JsonRoute, RouteDoc } from '../route.ts';
 import { registerJsonRoute } from '../route.ts';
+import { attestationRoutes } from './attestation.ts';
 import { contactRoutes } from './contacts.ts';
 import { eventsRoute } from './events.ts';
 import { messageRoutes } from './messages.ts';
@@ -16,6 +17,7 @@ export const jsonRoutes: readonly JsonRoute[] = [
   ...messageRoutes,
   ...contactRoutes,
   ...verificationRoutes,
+  ...attestationRoutes,
 ];
 
 /** Every route the gateway serves, in the OpenAPI document's order. */
