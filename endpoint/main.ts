@@ -115,6 +115,12 @@ async function main(argv: string[]): Promise<number> {
     service = await EndpointService.start({
       vault,
       counter: vault.storeCounter,
+      onStoreHealth: (h) => {
+        if (h.failed) health.setStorage('failed', `the store stopped (${h.failed})`);
+        else if (h.full)
+          health.setStorage('full', 'the disk is full; sends are refused until space is freed');
+        else health.setStorage('ok');
+      },
       dataDir: config.dataDir,
       homeserver: config.homeserver,
       user: config.user,

@@ -11,6 +11,7 @@ import { HomeserverClient } from './matrix/index.ts';
 import { Outbox } from './outbox.ts';
 import {
   type DurableStore,
+  type DurableStoreHealth,
   type StoreCounter,
   StoreCode,
   isStoreError,
@@ -30,6 +31,8 @@ export interface ServiceOptions {
    * VaultLink's, which settles an increment lost with a dead vault (endpoint/vault-link.ts).
    */
   counter?: StoreCounter;
+  /** Every change of the store's condition (full disk, space again, stopped): health.ts. */
+  onStoreHealth?: (health: DurableStoreHealth) => void;
   /** Directory for the sealed store. */
   dataDir: string;
   homeserver: string;
@@ -103,10 +106,12 @@ export class EndpointService {
         // Bound to the configured account: another account's store (copied with its vault)
         // is refused, STORE_WRONG_IDENTITY. The device id is added after login, below.
         identity: { userId: options.user },
-        // Dev and PKCS#11 vaults create their counters at 0, so a missing store past it is
-        // STORE_MISSING; a TPM counter starts above any value its TPM had (not recorded yet),
-        // so there only the store's birth record beside its directory tells.
-        counterStart: options.vault.backend === 'tpm' ? null : 0n,
+        // A missing store past the counter's provisioned start is STORE_MISSING (a new TPM
+        // counter starts above any value its TPM had, so the vault records where).
+        counterStart: await counterStartOf(options.vault),
+        ...(options.onStoreHealth ? { onHealth: options.onStoreHealth } : {}),
+        // The crypto engine cannot redo a refused commit: on a full disk commits wait.
+        holdWhileFull: true,
         logger: log,
       });
     } finally {
@@ -211,4 +216,19 @@ async function bindStoreIdentity(
 function errorCodeOf(e: unknown): string {
   const code = (e as { code?: unknown } | null)?.code;
   return typeof code === 'string' ? code : 'error';
+}
+
+/**
+ * Where the vault's counter stood when it was provisioned (vault status): a store may be
+ * created fresh only there; past it, a missing store is STORE_MISSING. A vault provisioned
+ * before it recorded this (or one that cannot say) gives null: then only the store's own
+ * marker beside its directory tells.
+ */
+async function counterStartOf(vault: Vault): Promise<bigint | null> {
+  try {
+    const start = (await vault.status()).provisioned.counterStart;
+    return start === undefined ? null : BigInt(start);
+  } catch {
+    return null;
+  }
 }

@@ -64,6 +64,15 @@ function isLinkFailure(e: unknown): boolean {
   return isRpcError(e) && e.code === RpcCode.Disconnected;
 }
 
+/** Restart failures that retrying cannot fix, and that may cost a PIN try each time. */
+const GIVE_UP: ReadonlySet<string> = new Set([
+  VaultCode.WrongPin,
+  VaultCode.PinLocked,
+  VaultCode.Config,
+  VaultCode.InsecureRefused,
+  VaultCode.UnsafeFiles,
+]);
+
 function unavailable(reason: string): VaultError {
   return new VaultError(
     VaultCode.Unavailable,
@@ -261,10 +270,20 @@ export class VaultLink implements Vault {
       this.#waiters.clear();
     } catch (e) {
       if (next) await next.stop().catch(() => undefined);
-      this.#options.logger?.warn(
-        `vault restart failed: ${e instanceof Error ? (e.message.split('\n')[0] ?? '') : 'error'}`,
-      );
+      const why = e instanceof Error ? (e.message.split('\n')[0] ?? '') : 'error';
+      this.#options.logger?.warn(`vault restart failed: ${why}`);
       this.#reconnecting = false;
+      // A wrong or locked PIN (or a broken config) is not an outage: each retry would spend
+      // one of the token's PIN tries until it locks. Stop, and say so.
+      if (isRpcError(e) && GIVE_UP.has(e.code)) {
+        this.#stopped = true;
+        this.#set({
+          state: 'unavailable',
+          since: Date.now(),
+          reason: `the restarted vault refuses to open (${e.code}); not retrying`,
+        });
+        return;
+      }
       this.#scheduleReconnect(Math.min(delayMs * 2, this.#options.maxRetryMs ?? 10_000));
       return;
     }

@@ -107,6 +107,10 @@ export const vaultContract = defineContract({
             counter: z.boolean(),
             purposes: z.array(purpose).max(SIGNING_PURPOSES.length),
             attestationKey: z.boolean(),
+            counterStart: z
+              .string()
+              .regex(/^(0|[1-9][0-9]{0,19})$/)
+              .optional(),
           })
           .strict(),
         counterGuarantee: z.string().max(1024),

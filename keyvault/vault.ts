@@ -75,6 +75,11 @@ export interface VaultStatus {
     counter: boolean;
     purposes: SigningPurpose[];
     attestationKey: boolean;
+    /**
+     * The counter's value when the vault was provisioned (decimal): a store may be created
+     * fresh only there. 0 on PKCS#11 and dev; a TPM's new counter starts higher.
+     */
+    counterStart?: string | undefined;
   };
   /** How strong the anti-rollback counter is, in a sentence (weaker on PKCS#11). */
   counterGuarantee: string;

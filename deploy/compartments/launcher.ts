@@ -26,6 +26,19 @@ import {
   sandboxCommand,
 } from './sandbox.ts';
 
+/** Exit reasons a restart cannot fix (and, for a PIN, that each restart makes worse). */
+const NO_RESTART = [
+  'VAULT_WRONG_PIN',
+  'VAULT_PIN_LOCKED',
+  'VAULT_CONFIG',
+  'VAULT_UNSAFE_FILES',
+  'STORE_UNSAFE_FILES',
+  'STORE_WRONG_IDENTITY',
+  'STORE_MISSING',
+  'STORE_ROLLED_BACK',
+  'STORE_TAMPERED',
+];
+
 export class LaunchError extends Error {
   override name = 'LaunchError';
   readonly code = 'LAUNCH';
@@ -232,6 +245,15 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
         [...current.processes].map(([n, p]) => p.exited.then((c) => [n, c] as const)),
       );
       if (stopping()) return;
+      const last = current.processes.get(name)?.lastLine() ?? '';
+      const refusal = NO_RESTART.find((c) => last.includes(c));
+      if (refusal) {
+        // Restarting cannot fix these, and with a PIN each start would spend one of the
+        // token's tries until it locks: stop and let the operator fix it.
+        say(`${name} exited (${String(code)}) with ${refusal}; not restarting: ${last}`);
+        await stopAll(current.processes);
+        return;
+      }
       say(`${name} exited (${String(code)}); restarting the stack`);
       await stopAll(current.processes);
       const now = Date.now();

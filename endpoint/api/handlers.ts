@@ -273,15 +273,15 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     send: async ({ auth, roomId, body, replyTo }) => {
       await guard(auth.token, 'messages.send', { roomId });
       joinedRoom(roomId);
-      const changed = await endpoint.changedIdentitiesIn(roomId);
-      if (changed.length > 0) {
-        throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
-      }
       // Refused before anything is written: a send the disk cannot hold must not be queued in
       // memory and sent later behind the client's back (it was told 507).
       if (health.current.storage === 'full') throw storageFull();
       if (health.current.storage === 'failed') {
         throw new RpcError('STORE_UNAVAILABLE', 'the endpoint cannot write its store; see its log');
+      }
+      const changed = await endpoint.changedIdentitiesIn(roomId);
+      if (changed.length > 0) {
+        throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
       }
       const entry = await stored(() =>
         outbox.enqueue(roomId, body, replyTo === undefined ? {} : { replyTo }),

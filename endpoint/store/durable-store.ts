@@ -89,6 +89,11 @@ export interface DurableStoreOptions {
    * While the disk is full, how long to wait before retrying the journal write (default 1000
    * ms; later retries wait up to twice it). See the README's "Full disk".
    */
+  /**
+   * While the disk is full, commits wait (written once space returns) instead of failing with
+   * STORAGE_FULL: see JournalOptions.holdWhileFull. Default false.
+   */
+  holdWhileFull?: boolean;
   fullRetryMs?: number;
   /**
    * Called with health() whenever it changes: the disk became full, has space again, or the
@@ -265,6 +270,7 @@ class Store implements DurableStore, CaptureSink {
     );
     this.#writer = new JournalWriter(this.#keys, files.journal, {
       retryMs: this.#fullRetryMs,
+      holdWhileFull: this.#options.holdWhileFull ?? false,
       onFull: (full) => {
         this.#fullChanged(full);
       },
@@ -518,7 +524,7 @@ class Store implements DurableStore, CaptureSink {
   #fullChanged(full: boolean): void {
     if (full) {
       this.#log.warn(
-        `store: the disk is full; commits are refused with STORAGE_FULL and retried every ${this.#fullRetryMs} ms`,
+        `store: the disk is full; commits ${this.#options.holdWhileFull ? 'wait' : 'are refused with STORAGE_FULL'} and are retried every ${this.#fullRetryMs} ms`,
       );
     } else {
       this.#log.info('store: the disk has space again; commits are accepted');

@@ -60,6 +60,15 @@ export interface JournalOptions {
   onFull?: (full: boolean) => void;
   /** Called once, when the writer stops for good (also when it stops itself). */
   onFailed?: (failure: StoreError) => void;
+  /**
+   * While the disk is full, hold commits (their promises wait, to be settled once written)
+   * instead of rejecting them with STORAGE_FULL. The endpoint holds: the crypto engine treats
+   * a rejected commit as an aborted transaction while its memory already has the change (a
+   * room key just received, a ratcheted Olm session), and the two part ways; a commit that
+   * waits keeps the engine consistent and only slows it. Rejecting suits callers that can
+   * redo a refused commit.
+   */
+  holdWhileFull?: boolean;
 }
 
 export class JournalWriter {
@@ -85,7 +94,10 @@ export class JournalWriter {
     this.#maxWaitingBytes = options.maxWaitingBytes ?? 64 << 20;
     this.#onFull = options.onFull ?? (() => undefined);
     this.#onFailed = options.onFailed ?? (() => undefined);
+    this.#hold = options.holdWhileFull ?? false;
   }
+
+  readonly #hold: boolean;
 
   get epoch(): bigint {
     return this.#pos.epoch;
@@ -127,7 +139,7 @@ export class JournalWriter {
       this.#queue.push(item);
       if (this.#fullSince !== null) {
         this.#checkWaitingBytes(); // past the bound, fail() rejects it (unanswered) instead
-        if (this.#stopped()) return;
+        if (this.#stopped() || this.#hold) return;
         item.answered = true;
         reject(this.#fullError());
         return;
@@ -253,10 +265,12 @@ export class JournalWriter {
     const first = this.#fullSince === null;
     this.#fullSince ??= Date.now();
     const error = this.#fullError();
-    for (const item of [...group.items, ...this.#queue]) {
-      if (item.kind === 'append' && !item.answered) {
-        item.answered = true;
-        item.reject(error);
+    if (!this.#hold) {
+      for (const item of [...group.items, ...this.#queue]) {
+        if (item.kind === 'append' && !item.answered) {
+          item.answered = true;
+          item.reject(error);
+        }
       }
     }
     // Tasks queued behind (a compaction, a flush's or a close's drain) would wait as long as

@@ -161,6 +161,7 @@ class DevVault implements VaultBackend {
     const provisioned = await this.#read((state) => ({
       storeKey: state.storeKey !== undefined,
       counter: state.counter !== undefined,
+      ...(state.counter !== undefined ? { counterStart: '0' } : {}),
       purposes: SIGNING_PURPOSES.filter((p) => state.keys[p] !== undefined),
       attestationKey: false,
     }));

@@ -252,6 +252,7 @@ export class Pkcs11Vault implements VaultBackend {
         provisioned: {
           storeKey: onToken.kek && storeKeyFile,
           counter: onToken.counter,
+          ...(onToken.counter ? { counterStart: '0' } : {}),
           purposes: onToken.purposes,
           attestationKey: false,
         },

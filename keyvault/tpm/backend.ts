@@ -374,6 +374,7 @@ class TpmVault implements VaultBackend {
       provisioned: {
         storeKey: state?.storeKey !== undefined,
         counter: state?.counter?.name !== undefined,
+        ...(state?.counter?.start === undefined ? {} : { counterStart: state.counter.start }),
         purposes: SIGNING_PURPOSES.filter((p) =>
           p === 'cross-signing-master'
             ? state?.crossSigningSeed !== undefined
@@ -736,6 +737,8 @@ class TpmVault implements VaultBackend {
           if (pub) {
             counter.public = pub.raw.toString('hex');
             counter.name = pub.name.toString('hex');
+            const ref = { handle: counter.index, name: pub.name };
+            counter.start = (await this.#tpm.counterRead(ref, auth, parent)).toString();
             await save();
             return 'created';
           }

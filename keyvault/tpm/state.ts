@@ -33,6 +33,15 @@ const counter = z
       .regex(/^([0-9a-f]{2}){14,128}$/)
       .optional(),
     name: hex(34).optional(),
+    /**
+     * The counter's value right after provisioning (decimal). A new TPM counter starts at the
+     * highest value any counter on that TPM has had, not at 0: the store needs this to tell
+     * "no store yet" from "the store was deleted" (STORE_MISSING).
+     */
+    start: z
+      .string()
+      .regex(/^(0|[1-9][0-9]{0,19})$/)
+      .optional(),
   })
   .strict();
 export const tpmStateSchema = z

@@ -141,6 +141,31 @@ describe('full disk (store level)', () => {
     expect([...all.keys()]).toEqual(['after', 'before', 'refused-1', 'refused-2']);
   });
 
+  it('with holdWhileFull, commits wait for space instead of failing, and complete in order', async () => {
+    const { disk, counter } = setup();
+    const store = await open(disk, counter, { holdWhileFull: true });
+    const db = await kvDb(store);
+    await put(db, 'before', 1);
+    disk.capacity = disk.used() + 300;
+    const settled: string[] = [];
+    const first = put(db, 'held-1', 'x'.repeat(2000)).then(() => settled.push('held-1'));
+    const second = put(db, 'held-2', 'small').then(() => settled.push('held-2'));
+    await until(() => store.health().full);
+    // Neither fails nor completes while the disk is full: the engine above sees a slow
+    // commit, never an aborted one whose change it already holds in memory.
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(settled).toEqual([]);
+    expect(store.health()).toMatchObject({ full: true, failed: null });
+    disk.capacity = Infinity;
+    await Promise.all([first, second]);
+    expect(settled).toEqual(['held-1', 'held-2']);
+    expect(store.health().full).toBe(false);
+    db.close();
+    await store.close();
+    const all = await reopenKeys(disk, counter);
+    expect([...all.keys()]).toEqual(['before', 'held-1', 'held-2']);
+  });
+
   it('treats ENOSPC from fdatasync and EDQUOT the same way', async () => {
     const { disk, counter } = setup();
     const store = await open(disk, counter);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RpcCode, RpcError } from '../../keyvault/common/rpc/index.ts';
-import type { Vault } from '../../keyvault/vault.ts';
+import { type Vault, VaultCode, VaultError } from '../../keyvault/vault.ts';
 import { type VaultConnection, type VaultHealth, VaultLink } from '../../endpoint/vault-link.ts';
 
 /**
@@ -101,6 +101,27 @@ describe('the vault link', () => {
     expect(health.state).toBe('unavailable');
     expect(health.state === 'unavailable' && health.reason).toMatch(/different identity/);
     await expect(link.counterRead()).rejects.toMatchObject({ code: 'VAULT_UNAVAILABLE' });
+    await link.close();
+  });
+
+  it('stops restarting a vault that refuses its PIN (each try would spend one)', async () => {
+    const counter = { value: 1n };
+    const first = fakeVault(1, counter);
+    let attempts = 0;
+    const link = await VaultLink.open(first.connection, {
+      logger: quiet,
+      retryMs: 10,
+      reconnect: () => {
+        attempts++;
+        return Promise.reject(new VaultError(VaultCode.WrongPin, 'the token rejected the PIN'));
+      },
+    });
+    first.kill();
+    await until(() => link.health().state === 'unavailable');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(attempts).toBe(1);
+    const health = link.health();
+    expect(health.state === 'unavailable' && health.reason).toMatch(/VAULT_WRONG_PIN/);
     await link.close();
   });
 
