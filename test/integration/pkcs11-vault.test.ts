@@ -305,6 +305,7 @@ describe('a provisioned token', () => {
       expect(status.provisioned).toEqual({
         storeKey: true,
         counter: true,
+        counterStart: '0',
         purposes: ['cross-signing-master', 'x509-identity'],
         attestationKey: false,
       });

@@ -107,6 +107,11 @@ describe('store integrity, end to end', () => {
     await expect(readFile(join(dir, 'data', 'store', 'snapshot'))).rejects.toMatchObject({
       code: 'ENOENT',
     });
+    // Deleting the marker beside it too does not help: the TPM vault recorded where its
+    // counter started, and the counter has moved past it.
+    await rm(join(dir, 'data', 'store.created'), { force: true });
+    const markerGone = await refusedStart(configPath);
+    expect(markerGone).toContain('STORE_MISSING');
 
     const help = await resetStore('--help');
     expect(help.code).toBe(0);

@@ -61,6 +61,7 @@ describe('dev vault', () => {
       expect((await v.status()).provisioned).toEqual({
         storeKey: true,
         counter: true,
+        counterStart: '0',
         purposes: ['cross-signing-master', 'x509-identity'],
         attestationKey: false,
       });
