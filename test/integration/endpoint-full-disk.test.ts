@@ -183,7 +183,13 @@ describe('a full disk under the endpoint', () => {
       { timeoutMs: 60_000, intervalMs: 250, failOnError: true },
     ).catch(async (e: unknown) => {
       const items = await readTimeline(endpoint.client, token, dm, 1000);
-      console.log(JSON.stringify(items.filter((i) => !i.decrypted), null, 1).slice(0, 3000));
+      console.log(
+        JSON.stringify(
+          items.filter((i) => !i.decrypted),
+          null,
+          1,
+        ).slice(0, 3000),
+      );
       console.log(stderr.slice(-60).join('\n'));
       throw e;
     });
