@@ -50,6 +50,10 @@ export const AttestationCode = {
   /** The event log has events or values the reference state does not accept. */
   EventLogRejected: 'EVENTLOG_REJECTED',
   PolicyInvalid: 'POLICY_INVALID',
+  /** The peer answered with an error instead of evidence (no TPM, vault down, rate limit). */
+  PeerRefused: 'PEER_REFUSED',
+  /** The peer did not answer in time. */
+  NoAnswer: 'NO_ANSWER',
 } as const;
 export type AttestationFailureCode = (typeof AttestationCode)[keyof typeof AttestationCode];
 

@@ -93,8 +93,12 @@ export interface AttestationOptions {
   now?: () => number;
 }
 
-/** Per peer device, at most one answer every ANSWER_INTERVAL_MS: each costs a TPM quote. */
-const ANSWER_INTERVAL_MS = 1000;
+/**
+ * Per asking device, at most ANSWER_BURST answers in ANSWER_WINDOW_MS: each costs a TPM quote
+ * (or an activation). An attestation takes one or two requests (first contact: activation).
+ */
+const ANSWER_BURST = 4;
+const ANSWER_WINDOW_MS = 10_000;
 /** How long attest() waits for a peer: below the gateway's 30 s call deadline. */
 const WAIT_MS = 20_000;
 
@@ -102,7 +106,7 @@ export class AttestationService {
   readonly #o: AttestationOptions;
   readonly #book: ChallengeBook;
   readonly #waiters = new Map<string, ((view: AttestationView) => void)[]>();
-  readonly #lastAnswer = new Map<string, number>();
+  readonly #answers = new Map<string, number[]>();
   readonly #listeners = new Set<(view: AttestationView) => void>();
   readonly #now: () => number;
 
@@ -188,7 +192,7 @@ export class AttestationService {
           at: this.#now(),
           failures: [
             {
-              code: AttestationCode.NonceExpired,
+              code: AttestationCode.NoAnswer,
               message: `the device did not answer within ${WAIT_MS / 1000} s`,
             },
           ],
@@ -271,7 +275,8 @@ export class AttestationService {
     if (!parsed.success) return; // malformed: no answer (nothing to bind an error to)
     const request = parsed.data;
     const peer = peerKey(m.sender, m.senderDevice);
-    const last = this.#lastAnswer.get(peer) ?? 0;
+    const now = this.#now();
+    const recent = (this.#answers.get(peer) ?? []).filter((t) => now - t < ANSWER_WINDOW_MS);
     const reply = (content: Record<string, unknown>) =>
       this.#o.engine.sendEncryptedToDevice(
         m.sender,
@@ -280,11 +285,15 @@ export class AttestationService {
         { request_id: request.request_id, ...content },
         `mte.att.${randomBytes(12).toString('hex')}`,
       );
-    if (this.#now() - last < ANSWER_INTERVAL_MS) {
-      await reply({ error: { code: 'RATE_LIMITED', message: 'one attestation per second' } });
+    if (recent.length >= ANSWER_BURST) {
+      await reply({
+        error: { code: 'RATE_LIMITED', message: `at most ${ANSWER_BURST} answers in 10 s` },
+      });
       return;
     }
-    this.#lastAnswer.set(peer, this.#now());
+    recent.push(now);
+    this.#answers.set(peer, recent);
+    if (this.#answers.size > 1024) this.#answers.delete(this.#answers.keys().next().value ?? '');
     try {
       let activation: { challenge_id: string; proof: string } | undefined;
       if (request.activation) {
@@ -357,7 +366,7 @@ export class AttestationService {
         state: 'failed',
         failures: [
           {
-            code: AttestationCode.Malformed,
+            code: AttestationCode.PeerRefused,
             message: `the device refused: ${response.error.code}`,
           },
         ],

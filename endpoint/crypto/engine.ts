@@ -239,10 +239,10 @@ export class CryptoEngine {
     content: Record<string, unknown>,
     txnId: string,
   ): Promise<void> {
-    const user = new UserId(userId);
-    const claim = await this.machine.getMissingSessions([user]);
+    // wasm-bindgen takes ownership of an id passed by value: a fresh one for each call.
+    const claim = await this.machine.getMissingSessions([new UserId(userId)]);
     if (claim) await this.#send(claim);
-    const device = await this.machine.getDevice(user, new DeviceId(deviceId), 5);
+    const device = await this.machine.getDevice(new UserId(userId), new DeviceId(deviceId), 5);
     if (!device) throw new Error(`crypto: ${userId} has no known device ${deviceId}`);
     try {
       const encrypted = await device.encryptToDeviceEvent(type, content);
@@ -345,14 +345,14 @@ export class CryptoEngine {
     userId: string,
     deviceId: string,
   ): Promise<{ ed25519: string; curve25519: string; masterKey: string | undefined } | undefined> {
-    const user = new UserId(userId);
-    const device = await this.machine.getDevice(user, new DeviceId(deviceId), 5);
+    // wasm-bindgen takes ownership of an id passed by value: a fresh one for each call.
+    const device = await this.machine.getDevice(new UserId(userId), new DeviceId(deviceId), 5);
     if (!device) return undefined;
     try {
       const ed25519 = device.ed25519Key?.toBase64();
       const curve25519 = device.curve25519Key?.toBase64();
       if (!ed25519 || !curve25519) return undefined;
-      const identity = await this.machine.getIdentity(user);
+      const identity = await this.machine.getIdentity(new UserId(userId));
       let masterKey: string | undefined;
       if (identity) {
         try {

@@ -1,0 +1,175 @@
+import { createHash } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { StreamEvent } from '../../endpoint/contract.ts';
+import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
+import { TpmClient } from '../../keyvault/tpm/index.ts';
+import { verifyAuditLog } from '../../policy/index.ts';
+import {
+  type CompartmentConfigs,
+  type SynapseUser,
+  makeTempDir,
+  prepareCompartments,
+  startSwtpm,
+  startSynapse,
+} from '../fixtures/index.ts';
+import { useFixture } from '../fixtures/lifecycle.ts';
+
+/**
+ * Two of our endpoints, each with its own TPM (swtpm manufactured with an EK certificate by its
+ * own local CA), on real Synapse. A attests B and B attests A over Olm-encrypted to-device
+ * messages: the first contact runs credential activation, then the quote passes. Then B's boot
+ * state changes (a PCR extended on its TPM) and A's next attestation fails with the reason.
+ */
+const synapse = useFixture(() => startSynapse());
+const tpmA = useFixture(() => startSwtpm({ ekCertificate: true }));
+const tpmB = useFixture(() => startSwtpm({ ekCertificate: true }));
+/** A fresh TPM's PCR 7 (no firmware ran): what A's policy accepts for B. */
+const ZERO = '0'.repeat(64);
+
+/** Both endpoints' stderr, printed when a test fails. */
+const logs: string[] = [];
+let dir: string;
+let alice: SynapseUser;
+let bob: SynapseUser;
+let a: CompartmentConfigs;
+let b: CompartmentConfigs;
+let endpointA: SpawnedEndpoint;
+let endpointB: SpawnedEndpoint;
+
+function policy(): Record<string, unknown> {
+  return {
+    version: 1,
+    ekRoots: [tpmA().ekIssuer, tpmB().ekIssuer],
+    pcrs: { required: [0, 7], golden: { 7: [ZERO] } },
+  };
+}
+
+beforeAll(async () => {
+  dir = await makeTempDir('attest-e2e');
+  await mkdir(join(dir, 'a'));
+  await mkdir(join(dir, 'b'));
+  alice = await synapse().registerUser('alice');
+  bob = await synapse().registerUser('bob');
+  a = await prepareCompartments(join(dir, 'a'), {
+    homeserver: synapse().baseUrl,
+    tpm: tpmA(),
+    user: alice,
+    attestation: { policy: policy(), pcrs: [0, 7] },
+  });
+  b = await prepareCompartments(join(dir, 'b'), {
+    homeserver: synapse().baseUrl,
+    tpm: tpmB(),
+    user: bob,
+    attestation: { policy: policy(), pcrs: [0, 7] },
+  });
+  endpointA = await spawnEndpoint(a.endpointConfig, { onStderr: (l) => logs.push(`[A] ${l}`) });
+  endpointB = await spawnEndpoint(b.endpointConfig, { onStderr: (l) => logs.push(`[B] ${l}`) });
+  // Each invites the other, so each tracks the other's devices (and may concern them).
+  await endpointA.client.call('createRoom', {
+    auth: { token: a.tokens.test ?? '' },
+    invite: [bob.userId],
+    isDirect: true,
+  });
+  await endpointB.client.call('createRoom', {
+    auth: { token: b.tokens.test ?? '' },
+    invite: [alice.userId],
+    isDirect: true,
+  });
+}, 240_000);
+
+afterEach((ctx) => {
+  if (ctx.task.result?.state === 'fail') console.log(logs.slice(-40).join('\n'));
+});
+
+afterAll(async () => {
+  // Undefined when beforeAll failed before starting them.
+  await (endpointA as SpawnedEndpoint | undefined)?.stop().catch(() => undefined);
+  await (endpointB as SpawnedEndpoint | undefined)?.stop().catch(() => undefined);
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function attestUntilSettled(
+  from: SpawnedEndpoint,
+  token: string,
+  userId: string,
+  deviceId: string,
+) {
+  // Device lists arrive with the peers' first syncs: retry while the device is still unknown.
+  for (let i = 0; ; i++) {
+    const result = await from.client.call(
+      'attest',
+      { auth: { token }, userId, deviceId },
+      { timeoutMs: 40_000 },
+    );
+    const unknown = result.failures.some((f) => /no such device|not known/.test(f.message));
+    if (!unknown || i >= 20) return result;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+describe('mutual attestation between two endpoints over Matrix', () => {
+  it('A attests B and B attests A: credential activation on first contact, then a passing quote', async () => {
+    const tokenA = a.tokens.test ?? '';
+    const tokenB = b.tokens.test ?? '';
+    const statusA = await endpointA.client.call('status', { auth: { token: tokenA } });
+    const statusB = await endpointB.client.call('status', { auth: { token: tokenB } });
+    const { subscription, cursor } = await endpointA.client.call('subscribe', {
+      auth: { token: tokenA },
+    });
+
+    const aOnB = await attestUntilSettled(endpointA, tokenA, bob.userId, statusB.deviceId);
+    expect(aOnB.failures).toEqual([]);
+    expect(aOnB.state).toBe('passed');
+    expect(aOnB.facts?.enrolment).toBe('credential-activation');
+    expect(aOnB.facts?.manufacturer).toBe('id:00001014');
+
+    const bOnA = await attestUntilSettled(endpointB, tokenB, alice.userId, statusA.deviceId);
+    expect(bOnA.failures).toEqual([]);
+    expect(bOnA.state).toBe('passed');
+
+    // The verdict is kept, shown on the stream, and audited.
+    const last = await endpointA.client.call('attestation', {
+      auth: { token: tokenA },
+      userId: bob.userId,
+      deviceId: statusB.deviceId,
+    });
+    expect(last.result?.state).toBe('passed');
+    const page = await endpointA.client.call('events', {
+      auth: { token: tokenA },
+      subscription,
+      after: cursor,
+      waitMs: 1000,
+    });
+    const verdicts = page.events.filter(
+      (e): e is Extract<StreamEvent, { type: 'attestation' }> => e.type === 'attestation',
+    );
+    expect(verdicts.at(-1)?.result.state).toBe('passed');
+    const audit = await verifyAuditLog(a.auditLog);
+    expect(audit.ok).toBe(true);
+
+    // Enrolled now: the second attestation is one round trip and passes again.
+    const again = await attestUntilSettled(endpointA, tokenA, bob.userId, statusB.deviceId);
+    expect(again.state).toBe('passed');
+  }, 180_000);
+
+  it("a changed boot state on B (PCR 7 extended on its TPM) fails A's next attestation with the reason", async () => {
+    const tokenA = a.tokens.test ?? '';
+    const tokenB = b.tokens.test ?? '';
+    const statusB = await endpointB.client.call('status', { auth: { token: tokenB } });
+    // swtpm serves one connection: B's endpoint (and its vault) stop while the PCR moves.
+    await endpointB.stop();
+    const c = new TpmClient(await tpmB().connect());
+    try {
+      await c.pcrExtend(7, createHash('sha256').update('an unexpected boot loader').digest());
+    } finally {
+      await c.close();
+    }
+    endpointB = await spawnEndpoint(b.endpointConfig, { onStderr: (l) => logs.push(`[B] ${l}`) });
+    const result = await attestUntilSettled(endpointA, tokenA, bob.userId, statusB.deviceId);
+    expect(result.state).toBe('failed');
+    expect(result.failures.map((f) => f.code)).toEqual(['PCR_VALUE_REJECTED']);
+    expect(result.failures[0]?.message).toMatch(/PCR 7/);
+  }, 180_000);
+});
