@@ -31,6 +31,12 @@ export interface ServiceOptions {
    * VaultLink's, which settles an increment lost with a dead vault (endpoint/vault-link.ts).
    */
   counter?: StoreCounter;
+  /**
+   * Start a new device on purpose although the vault's counter shows a store existed (what
+   * `reset-store` does, audited, from the command line; here for tests that model it).
+   * Without it a missing store is STORE_MISSING.
+   */
+  allowFreshStore?: boolean;
   /** Every change of the store's condition (full disk, space again, stopped): health.ts. */
   onStoreHealth?: (health: DurableStoreHealth) => void;
   /** Directory for the sealed store. */
@@ -112,6 +118,7 @@ export class EndpointService {
         ...(options.onStoreHealth ? { onHealth: options.onStoreHealth } : {}),
         // The crypto engine cannot redo a refused commit: on a full disk commits wait.
         holdWhileFull: true,
+        ...(options.allowFreshStore ? { allowFresh: true } : {}),
         logger: log,
       });
     } finally {

@@ -241,6 +241,61 @@ describe('attestation against a real TPM (swtpm with an EK certificate)', () => 
     expect(bad).not.toBe(0);
   });
 
+  it('the offline CLI (attestation/main.ts verify) gives the same verdict, with exit codes', async () => {
+    const { json, ctx } = await fresh();
+    const evidenceFile = join(dir, 'evidence.json');
+    const policyFile = join(dir, 'verifier.json');
+    const subjectFile = join(dir, 'subject.json');
+    const enrolledFile = join(dir, 'enrolled.json');
+    await writeFile(evidenceFile, text(json));
+    await writeFile(policyFile, JSON.stringify({ version: 1, ekRoots: policy.ekRoots }));
+    await writeFile(subjectFile, JSON.stringify(self));
+    await writeFile(enrolledFile, JSON.stringify(Object.fromEntries(enrolled)));
+    const cli = (...args: string[]) =>
+      run(process.execPath, [join(import.meta.dirname, '../../attestation/main.ts'), ...args]).then(
+        (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+        (e: unknown) => {
+          const err = e as { code?: number; stdout?: string; stderr?: string };
+          return { code: err.code ?? -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
+        },
+      );
+    const nonce = Buffer.from(ctx.nonce).toString('base64');
+    const common = ['--policy', policyFile, '--subject', subjectFile, '--enrolled', enrolledFile];
+    const good = await cli(
+      'verify',
+      evidenceFile,
+      '--nonce',
+      nonce,
+      '--verifier',
+      `${verifier.userId}:${verifier.deviceId}`,
+      ...common,
+      '--json',
+    );
+    expect(good.code).toBe(0);
+    expect(JSON.parse(good.stdout)).toMatchObject({
+      ok: true,
+      failures: [],
+      notCheckedIndependently: [],
+    });
+    const wrong = await cli(
+      'verify',
+      evidenceFile,
+      '--nonce',
+      randomBytes(32).toString('base64'),
+      ...common,
+    );
+    expect(wrong.code).toBe(1);
+    expect(wrong.stdout).toMatch(/^FAILED\n/);
+    expect(wrong.stdout).toMatch(/NONCE_MISMATCH/);
+    expect(wrong.stdout).toMatch(/not checked independently: who it was made for/);
+    const usage = await cli('verify', evidenceFile, '--nonce', 'short', '--policy', policyFile);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toBe('attestation: --nonce: expected 32 bytes in base64\n');
+    const help = await cli('verify', '--help');
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: node attestation\/main\.ts verify/);
+  });
+
   describe('each attack fails with its own reason', () => {
     it('wrong nonce', async () => {
       const { json, ctx } = await fresh();

@@ -154,10 +154,13 @@ async function startService(
   vault: Vault,
   user: SynapseUser,
   dataDir: string,
+  options: { newDevice?: boolean } = {},
 ): Promise<EndpointService> {
   return EndpointService.start({
     vault,
     dataDir,
+    // A second store on a used vault is a new device only when asked for (STORE_MISSING).
+    ...(options.newDevice ? { allowFreshStore: true } : {}),
     homeserver: synapse().baseUrl,
     user: user.localpart,
     password: user.password,
@@ -377,7 +380,7 @@ describe('cross-signing with the master key in the TPM vault', () => {
     await vault.close();
     vault = await openVault(tpmConfig(tpm(), vaultDir(), alice.userId));
     counted = counting(vault);
-    current = await startService(counted.vault, alice, join(dir, 'data-2'));
+    current = await startService(counted.vault, alice, join(dir, 'data-2'), { newDevice: true });
     const after = await published(alice.accessToken, alice.userId);
     expect(after.master?.keys).toEqual(first.master?.keys);
     expect(keyOf(after.selfSigning)).not.toBe(keyOf(first.selfSigning));
