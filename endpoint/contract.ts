@@ -166,7 +166,7 @@ export const roomSummary = z
     membership: z.enum(['join', 'invite']),
     members: z.array(z.string()),
     /** Who gets room keys and whose messages show, as the policy sets it for this room. */
-    roomKeyRecipients: z.enum(['verified-only', 'cross-signed', 'tofu']),
+    roomKeyRecipients: z.enum(['verified-only', 'cross-signed', 'tofu', 'attested-only']),
     showUnverifiedMessages: z.boolean(),
   })
   .strict();

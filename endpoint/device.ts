@@ -64,6 +64,26 @@ export class IdentityChangedError extends Error {
   }
 }
 
+/**
+ * A send to an `attested-only` room refused because some device the room key would go to has
+ * no fresh passing attestation. Retryable: the message waits in the outbox, and goes out once
+ * those devices are attested (or leave the room).
+ */
+export class AttestationRequiredError extends Error {
+  readonly devices: { userId: string; deviceId: string }[];
+  readonly hold = true;
+  constructor(devices: { userId: string; deviceId: string }[]) {
+    super(
+      `this room shares keys only with attested devices; not attested: ${devices
+        .slice(0, 10)
+        .map((d) => `${d.userId} ${d.deviceId}`)
+        .join(', ')}`,
+    );
+    this.name = 'AttestationRequiredError';
+    this.devices = devices;
+  }
+}
+
 export interface EndpointOptions {
   /** A homeserver client already logged in as the endpoint's device. */
   api: HomeserverApi;
@@ -110,6 +130,11 @@ export class Endpoint {
    * and the types once it has built them; until then such messages are dropped.
    */
   privateMessages: ((messages: PrivateToDeviceMessage[]) => Promise<void>) | undefined;
+  /**
+   * Whether a device holds a fresh passing attestation (the attestation service sets it);
+   * unset, no device counts as attested and `attested-only` rooms send nothing.
+   */
+  isAttested: ((userId: string, deviceId: string) => Promise<boolean>) | undefined;
   readonly #sync: SyncLoop;
   readonly #rooms = new Map<string, RoomSummary>();
   readonly #listeners = new Set<(item: TimelineItem) => void>();
@@ -325,9 +350,16 @@ export class Endpoint {
       content,
       members,
       this.#trust(roomId),
-      async () => {
+      async (recipients) => {
         const changed = await changedIdentities(this.engine.machine, members);
         if (changed.length > 0) throw new IdentityChangedError(changed);
+        if (this.#trust(roomId)?.requireAttestation) {
+          const missing: { userId: string; deviceId: string }[] = [];
+          for (const r of recipients) {
+            if (!(await this.isAttested?.(r.userId, r.deviceId))) missing.push(r);
+          }
+          if (missing.length > 0) throw new AttestationRequiredError(missing);
+        }
       },
     );
     return this.api.sendEvent(roomId, 'm.room.encrypted', txnId, encrypted);

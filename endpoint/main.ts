@@ -149,6 +149,7 @@ async function main(argv: string[]): Promise<number> {
   });
   endpoint.engine.privateTypes = AttestationService.types;
   endpoint.privateMessages = (messages) => attestation.handle(messages);
+  endpoint.isAttested = (userId, deviceId) => attestation.isAttested(userId, deviceId);
   const stopCheckpoints = await checkpointAuditHead(service, audit, log);
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
@@ -156,6 +157,8 @@ async function main(argv: string[]): Promise<number> {
   });
   const offAttestation = attestation.onResult((view) => {
     hub.push({ type: 'attestation', result: attestationWire(view) });
+    // Messages held for an attested-only room may go out now.
+    if (view.state === 'passed') void outbox.pump();
   });
   const offHealth = health.onChange((now) => {
     hub.push({ type: 'health', health: now });
@@ -217,6 +220,7 @@ async function main(argv: string[]): Promise<number> {
   offHealth();
   offAttestation();
   endpoint.privateMessages = undefined;
+  endpoint.isAttested = undefined;
   offVault();
   await stopCheckpoints();
   await service.stop();

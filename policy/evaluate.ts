@@ -284,6 +284,7 @@ export function sharingStrategyFor(recipients: RoomKeyRecipients): SharingStrate
       return 'verified-devices-only';
     case 'cross-signed':
     case 'tofu':
+    case 'attested-only':
       return 'identity-based';
   }
 }
@@ -316,6 +317,7 @@ export function roomTrust(policy: Policy, roomId?: string): RoomTrust {
     trust: {
       sharing: sharingStrategyFor(rules.roomKeyRecipients),
       decryption: decryptionTrustFor(rules.showUnverifiedMessages),
+      ...(rules.roomKeyRecipients === 'attested-only' ? { requireAttestation: true } : {}),
     },
   };
 }

@@ -33,7 +33,11 @@ export function isCapability(value: unknown): value is Capability {
  *   identity seen for a user, and sending to a room is blocked while a member's identity changed
  *   and nobody with the `verification` capability acknowledged it.
  */
-export const ROOM_KEY_RECIPIENTS = ['verified-only', 'cross-signed', 'tofu'] as const;
+/**
+ * `attested-only`: as `cross-signed`, and every device the room key would go to must hold a
+ * fresh passing remote attestation (attestation/README.md); otherwise the message waits.
+ */
+export const ROOM_KEY_RECIPIENTS = ['verified-only', 'cross-signed', 'tofu', 'attested-only'] as const;
 export type RoomKeyRecipients = (typeof ROOM_KEY_RECIPIENTS)[number];
 
 /** Client names: short, printable, safe to put in logs and in the audit log. */

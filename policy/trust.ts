@@ -15,4 +15,6 @@ export type DecryptionTrust = 'cross-signed-or-legacy' | 'cross-signed' | 'untru
 export interface TrustSettings {
   sharing: SharingStrategy;
   decryption: DecryptionTrust;
+  /** Room keys only to devices with a fresh passing remote attestation (`attested-only`). */
+  requireAttestation?: boolean;
 }

@@ -388,7 +388,7 @@ export class CryptoEngine {
     content: object,
     members: string[],
     trust: TrustSettings = this.#trust,
-    beforeShare?: () => Promise<void>,
+    beforeShare?: (recipients: { userId: string; deviceId: string }[]) => Promise<void>,
   ): Promise<object> {
     return this.#inRoomOrder(roomId, async () => {
       // wasm-bindgen takes ownership of the ids in an array argument: a fresh array per call.
@@ -401,7 +401,7 @@ export class CryptoEngine {
       const shares = await this.machine.shareRoomKey(room, users(), encryptionSettings(trust));
       if (beforeShare) {
         try {
-          await beforeShare();
+          await beforeShare(recipientsOf(shares));
         } catch (e) {
           for (const request of shares) request.free();
           await this.machine.invalidateGroupSession(new RoomId(roomId));
@@ -618,4 +618,20 @@ function decryptionFailure(e: unknown): string {
     if (typeof code === 'string' || typeof code === 'number') return `decryption failed (${code})`;
   }
   return typeof e === 'string' ? e : 'decryption failed';
+}
+
+/** The devices a set of room-key to-device requests would reach (their messages map). */
+function recipientsOf(requests: ToDeviceRequest[]): { userId: string; deviceId: string }[] {
+  const out: { userId: string; deviceId: string }[] = [];
+  for (const request of requests) {
+    try {
+      const body = JSON.parse(request.body) as { messages?: Record<string, Record<string, unknown>> };
+      for (const [userId, devices] of Object.entries(body.messages ?? {})) {
+        for (const deviceId of Object.keys(devices)) out.push({ userId, deviceId });
+      }
+    } catch {
+      // A body the core made that is not JSON: nothing to list (the send would fail anyway).
+    }
+  }
+  return out;
 }

@@ -35,6 +35,7 @@ let alice: SynapseUser;
 let bob: SynapseUser;
 let a: CompartmentConfigs;
 let b: CompartmentConfigs;
+let dmA: string;
 let endpointA: SpawnedEndpoint;
 let endpointB: SpawnedEndpoint;
 
@@ -57,6 +58,8 @@ beforeAll(async () => {
     tpm: tpmA(),
     user: alice,
     attestation: { policy: policy(), pcrs: [0, 7] },
+    // A shares room keys only with attested devices.
+    roomRules: { default: { roomKeyRecipients: 'attested-only' } },
   });
   b = await prepareCompartments(join(dir, 'b'), {
     homeserver: synapse().baseUrl,
@@ -67,11 +70,11 @@ beforeAll(async () => {
   endpointA = await spawnEndpoint(a.endpointConfig, { onStderr: (l) => logs.push(`[A] ${l}`) });
   endpointB = await spawnEndpoint(b.endpointConfig, { onStderr: (l) => logs.push(`[B] ${l}`) });
   // Each invites the other, so each tracks the other's devices (and may concern them).
-  await endpointA.client.call('createRoom', {
+  ({ roomId: dmA } = await endpointA.client.call('createRoom', {
     auth: { token: a.tokens.test ?? '' },
     invite: [bob.userId],
     isDirect: true,
-  });
+  }));
   await endpointB.client.call('createRoom', {
     auth: { token: b.tokens.test ?? '' },
     invite: [alice.userId],
@@ -110,6 +113,28 @@ async function attestUntilSettled(
 }
 
 describe('mutual attestation between two endpoints over Matrix', () => {
+  it("an attested-only room's message waits until every recipient device is attested, then goes out", async () => {
+    const auth = { token: a.tokens.test ?? '' };
+    const statusB = await endpointB.client.call('status', { auth: { token: b.tokens.test ?? '' } });
+    await endpointA.client.call('send', { auth, roomId: dmA, body: 'for attested eyes only' });
+    // Accepted (durably queued) but held: B's device is not attested, so no key leaves.
+    await new Promise((r) => setTimeout(r, 4000));
+    expect((await endpointA.client.call('status', { auth })).pendingSends).toBe(1);
+    const before = await endpointA.client.call('timeline', { auth, roomId: dmA, limit: 20 });
+    expect(before.items.some((i) => i.body === 'for attested eyes only')).toBe(false);
+    expect(logs.some((l) => /held .*only with attested devices/.test(l))).toBe(true);
+
+    const verdict = await attestUntilSettled(endpointA, auth.token, bob.userId, statusB.deviceId);
+    expect(verdict.state).toBe('passed');
+    for (let i = 0; i < 60; i++) {
+      if ((await endpointA.client.call('status', { auth })).pendingSends === 0) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect((await endpointA.client.call('status', { auth })).pendingSends).toBe(0);
+    const after = await endpointA.client.call('timeline', { auth, roomId: dmA, limit: 20 });
+    expect(after.items.some((i) => i.body === 'for attested eyes only')).toBe(true);
+  }, 180_000);
+
   it('A attests B and B attests A: credential activation on first contact, then a passing quote', async () => {
     const tokenA = a.tokens.test ?? '';
     const tokenB = b.tokens.test ?? '';
@@ -122,6 +147,7 @@ describe('mutual attestation between two endpoints over Matrix', () => {
     const aOnB = await attestUntilSettled(endpointA, tokenA, bob.userId, statusB.deviceId);
     expect(aOnB.failures).toEqual([]);
     expect(aOnB.state).toBe('passed');
+    // Enrolled by credential activation in the first attestation (the test above).
     expect(aOnB.facts?.enrolment).toBe('credential-activation');
     expect(aOnB.facts?.manufacturer).toBe('id:00001014');
 
