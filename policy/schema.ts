@@ -37,7 +37,12 @@ export function isCapability(value: unknown): value is Capability {
  * `attested-only`: as `cross-signed`, and every device the room key would go to must hold a
  * fresh passing remote attestation (attestation/README.md); otherwise the message waits.
  */
-export const ROOM_KEY_RECIPIENTS = ['verified-only', 'cross-signed', 'tofu', 'attested-only'] as const;
+export const ROOM_KEY_RECIPIENTS = [
+  'verified-only',
+  'cross-signed',
+  'tofu',
+  'attested-only',
+] as const;
 export type RoomKeyRecipients = (typeof ROOM_KEY_RECIPIENTS)[number];
 
 /** Client names: short, printable, safe to put in logs and in the audit log. */

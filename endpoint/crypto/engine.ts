@@ -625,7 +625,9 @@ function recipientsOf(requests: ToDeviceRequest[]): { userId: string; deviceId: 
   const out: { userId: string; deviceId: string }[] = [];
   for (const request of requests) {
     try {
-      const body = JSON.parse(request.body) as { messages?: Record<string, Record<string, unknown>> };
+      const body = JSON.parse(request.body) as {
+        messages?: Record<string, Record<string, unknown>>;
+      };
       for (const [userId, devices] of Object.entries(body.messages ?? {})) {
         for (const deviceId of Object.keys(devices)) out.push({ userId, deviceId });
       }
