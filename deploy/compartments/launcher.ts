@@ -241,10 +241,22 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
   const supervise = async (): Promise<void> => {
     for (;;) {
       const current = running;
-      const [name, code] = await Promise.race(
+      const first = await Promise.race(
         [...current.processes].map(([n, p]) => p.exited.then((c) => [n, c] as const)),
       );
       if (stopping()) return;
+      // One death takes its channel partners with it (a vault exits 0 when its endpoint's
+      // channel closes): after a moment, blame the one that failed, not the first to notice.
+      await sleep(200);
+      const exited = await Promise.all(
+        [...current.processes].map(async ([n, p]) =>
+          p.running() ? undefined : ([n, await p.exited] as const),
+        ),
+      );
+      const [name, code] =
+        exited.find(
+          (e): e is readonly [string, number | string] => e !== undefined && e[1] !== 0,
+        ) ?? first;
       const last = current.processes.get(name)?.lastLine() ?? '';
       const refusal = NO_RESTART.find((c) => last.includes(c));
       if (refusal) {
