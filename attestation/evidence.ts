@@ -14,6 +14,8 @@ import { z } from 'zod';
  */
 export const EVIDENCE_TYPE = 'org.mte.attestation.evidence';
 export const MAX_EVIDENCE_BYTES = 48 * 1024;
+/** An event log larger than this does not fit in a v1 statement (README: what is next). */
+export const MAX_EVENT_LOG_BYTES = 32 * 1024;
 
 const b64 = (maxBytes: number) =>
   z
@@ -72,7 +74,7 @@ export const evidenceSchema = z
       })
       .strict(),
     /** Optional: a TCG event log (crypto-agile) for the quoted PCRs. */
-    eventLog: b64(32 * 1024).optional(),
+    eventLog: b64(MAX_EVENT_LOG_BYTES).optional(),
   })
   .strict();
 

@@ -10,6 +10,7 @@ export {
   EVIDENCE_TYPE,
   type Evidence,
   type EvidenceJson,
+  MAX_EVENT_LOG_BYTES,
   MAX_EVIDENCE_BYTES,
   evidenceSchema,
   evidenceToJson,

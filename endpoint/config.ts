@@ -51,6 +51,11 @@ export const endpointConfig = z
       .object({
         policy: z.string().min(1),
         pcrs: z.array(z.number().int().min(0).max(23)).min(1).max(24).optional(),
+        /**
+         * The TCG event log sent with our evidence, e.g.
+         * /sys/kernel/security/tpm0/binary_bios_measurements (at most 32 KiB in v1).
+         */
+        eventLog: z.string().min(1).optional(),
       })
       .strict()
       .optional(),
@@ -90,7 +95,13 @@ export async function loadEndpointConfig(path: string): Promise<ResolvedEndpoint
         }
       : {}),
     ...(c.attestation
-      ? { attestation: { ...c.attestation, policy: resolve(base, c.attestation.policy) } }
+      ? {
+          attestation: {
+            ...c.attestation,
+            policy: resolve(base, c.attestation.policy),
+            ...(c.attestation.eventLog ? { eventLog: resolve(base, c.attestation.eventLog) } : {}),
+          },
+        }
       : {}),
   };
 }

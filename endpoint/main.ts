@@ -6,6 +6,7 @@
  * against the policy file and recorded in the audit log.
  */
 import { unwatchFile, watchFile } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { parseArgs } from 'node:util';
@@ -15,7 +16,7 @@ import { vaultClient } from '../keyvault/client.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/common/rpc/index.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
-import { loadVerifierPolicy } from '../attestation/index.ts';
+import { MAX_EVENT_LOG_BYTES, loadVerifierPolicy } from '../attestation/index.ts';
 import { EventHub, apiHandlers, attestationWire, streamInput } from './api/index.ts';
 import { AttestationService } from './attestation/service.ts';
 import { endpointContract } from './contract.ts';
@@ -94,6 +95,9 @@ async function main(argv: string[]): Promise<number> {
   const x509 = config.x509 && (await loadX509Material(config.x509));
   const verifierPolicy =
     config.attestation && (await loadVerifierPolicy(config.attestation.policy));
+  const eventLog = config.attestation?.eventLog
+    ? await readEventLog(config.attestation.eventLog)
+    : undefined;
   const password = await readSecret(config.password, 'password');
   // Launched (deploy/launch.ts): the vault runs in its own sandbox and its channel is ours on
   // vaultFd. Otherwise we start it as our child (development, tests).
@@ -145,6 +149,7 @@ async function main(argv: string[]): Promise<number> {
     self: { userId: endpoint.userId, deviceId: endpoint.deviceId },
     ...(verifierPolicy ? { policy: verifierPolicy } : {}),
     ...(config.attestation?.pcrs ? { pcrs: config.attestation.pcrs } : {}),
+    ...(eventLog ? { eventLog } : {}),
     logger: log,
   });
   endpoint.engine.privateTypes = AttestationService.types;
@@ -227,6 +232,25 @@ async function main(argv: string[]): Promise<number> {
   await vault.close();
   await audit.close();
   return 0;
+}
+
+/** The firmware's event log, bounded as evidence v1 carries it (attestation/evidence.ts). */
+async function readEventLog(path: string): Promise<Buffer> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (e) {
+    throw new Error(
+      `attestation.eventLog: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+      { cause: e },
+    );
+  }
+  if (bytes.length > MAX_EVENT_LOG_BYTES) {
+    throw new Error(
+      `attestation.eventLog: ${path} is ${bytes.length} bytes; evidence v1 carries at most ${MAX_EVENT_LOG_BYTES}`,
+    );
+  }
+  return bytes;
 }
 
 function isSocketFd(fd: number): boolean {

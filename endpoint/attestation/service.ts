@@ -89,6 +89,8 @@ export interface AttestationOptions {
   policy?: VerifierPolicy;
   /** PCRs we ask peers to quote. */
   pcrs?: number[];
+  /** Our TCG event log, sent with our evidence (verifiers replay it against the quote). */
+  eventLog?: Uint8Array;
   logger?: { warn(message: string): void };
   now?: () => number;
 }
@@ -216,6 +218,7 @@ export class AttestationService {
       verifier,
       self: await this.#selfIdentity(),
       pcrs: this.#o.pcrs ?? ATTESTATION_PCRS_DEFAULT,
+      ...(this.#o.eventLog ? { eventLog: this.#o.eventLog } : {}),
     });
     return JSON.stringify(evidenceToJson(evidence));
   }
@@ -313,6 +316,7 @@ export class AttestationService {
         verifier: { userId: m.sender, deviceId: m.senderDevice },
         self: await this.#selfIdentity(),
         pcrs: request.pcrs,
+        ...(this.#o.eventLog ? { eventLog: this.#o.eventLog } : {}),
       });
       await reply({
         evidence: JSON.stringify(evidenceToJson(evidence)),
