@@ -20,8 +20,8 @@ import { type LaunchedStack, startStack, vaultUser } from '../fixtures/stack.ts'
 const synapse = useFixture(() => startSynapse());
 const tpm = useFixture(async () => startSwtpm({ unix: true, accessibleTo: await vaultUser() }));
 
-/** The capabilities that have routes today; attestation comes with its issue. */
-const ROUTED: readonly Capability[] = CAPABILITIES.filter((c) => c !== 'attestation');
+/** Every capability has routes now (attestation's came with issue 11). */
+const ROUTED: readonly Capability[] = CAPABILITIES;
 
 interface Route {
   name: string;
@@ -201,6 +201,36 @@ function routes(): Route[] {
       allowed: [409],
       call: (t) => json(`/v1/contacts/${r(bob.userId)}/identity/${action}`, t, { method: 'POST' }),
     })),
+    {
+      name: 'GET /v1/contacts/{userId}/devices/{deviceId}/attestation',
+      capability: 'attestation',
+      // Never attested: an empty answer.
+      allowed: [200],
+      call: (t) => json(`/v1/contacts/${r(bob.userId)}/devices/NOSUCHDEVICE/attestation`, t),
+    },
+    {
+      name: 'POST /v1/contacts/{userId}/devices/{deviceId}/attestation',
+      capability: 'attestation',
+      // A device bob does not have: the verdict is a failure, after authorisation.
+      allowed: [200],
+      call: (t) =>
+        json(`/v1/contacts/${r(bob.userId)}/devices/NOSUCHDEVICE/attestation`, t, {
+          method: 'POST',
+        }),
+    },
+    {
+      name: 'POST /v1/attestation/evidence',
+      capability: 'attestation',
+      allowed: [200],
+      call: (t) =>
+        json('/v1/attestation/evidence', t, {
+          method: 'POST',
+          body: {
+            nonce: Buffer.alloc(32, 7).toString('base64'),
+            verifier: { userId: '@auditor:example.org', deviceId: 'AUDIT' },
+          },
+        }),
+    },
     {
       name: 'GET /v1/events (SSE)',
       capability: 'events.stream',

@@ -4,6 +4,7 @@ import { openApiDocument } from '../../endpoint/untrusted/gateway/index.ts';
 import { OPENAPI_PATH, renderOpenApi } from '../../endpoint/untrusted/gateway/write-openapi.ts';
 import { bearer, fakeEndpoint } from './gateway-helpers.ts';
 import { buildGateway } from '../../endpoint/untrusted/gateway/index.ts';
+import { jsonRoutes } from '../../endpoint/untrusted/gateway/routes/index.ts';
 
 type Json = Record<string, unknown>;
 const doc = openApiDocument() as {
@@ -126,5 +127,22 @@ describe('gateway OpenAPI document', () => {
     expect(fake.calls).toEqual([]);
     await app.close();
     fake.close();
+  });
+});
+
+describe('every documented route is served', () => {
+  it('the gateway registers each JSON route the OpenAPI document describes', async () => {
+    const fake = fakeEndpoint();
+    const app = buildGateway({ endpoint: fake.client });
+    await app.ready();
+    try {
+      const missing = jsonRoutes.filter(
+        (route) => !app.hasRoute({ method: route.method, url: route.url }),
+      );
+      expect(missing.map((r) => `${r.method} ${r.url}`)).toEqual([]);
+    } finally {
+      await app.close();
+      fake.close();
+    }
   });
 });

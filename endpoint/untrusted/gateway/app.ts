@@ -15,6 +15,7 @@ import { openApiPlugin } from './routes/openapi.ts';
 import { contactRoutes } from './routes/contacts.ts';
 import { messageRoutes } from './routes/messages.ts';
 import { verificationRoutes } from './routes/verification.ts';
+import { attestationRoutes } from './routes/attestation.ts';
 import { roomRoutes } from './routes/rooms.ts';
 import { statusRoutes } from './routes/status.ts';
 import { Subscribers } from './sse.ts';
@@ -67,6 +68,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   void app.register(jsonRoutesPlugin, { ctx, routes: messageRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: contactRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: verificationRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: attestationRoutes });
   void app.register(eventsPlugin, { ctx, subscribers: new Subscribers(limits) });
   void app.register(openApiPlugin, { document: openApiDocument() });
   methodNotAllowed(app, allRoutes);
