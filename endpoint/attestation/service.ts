@@ -349,8 +349,10 @@ export class AttestationService {
     );
     if (!taken.ok) {
       // An answer to nobody's question (replayed, late, or from another device) decides
-      // nothing; recorded only when it concerns a device we are waiting for.
-      if (this.#waiters.has(peerKey(m.sender, m.senderDevice))) {
+      // nothing; recorded only when it concerns a device we are waiting for, and no newer
+      // question to it is still open (a stale answer must not fail the fresh attempt).
+      const newer = this.#book.pending(m.sender, m.senderDevice);
+      if (!newer && this.#waiters.has(peerKey(m.sender, m.senderDevice))) {
         await this.#finish({
           userId: m.sender,
           deviceId: m.senderDevice,
