@@ -19,6 +19,12 @@ export { type VerifierPolicy, type VerifierPolicyInput, verifierPolicySchema } f
 export { VerifierPolicyError, loadVerifierPolicy } from './policy-file.ts';
 export { type PendingActivation, enrolmentFor } from './trust.ts';
 export {
+  type EndpointEnrolment,
+  type EndpointEnrolmentIo,
+  type EnrolmentOutcome,
+  enrolEndpoint,
+} from './enrol-endpoint.ts';
+export {
   type AttesterIdentity,
   type ClockHistory,
   type VerifiedFacts,

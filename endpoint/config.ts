@@ -56,6 +56,8 @@ export const endpointConfig = z
          * /sys/kernel/security/tpm0/binary_bios_measurements (at most 32 KiB in v1).
          */
         eventLog: z.string().min(1).optional(),
+        /** Our AK certificate (PEM or DER) from `node attestation/main.ts enrol`. */
+        akCertificate: z.string().min(1).optional(),
       })
       .strict()
       .optional(),
@@ -100,6 +102,9 @@ export async function loadEndpointConfig(path: string): Promise<ResolvedEndpoint
             ...c.attestation,
             policy: resolve(base, c.attestation.policy),
             ...(c.attestation.eventLog ? { eventLog: resolve(base, c.attestation.eventLog) } : {}),
+            ...(c.attestation.akCertificate
+              ? { akCertificate: resolve(base, c.attestation.akCertificate) }
+              : {}),
           },
         }
       : {}),

@@ -467,6 +467,22 @@ export const endpointContract = defineContract({
       .strict(),
     result: z.object({ evidence: z.string().max(48 * 1024) }).strict(),
   },
+  /**
+   * attestation: credential activation for an institution's attestation CA (attestation/
+   * enrol): the vault runs TPM2_ActivateCredential on what the CA made for our EK and AK and
+   * answers the proof, never the credential.
+   */
+  activate: {
+    params: z
+      .object({
+        auth,
+        credentialBlob: z.base64().max(700),
+        encryptedSecret: z.base64().max(1400),
+        challengeId: z.string().regex(/^[A-Za-z0-9_-]{16,64}$/),
+      })
+      .strict(),
+    result: z.object({ proof: z.base64().max(44) }).strict(),
+  },
   /** verification: stop requiring that this contact stays verified. */
   identityWithdraw: {
     params: z.object({ auth, userId }).strict(),

@@ -98,6 +98,9 @@ async function main(argv: string[]): Promise<number> {
   const eventLog = config.attestation?.eventLog
     ? await readEventLog(config.attestation.eventLog)
     : undefined;
+  const akCertificate = config.attestation?.akCertificate
+    ? await readCertificate(config.attestation.akCertificate)
+    : undefined;
   const password = await readSecret(config.password, 'password');
   // Launched (deploy/launch.ts): the vault runs in its own sandbox and its channel is ours on
   // vaultFd. Otherwise we start it as our child (development, tests).
@@ -150,6 +153,7 @@ async function main(argv: string[]): Promise<number> {
     ...(verifierPolicy ? { policy: verifierPolicy } : {}),
     ...(config.attestation?.pcrs ? { pcrs: config.attestation.pcrs } : {}),
     ...(eventLog ? { eventLog } : {}),
+    ...(akCertificate ? { akCertificate } : {}),
     logger: log,
   });
   endpoint.engine.privateTypes = AttestationService.types;
@@ -251,6 +255,29 @@ async function readEventLog(path: string): Promise<Buffer> {
     );
   }
   return bytes;
+}
+
+/** Our AK certificate, PEM or DER, as DER. */
+async function readCertificate(path: string): Promise<Buffer> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (e) {
+    throw new Error(
+      `attestation.akCertificate: cannot read ${path} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+      { cause: e },
+    );
+  }
+  const pem = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----/.exec(
+    bytes.toString('latin1'),
+  );
+  const der = pem?.[1] ? Buffer.from(pem[1].replace(/\s+/g, ''), 'base64') : bytes;
+  if (der.length === 0 || der.length > 4096 || der[0] !== 0x30) {
+    throw new Error(
+      `attestation.akCertificate: ${path} is not a certificate (PEM or DER, at most 4 KiB)`,
+    );
+  }
+  return der;
 }
 
 function isSocketFd(fd: number): boolean {

@@ -53,6 +53,7 @@ export const AUDIT_ACTIONS = [
   'attestation.request',
   'attestation.result',
   'attestation.evidence',
+  'attestation.activate',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

@@ -45,6 +45,11 @@ export interface AttestationApi {
   attest(userId: string, deviceId: string): Promise<AttestationView>;
   last(userId: string, deviceId: string): Promise<AttestationView | undefined>;
   ownEvidence(nonce: Uint8Array, verifier: { userId: string; deviceId: string }): Promise<string>;
+  activate(request: {
+    credentialBlob: Uint8Array;
+    encryptedSecret: Uint8Array;
+    challengeId: string;
+  }): Promise<Uint8Array>;
 }
 
 /**
@@ -493,6 +498,27 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
           'ATTESTATION_UNAVAILABLE',
           'this endpoint cannot produce evidence right now',
         );
+      }
+    },
+
+    activate: async ({ auth, credentialBlob, encryptedSecret, challengeId }) => {
+      await guard(auth.token, 'attestation', { operation: 'attestation.activate' });
+      try {
+        const proof = await attestationService().activate({
+          credentialBlob: Buffer.from(credentialBlob, 'base64'),
+          encryptedSecret: Buffer.from(encryptedSecret, 'base64'),
+          challengeId,
+        });
+        return { proof: Buffer.from(proof).toString('base64') };
+      } catch (e) {
+        if (e instanceof RpcError && e.code === 'VAULT_FOREIGN_OR_TAMPERED') {
+          throw new RpcError(
+            'INVALID_REQUEST',
+            "the credential was not made for this endpoint's EK and attestation key",
+          );
+        }
+        if (e instanceof RpcError) throw e;
+        throw new RpcError('ATTESTATION_UNAVAILABLE', 'this endpoint cannot activate credentials');
       }
     },
 

@@ -83,6 +83,8 @@ const historySchema = z.object({
 export interface AttestationOptions {
   engine: CryptoEngine;
   vault: Pick<Vault, 'quote' | 'attestationIdentity' | 'activateCredential'>;
+  /** Our AK certificate from an institution's attestation CA (DER), sent with our evidence. */
+  akCertificate?: Uint8Array;
   state: AppState;
   self: { userId: string; deviceId: string };
   /** The verifier policy (endpoint config); without one we answer but never verify. */
@@ -219,8 +221,18 @@ export class AttestationService {
       self: await this.#selfIdentity(),
       pcrs: this.#o.pcrs ?? ATTESTATION_PCRS_DEFAULT,
       ...(this.#o.eventLog ? { eventLog: this.#o.eventLog } : {}),
+      ...(this.#o.akCertificate ? { akCertificate: this.#o.akCertificate } : {}),
     });
     return JSON.stringify(evidenceToJson(evidence));
+  }
+
+  /** Credential activation for an attestation CA (the vault answers the proof). */
+  activate(request: {
+    credentialBlob: Uint8Array;
+    encryptedSecret: Uint8Array;
+    challengeId: string;
+  }): Promise<Uint8Array> {
+    return this.#o.vault.activateCredential(request);
   }
 
   async handle(messages: PrivateToDeviceMessage[]): Promise<void> {
@@ -317,6 +329,7 @@ export class AttestationService {
         self: await this.#selfIdentity(),
         pcrs: request.pcrs,
         ...(this.#o.eventLog ? { eventLog: this.#o.eventLog } : {}),
+        ...(this.#o.akCertificate ? { akCertificate: this.#o.akCertificate } : {}),
       });
       await reply({
         evidence: JSON.stringify(evidenceToJson(evidence)),

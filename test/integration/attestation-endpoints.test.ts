@@ -1,10 +1,13 @@
 import { createHash } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { createPrivateKey } from 'node:crypto';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { StreamEvent } from '../../endpoint/contract.ts';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
 import { TpmClient } from '../../keyvault/tpm/index.ts';
+import { enrolEndpoint, verifierPolicySchema } from '../../attestation/index.ts';
+import { openssl } from '../fixtures/x509.ts';
 import { verifyAuditLog } from '../../policy/index.ts';
 import {
   type CompartmentConfigs,
@@ -198,4 +201,129 @@ describe('mutual attestation between two endpoints over Matrix', () => {
     expect(result.failures.map((f) => f.code)).toEqual(['PCR_VALUE_REJECTED']);
     expect(result.failures[0]?.message).toMatch(/PCR 7/);
   }, 180_000);
+
+  it("an institution's attestation CA enrols A (credential activation through A's API); B, trusting only that CA, accepts A's AK certificate", async () => {
+    const tokenA = a.tokens.test ?? '';
+    const tokenB = b.tokens.test ?? '';
+    const statusA = await endpointA.client.call('status', { auth: { token: tokenA } });
+    const keys = await aliceKeys(statusA.deviceId);
+    const ca = await selfSignedCa(join(dir, 'ak-ca'));
+    const io = {
+      evidence: async (nonce: Uint8Array, verifier: { userId: string; deviceId: string }) =>
+        (
+          await endpointA.client.call('evidence', {
+            auth: { token: tokenA },
+            nonce: Buffer.from(nonce).toString('base64'),
+            verifier,
+          })
+        ).evidence,
+      activate: async (request: {
+        credentialBlob: Uint8Array;
+        encryptedSecret: Uint8Array;
+        challengeId: string;
+      }) =>
+        Buffer.from(
+          (
+            await endpointA.client.call('activate', {
+              auth: { token: tokenA },
+              credentialBlob: Buffer.from(request.credentialBlob).toString('base64'),
+              encryptedSecret: Buffer.from(request.encryptedSecret).toString('base64'),
+              challengeId: request.challengeId,
+            })
+          ).proof,
+          'base64',
+        ),
+    };
+    const caPolicy = verifierPolicySchema.parse({ version: 1, ekRoots: [tpmA().ekIssuer] });
+    const outcome = await enrolEndpoint(io, {
+      policy: caPolicy,
+      expected: { userId: alice.userId, deviceId: statusA.deviceId, ...keys },
+      verifier: { userId: '@ca:example.org', deviceId: 'CA' },
+      caKey: createPrivateKey(ca.key),
+      caCert: ca.pem,
+      subject: 'CN=vault of alice, O=Test Health',
+      validityDays: 30,
+    });
+    if (!outcome.ok) throw new Error(JSON.stringify(outcome.failures));
+
+    // A activation made for another AK is refused by A's vault, typed.
+    const bogus = await endpointA.client
+      .call('activate', {
+        auth: { token: tokenA },
+        credentialBlob: Buffer.alloc(70, 1).toString('base64'),
+        encryptedSecret: Buffer.alloc(258, 2).toString('base64'),
+        challengeId: 'x'.repeat(24),
+      })
+      .then(
+        () => 'accepted',
+        (e: unknown) => (e as { code?: string }).code,
+      );
+    expect(bogus).not.toBe('accepted');
+
+    // A sends the certificate with its evidence; B trusts only the CA (no EK roots at all).
+    await writeFile(join(dir, 'a', 'ak.pem'), outcome.certificate.pem);
+    const configA = JSON.parse(await readFile(a.endpointConfig, 'utf8')) as {
+      attestation: Record<string, unknown>;
+    };
+    configA.attestation.akCertificate = 'ak.pem';
+    await writeFile(a.endpointConfig, JSON.stringify(configA));
+    await writeFile(
+      join(dir, 'b', 'verifier.json'),
+      JSON.stringify({ version: 1, akRoots: [ca.pem], pcrs: { required: [0, 7] } }),
+    );
+    await endpointA.stop();
+    await endpointB.stop();
+    endpointA = await spawnEndpoint(a.endpointConfig, { onStderr: (l) => logs.push(`[A] ${l}`) });
+    endpointB = await spawnEndpoint(b.endpointConfig, { onStderr: (l) => logs.push(`[B] ${l}`) });
+    const verdict = await attestUntilSettled(endpointB, tokenB, alice.userId, statusA.deviceId);
+    expect(verdict.failures).toEqual([]);
+    expect(verdict.facts?.enrolment).toBe('ak-certificate');
+  }, 180_000);
 });
+
+/** Alice's device keys and master key as B's crypto core knows them (from /keys/query). */
+async function aliceKeys(
+  deviceId: string,
+): Promise<{ ed25519: string; curve25519: string; masterKey: string }> {
+  const res = await fetch(`${synapse().baseUrl}/_matrix/client/v3/keys/query`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${bob.accessToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ device_keys: { [alice.userId]: [] } }),
+  });
+  const body = (await res.json()) as {
+    device_keys: Record<string, Record<string, { keys: Record<string, string> }>>;
+    master_keys: Record<string, { keys: Record<string, string> }>;
+  };
+  const device = body.device_keys[alice.userId]?.[deviceId];
+  const master = Object.values(body.master_keys[alice.userId]?.keys ?? {})[0];
+  const ed25519 = device?.keys[`ed25519:${deviceId}`];
+  const curve25519 = device?.keys[`curve25519:${deviceId}`];
+  if (!ed25519 || !curve25519 || !master) throw new Error('alice keys not published');
+  return { ed25519, curve25519, masterKey: master };
+}
+
+async function selfSignedCa(base: string): Promise<{ pem: string; key: string }> {
+  const r = await openssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    `${base}.key`,
+    '-out',
+    `${base}.pem`,
+    '-subj',
+    '/CN=Test attestation CA',
+    '-days',
+    '30',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  if (r.code !== 0) throw new Error(r.stderr);
+  return { pem: await readFile(`${base}.pem`, 'utf8'), key: await readFile(`${base}.key`, 'utf8') };
+}

@@ -66,3 +66,28 @@ export const attestationRoutes: JsonRoute[] = [
       calls.call('evidence', { auth: { token }, nonce: body.nonce, verifier: body.verifier }),
   }),
 ];
+
+const activationBody = z
+  .object({
+    credentialBlob: endpointContract.activate.params.shape.credentialBlob,
+    encryptedSecret: endpointContract.activate.params.shape.encryptedSecret,
+    challengeId: endpointContract.activate.params.shape.challengeId,
+  })
+  .strict();
+
+attestationRoutes.push(
+  jsonRoute({
+    method: 'POST',
+    url: '/v1/attestation/activation',
+    operationId: 'activateCredential',
+    summary:
+      "Credential activation for an institution's attestation CA (`node attestation/main.ts enrol`): the vault runs TPM2_ActivateCredential on a credential made for this endpoint's EK and AK, and answers the proof (never the credential).",
+    capability: 'attestation',
+    rpc: 'activate',
+    auth: true,
+    body: activationBody,
+    status: 200,
+    response: endpointContract.activate.result,
+    handle: ({ token, body }, { calls }) => calls.call('activate', { auth: { token }, ...body }),
+  }),
+);
