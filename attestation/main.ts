@@ -7,6 +7,7 @@
  * of an endpoint's local API (the gateway's socket and a token with the `attestation`
  * capability), authorised and audited like any UI.
  */
+import { createPrivateKey } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { UsageError, parseCommandLine, pickCommand, runMain } from '../keyvault/common/cli-main.ts';
@@ -14,12 +15,14 @@ import { type GatewayTarget, gatewayRequest } from '../endpoint/untrusted/gatewa
 import { evidenceSchema } from './evidence.ts';
 import { loadVerifierPolicy } from './policy-file.ts';
 import { type AttesterIdentity, verifyEvidence } from './verify.ts';
+import { enrolEndpoint } from './enrol-endpoint.ts';
 
 const COMMANDS = {
   verify: 'check stored evidence against a verifier policy, offline',
   attest: "ask a contact's device to attest now (through the endpoint's API)",
   status: "a contact's device's last attestation verdict (through the API)",
   evidence: "this endpoint's own evidence for your nonce (through the API), to verify offline",
+  enrol: 'an attestation CA enrols this endpoint: evidence, credential activation, AK certificate',
 } as const;
 type Command = keyof typeof COMMANDS;
 
@@ -43,7 +46,27 @@ Options:
 Exit status: 0 when the evidence passes (or the command succeeded), 1 when it fails, 2 for a
 usage error.`;
 
+const ENROL_HELP = `Usage: node attestation/main.ts enrol --policy FILE --subject FILE --ca-key FILE --ca-cert FILE --out FILE [OPTIONS]
+
+Run by an institution's attestation CA against one endpoint's local API: asks for evidence
+for a fresh nonce, checks it against the policy's EK roots and PCR rules (everything must pass
+but the AK's enrolment itself), runs credential activation (the endpoint's vault proves the AK
+is on the TPM of the certified EK), and only then issues an AK certificate (PEM) into FILE.
+Set it as "attestation.akCertificate" in the endpoint's config; verifiers whose policy lists
+this CA in "akRoots" then accept the AK without a round trip.
+
+  --policy FILE           verifier policy with the EK roots (ekRoots) the CA trusts
+  --subject FILE          the endpoint's device as the CA knows it (see verify --help)
+  --ca-key FILE           the CA's private key (PKCS#8 PEM; RSA or ECDSA P-256/P-384)
+  --ca-cert FILE          the CA's certificate (PEM)
+  --dn TEXT               the certificate's subject (default "CN=attestation key of USER DEVICE")
+  --days N                validity (default 365)
+  --verifier USER:DEVICE  the CA's own identity bound into the evidence (default @ca:local:CA)
+  --out FILE              where to write the AK certificate (PEM)
+${API_OPTIONS}`;
+
 const COMMAND_HELP: Record<Command, string> = {
+  enrol: ENROL_HELP,
   verify: `Usage: node attestation/main.ts verify EVIDENCE --policy FILE --nonce B64 [OPTIONS]
 
 Checks a stored evidence statement (JSON, attestation/README.md) with the verifier every
@@ -320,6 +343,10 @@ async function main(argv: string[]): Promise<number> {
     socket: { type: 'string' },
     'token-file': { type: 'string' },
     out: { type: 'string' },
+    'ca-key': { type: 'string' },
+    'ca-cert': { type: 'string' },
+    dn: { type: 'string' },
+    days: { type: 'string' },
   });
   const [name, ...args] = positionals;
   const picked = pickCommand(name === undefined ? [] : [name], values.help === true, {
@@ -337,6 +364,10 @@ async function main(argv: string[]): Promise<number> {
   }
   const target: GatewayTarget = { socketPath: values.socket ?? 'api.sock' };
   const token = await readToken(values['token-file']);
+  if (picked.command === 'enrol') {
+    if (args.length > 0) throw new UsageError('enrol: unexpected arguments');
+    return enrol(target, token, values);
+  }
   if (picked.command === 'evidence') {
     if (args.length > 0) throw new UsageError('evidence: unexpected arguments');
     const nonce = nonceOf(values.nonce).toString('base64');
@@ -370,6 +401,97 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   return printVerdict(json, last.result, `${user} ${device}`);
+}
+
+async function enrol(
+  target: GatewayTarget,
+  token: string,
+  values: Record<string, string | boolean | undefined>,
+): Promise<number> {
+  const need = (name: string): string => {
+    const v = values[name];
+    if (typeof v !== 'string') throw new UsageError(`enrol: --${name} is required`);
+    return v;
+  };
+  const policy = await loadVerifierPolicy(need('policy'));
+  const subjectFile = need('subject');
+  const parsed = subjectSchema.safeParse(await readJson(subjectFile, 'subject'));
+  if (!parsed.success)
+    throw new Error(
+      `${subjectFile}: not a subject (userId, deviceId, ed25519, curve25519, masterKey)`,
+    );
+  const out = need('out');
+  let caKey;
+  try {
+    caKey = createPrivateKey(await readFile(need('ca-key')));
+  } catch {
+    throw new UsageError('enrol: --ca-key is not a readable private key');
+  }
+  let caCert: string;
+  try {
+    caCert = await readFile(need('ca-cert'), 'utf8');
+  } catch {
+    throw new UsageError('enrol: cannot read --ca-cert');
+  }
+  const days = values.days === undefined ? 365 : Number(values.days);
+  if (!Number.isInteger(days) || days < 1 || days > 3650) throw new UsageError('--days: 1 to 3650');
+  const verifier =
+    typeof values.verifier === 'string'
+      ? pair(values.verifier, '--verifier')
+      : { userId: '@ca:local', deviceId: 'CA' };
+  const outcome = await enrolEndpoint(
+    {
+      evidence: async (nonce, v) =>
+        z.object({ evidence: z.string() }).parse(
+          await api(target, token, 'POST', '/v1/attestation/evidence', {
+            nonce: Buffer.from(nonce).toString('base64'),
+            verifier: v,
+          }),
+        ).evidence,
+      activate: async (request) =>
+        Buffer.from(
+          z.object({ proof: z.string() }).parse(
+            await api(target, token, 'POST', '/v1/attestation/activation', {
+              credentialBlob: Buffer.from(request.credentialBlob).toString('base64'),
+              encryptedSecret: Buffer.from(request.encryptedSecret).toString('base64'),
+              challengeId: request.challengeId,
+            }),
+          ).proof,
+          'base64',
+        ),
+    },
+    {
+      policy,
+      expected: parsed.data,
+      verifier,
+      caKey,
+      caCert,
+      subject:
+        typeof values.dn === 'string'
+          ? values.dn
+          : `CN=attestation key of ${parsed.data.userId} ${parsed.data.deviceId}`,
+      validityDays: days,
+    },
+  );
+  if (!outcome.ok) {
+    if (values.json) process.stdout.write(`${JSON.stringify(outcome, null, 2)}\n`);
+    else {
+      process.stdout.write('NOT ENROLLED\n');
+      for (const f of outcome.failures) process.stdout.write(`  ${f.code}: ${f.message}\n`);
+    }
+    return 1;
+  }
+  await writeFile(out, outcome.certificate.pem, { mode: 0o644 });
+  if (values.json) {
+    process.stdout.write(
+      `${JSON.stringify({ ok: true, akName: outcome.akName, notAfter: outcome.certificate.notAfter.toISOString(), out }, null, 2)}\n`,
+    );
+  } else {
+    process.stdout.write(
+      `ENROLLED: AK ${outcome.akName.slice(0, 16)}…, certificate in ${out} (until ${outcome.certificate.notAfter.toISOString()})\n`,
+    );
+  }
+  return 0;
 }
 
 runMain('attestation', main);
