@@ -114,10 +114,13 @@ async function openBackend(config: VaultConfig): Promise<VaultBackend> {
 /**
  * The state directory must be this compartment's own: owned by its user, 0700, files 0600, no
  * symlinks (keyvault/common/hygiene.ts). Not there yet is fine: provisioning creates it so.
+ * Root (vault init, status, the certificate tool, run by an admin on a deployed vault) accepts
+ * a directory owned wholly by the vault compartment's user; blobs are bound to the TPM and to
+ * this vault, so that user could break them but not forge them.
  */
 async function checkStateDir(stateDir: string): Promise<void> {
   try {
-    await assertPrivateDir(stateDir, "the vault's state directory");
+    await assertPrivateDir(stateDir, "the vault's state directory", { rootAcceptsDirOwner: true });
   } catch (e) {
     if (!(e instanceof UnsafeFilesError)) throw e;
     throw new VaultError(VaultCode.UnsafeFiles, e.message);

@@ -10,8 +10,8 @@
  * the local API; the peers are driven through matrix-js-sdk's public API only.
  */
 import { execFile } from 'node:child_process';
-import { constants, createPrivateKey, sign } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants, createHash, createPrivateKey, sign } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -22,11 +22,14 @@ import {
   openEventStream,
 } from '../../endpoint/untrusted/gateway/index.ts';
 import { verifyAuditLog } from '../../policy/index.ts';
+import { spawnEndpoint } from '../../endpoint/spawn.ts';
+import { TpmClient } from '../../keyvault/tpm/index.ts';
 import {
   type SasOutcome,
   StockPeer,
   type Swtpm,
   type Synapse,
+  prepareCompartments,
   startSwtpm,
   startSynapse,
 } from '../../test/fixtures/index.ts';
@@ -91,6 +94,7 @@ interface Contact {
 
 /** What the verification steps found, for --json. */
 interface Summary {
+  attestation?: { first: unknown; back: unknown; refused: unknown };
   sas?: {
     flowId: string;
     ours: Emoji[];
@@ -201,6 +205,7 @@ async function main(): Promise<number> {
     });
 
     const alice = await synapse.registerUser('alice');
+    let verifierPolicy: Record<string, unknown> = {};
     let token = '';
     let botToken = '';
     let auditLog = '';
@@ -209,17 +214,32 @@ async function main(): Promise<number> {
       if (!prepared) throw new Error('the deployment tree is not prepared');
       return prepared;
     };
+    // A second endpoint (dave's) on its own TPM, for mutual attestation at the end. Each TPM is
+    // manufactured with an EK certificate by its own local CA, as a vendor would.
+    let daveTpm: Swtpm | undefined;
     const tpm = await step<Swtpm>('TPM 2.0 (swtpm) and the keyvault on it', async () => {
       const asRoot = process.getuid?.() === 0;
       const t = await startSwtpm({
         unix: true,
+        ekCertificate: true,
         ...(asRoot ? { accessibleTo: await vaultUser() } : {}),
       });
       stops.push(() => t.stop());
+      const second = await startSwtpm({ ekCertificate: true });
+      daveTpm = second;
+      stops.push(() => second.stop());
+      verifierPolicy = {
+        version: 1,
+        ekRoots: [t.ekIssuer, second.ekIssuer],
+        // A fresh TPM's PCR 7 (no firmware ran here): what a measured boot must show.
+        pcrs: { required: [0, 7], golden: { 7: ['0'.repeat(64)] } },
+      };
       prepared = await prepareStack({
         homeserver: synapse.baseUrl,
         tpm: t,
         user: alice,
+        endpointConfig: { attestation: { policy: 'verifier.json', pcrs: [0, 7] } },
+        endpointFiles: { 'verifier.json': JSON.stringify(verifierPolicy) },
         clients: [
           {
             name: 'demo-ui',
@@ -231,6 +251,7 @@ async function main(): Promise<number> {
               'contacts.read',
               'events.stream',
               'verification',
+              'attestation',
             ],
           },
           { name: 'alert-bot', capabilities: ['messages.send'], requestsPerMinute: 30 },
@@ -620,6 +641,87 @@ async function main(): Promise<number> {
         'a changed identity blocks sending until a UI with `verification` acknowledges it',
       ];
     });
+
+    await step(
+      "Remote attestation: dave's endpoint on its own TPM, both ways over Matrix",
+      async () => {
+        const daveT = daveTpm;
+        if (!daveT) throw new Error('no second TPM');
+        const dave = await synapse.registerUser('dave');
+        const daveDir = join(dir, 'dave');
+        await mkdir(daveDir);
+        const daveStack = await prepareCompartments(daveDir, {
+          homeserver: synapse.baseUrl,
+          tpm: daveT,
+          user: dave,
+          attestation: { policy: verifierPolicy, pcrs: [0, 7] },
+        });
+        const daveAuth = { token: daveStack.tokens.test ?? '' };
+        let daveEndpoint = await spawnEndpoint(daveStack.endpointConfig);
+        stops.push(() => daveEndpoint.stop());
+        // Each invites the other, so each knows the other's devices.
+        await api('/v1/rooms', { method: 'POST', body: { invite: [dave.userId], isDirect: true } });
+        await daveEndpoint.client.call('createRoom', {
+          auth: daveAuth,
+          invite: [alice.userId],
+          isDirect: true,
+        });
+        const daveDevice = (await daveEndpoint.client.call('status', { auth: daveAuth })).deviceId;
+        const aliceDevice = String((await api('/v1/status')).deviceId);
+        const path = `/v1/contacts/${encodeURIComponent(dave.userId)}/devices/${daveDevice}/attestation`;
+        type Verdict = {
+          state: string;
+          failures: { code: string; message: string }[];
+          facts?: { enrolment: string; manufacturer?: string };
+        };
+        const attestDave = async (): Promise<Verdict> => {
+          for (let i = 0; ; i++) {
+            const v = (await api(path, { method: 'POST' })) as unknown as Verdict;
+            if (!v.failures.some((f) => /no such device/.test(f.message)) || i > 20) return v;
+            await sleep(500);
+          }
+        };
+        const first = await attestDave();
+        if (first.state !== 'passed')
+          throw new Error(`alice → dave: ${JSON.stringify(first.failures)}`);
+        say(
+          `    POST …/contacts/${dave.userId}/devices/${daveDevice}/attestation → passed (AK trusted by ${first.facts?.enrolment ?? '?'}, TPM ${first.facts?.manufacturer ?? '?'})`,
+        );
+        const back = await daveEndpoint.client.call(
+          'attest',
+          { auth: daveAuth, userId: alice.userId, deviceId: aliceDevice },
+          { timeoutMs: 40_000 },
+        );
+        if (back.state !== 'passed')
+          throw new Error(`dave → alice: ${JSON.stringify(back.failures)}`);
+        say(`    dave's endpoint attests ${alice.userId} ${aliceDevice} → passed`);
+        // dave's boot changes: PCR 7 extended on his TPM (his endpoint stops while it happens:
+        // the simulator takes one client at a time).
+        await daveEndpoint.stop();
+        const c = new TpmClient(await daveT.connect());
+        try {
+          await c.pcrExtend(7, createHash('sha256').update('an unexpected boot loader').digest());
+        } finally {
+          await c.close();
+        }
+        daveEndpoint = await spawnEndpoint(daveStack.endpointConfig);
+        const refused = await attestDave();
+        const codes = refused.failures.map((f) => f.code);
+        if (refused.state !== 'failed' || !codes.includes('PCR_VALUE_REJECTED')) {
+          throw new Error(
+            `a changed boot state was not refused (${refused.state} ${codes.join(',')})`,
+          );
+        }
+        say(
+          `    after PCR 7 changed on dave's TPM → failed: ${refused.failures[0]?.message ?? ''}`,
+        );
+        summary.attestation = { first, back, refused };
+        return [
+          undefined,
+          'mutual attestation over Olm to-device messages (credential activation, then quotes); a changed PCR is refused with its reason',
+        ];
+      },
+    );
 
     if (args.keep && !json) {
       say(

@@ -33,6 +33,11 @@ export class UnsafeFilesError extends Error {
 export interface PrivateDirOptions {
   /** The owner required (default: the user this process runs as). */
   uid?: number;
+  /**
+   * As root, require the owner of `dir` itself instead of root (an admin tool, vault init or
+   * the certificate tool, working on a compartment's files): mixed ownership is still refused.
+   */
+  rootAcceptsDirOwner?: boolean;
   /** How deep to look into subdirectories (default 4). */
   maxDepth?: number;
 }
@@ -60,13 +65,20 @@ export async function privateDirProblems(
   dir: string,
   options: PrivateDirOptions = {},
 ): Promise<FileProblem[]> {
-  const uid = options.uid ?? currentUid();
+  // Root (an admin tool: vault init, the certificate tool) works on a compartment's files,
+  // owned by that compartment's user: then everything must be owned by whoever owns the
+  // directory itself, so mixed ownership is still refused. Modes and symlinks are checked alike.
+  const asRoot =
+    options.rootAcceptsDirOwner === true && options.uid === undefined && currentUid() === 0;
+  const uid = asRoot ? (await lstatOrNull(dir))?.uid : (options.uid ?? currentUid());
   const problems: FileProblem[] = [];
   const owner = (path: string, owned: number): void => {
     if (uid === undefined || owned === uid) return;
     problems.push({
       path,
-      problem: `is owned by uid ${owned}, not by uid ${uid} (the user this runs as)`,
+      problem: asRoot
+        ? `is owned by uid ${owned}, not by uid ${uid} (the owner of ${dir})`
+        : `is owned by uid ${owned}, not by uid ${uid} (the user this runs as)`,
       fix: `chown ${uid} ${path}`,
     });
   };

@@ -567,6 +567,22 @@ describe('file hygiene', () => {
     await (await open(dir, counter)).close();
   });
 
+  it("as root, a vault state directory owned wholly by the compartment's user opens; mixed ownership does not", async () => {
+    if (process.getuid?.() !== 0) return; // the rule is root's only
+    const stateDir = join(root, `vault-${n++}`);
+    const config = { backend: 'dev', stateDir, allowInsecureDevBackend: true } as const;
+    const vault = await openVault(config);
+    await vault.provision();
+    await vault.close();
+    const files = await readdir(stateDir);
+    await chown(stateDir, 65534, 65534);
+    for (const name of files) await chown(join(stateDir, name), 65534, 65534);
+    await (await openVault(config)).close(); // an admin tool on a deployed vault
+    await chown(join(stateDir, files[0] ?? ''), 0, 0);
+    const error = await expectCode(openVault(config), VaultCode.UnsafeFiles);
+    expect(error.message).toContain('not by uid 65534');
+  });
+
   it("applies the same rules to the vault's state directory, and provisioning meets them", async () => {
     const stateDir = join(root, `vault-${n++}`);
     const config = { backend: 'dev', stateDir, allowInsecureDevBackend: true } as const;
