@@ -135,6 +135,8 @@ export class Endpoint {
    * unset, no device counts as attested and `attested-only` rooms send nothing.
    */
   isAttested: ((userId: string, deviceId: string) => Promise<boolean>) | undefined;
+  /** Asked to attest the devices an `attested-only` send waits on (set with isAttested). */
+  attestMissing: ((devices: { userId: string; deviceId: string }[]) => void) | undefined;
   readonly #sync: SyncLoop;
   readonly #rooms = new Map<string, RoomSummary>();
   readonly #listeners = new Set<(item: TimelineItem) => void>();
@@ -358,7 +360,10 @@ export class Endpoint {
           for (const r of recipients) {
             if (!(await this.isAttested?.(r.userId, r.deviceId))) missing.push(r);
           }
-          if (missing.length > 0) throw new AttestationRequiredError(missing);
+          if (missing.length > 0) {
+            this.attestMissing?.(missing);
+            throw new AttestationRequiredError(missing);
+          }
         }
       },
     );

@@ -159,6 +159,9 @@ async function main(argv: string[]): Promise<number> {
   endpoint.engine.privateTypes = AttestationService.types;
   endpoint.privateMessages = (messages) => attestation.handle(messages);
   endpoint.isAttested = (userId, deviceId) => attestation.isAttested(userId, deviceId);
+  endpoint.attestMissing = (devices) => {
+    attestation.attestMissing(devices);
+  };
   const stopCheckpoints = await checkpointAuditHead(service, audit, log);
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
@@ -230,6 +233,7 @@ async function main(argv: string[]): Promise<number> {
   offAttestation();
   endpoint.privateMessages = undefined;
   endpoint.isAttested = undefined;
+  endpoint.attestMissing = undefined;
   offVault();
   await stopCheckpoints();
   await service.stop();

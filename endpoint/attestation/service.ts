@@ -142,6 +142,23 @@ export class AttestationService {
     return view;
   }
 
+  /**
+   * Attests, in the background, each of these devices that is not attested now and has no
+   * attempt in flight: an `attested-only` room asks for this when a send waits on them (a
+   * first contact, an expired verdict, or keys that changed). Failures are recorded as usual.
+   */
+  attestMissing(devices: { userId: string; deviceId: string }[]): void {
+    for (const d of devices.slice(0, 16)) {
+      const key = peerKey(d.userId, d.deviceId);
+      if (this.#waiters.has(key) || this.#book.pending(d.userId, d.deviceId)) continue;
+      void this.attest(d.userId, d.deviceId).catch((e: unknown) => {
+        this.#o.logger?.warn(
+          `attestation: attesting ${d.userId} ${d.deviceId} failed (${e instanceof Error ? e.message : 'error'})`,
+        );
+      });
+    }
+  }
+
   /** Whether a peer device holds a fresh passing result (for `attested-only` room rules). */
   async isAttested(userId: string, deviceId: string): Promise<boolean> {
     const view = await this.last(userId, deviceId);

@@ -116,9 +116,11 @@ async function attestUntilSettled(
 }
 
 describe('mutual attestation between two endpoints over Matrix', () => {
-  it("an attested-only room's message waits until every recipient device is attested, then goes out", async () => {
+  it("an attested-only room's message waits until every recipient device is attested; the endpoint attests them by itself", async () => {
     const auth = { token: a.tokens.test ?? '' };
     const statusB = await endpointB.client.call('status', { auth: { token: b.tokens.test ?? '' } });
+    // B cannot answer while it is down: its device cannot be attested.
+    await endpointB.stop();
     await endpointA.client.call('send', { auth, roomId: dmA, body: 'for attested eyes only' });
     // Accepted (durably queued) but held: B's device is not attested, so no key leaves.
     await new Promise((r) => setTimeout(r, 4000));
@@ -127,15 +129,23 @@ describe('mutual attestation between two endpoints over Matrix', () => {
     expect(before.items.some((i) => i.body === 'for attested eyes only')).toBe(false);
     expect(logs.some((l) => /held .*only with attested devices/.test(l))).toBe(true);
 
-    const verdict = await attestUntilSettled(endpointA, auth.token, bob.userId, statusB.deviceId);
-    expect(verdict.state).toBe('passed');
-    for (let i = 0; i < 60; i++) {
+    // B is back: the held send asks for B's attestation again (credential activation on this
+    // first contact, then the quote), it passes, and the message goes out.
+    endpointB = await spawnEndpoint(b.endpointConfig, { onStderr: (l) => logs.push(`[B] ${l}`) });
+    for (let i = 0; i < 120; i++) {
       if ((await endpointA.client.call('status', { auth })).pendingSends === 0) break;
       await new Promise((r) => setTimeout(r, 500));
     }
     expect((await endpointA.client.call('status', { auth })).pendingSends).toBe(0);
     const after = await endpointA.client.call('timeline', { auth, roomId: dmA, limit: 20 });
     expect(after.items.some((i) => i.body === 'for attested eyes only')).toBe(true);
+    const verdict = await endpointA.client.call('attestation', {
+      auth,
+      userId: bob.userId,
+      deviceId: statusB.deviceId,
+    });
+    expect(verdict.result?.state).toBe('passed');
+    expect(verdict.result?.facts?.enrolment).toBe('credential-activation');
   }, 180_000);
 
   it('A attests B and B attests A: credential activation on first contact, then a passing quote', async () => {
