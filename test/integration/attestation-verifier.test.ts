@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { createHash, createPrivateKey, randomBytes } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -198,6 +198,42 @@ describe('attestation against a real TPM (swtpm with an EK certificate)', () => 
         challengeId: a.challengeId,
       }),
     ).rejects.toMatchObject({ code: 'VAULT_FOREIGN_OR_TAMPERED' });
+  });
+
+  it('a credential made by tpm2_makecredential (tpm2-tools, -T none) is activated by our vault', async () => {
+    const { evidence } = await fresh();
+    const ekCert = evidence.ek.certificate;
+    if (!ekCert) throw new Error('no EK certificate');
+    const ekPem = new X509Certificate(ekCert).publicKey.export({ type: 'spki', format: 'pem' });
+    await writeFile(join(dir, 'ek.pem'), ekPem);
+    const secret = randomBytes(32);
+    await writeFile(join(dir, 'secret.bin'), secret);
+    const akName = akNameOf(evidence).toString('hex');
+    await run('tpm2_makecredential', [
+      '-T',
+      'none',
+      '-G',
+      'rsa',
+      '-u',
+      join(dir, 'ek.pem'),
+      '-s',
+      join(dir, 'secret.bin'),
+      '-n',
+      akName,
+      '-o',
+      join(dir, 'cred.out'),
+    ]);
+    // cred.out: 0xBADCC0DE, u32 version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+    const out = await readFile(join(dir, 'cred.out'));
+    expect(out.readUInt32BE(0)).toBe(0xbadcc0de);
+    const blobEnd = 8 + 2 + out.readUInt16BE(8);
+    const credentialBlob = out.subarray(8, blobEnd);
+    const encryptedSecret = out.subarray(blobEnd, blobEnd + 2 + out.readUInt16BE(blobEnd));
+    const challengeId = randomBytes(18).toString('base64url');
+    const proof = await vault.activateCredential({ credentialBlob, encryptedSecret, challengeId });
+    expect(
+      checkProof({ credential: secret, akName: Buffer.from(akName, 'hex'), challengeId, proof }),
+    ).toBe(true);
   });
 
   it('tpm2_checkquote (tpm2-tools) verifies our quote and its qualifying data', async () => {
