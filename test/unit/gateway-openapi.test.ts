@@ -54,6 +54,7 @@ describe('gateway OpenAPI document', () => {
         'post /v1/verifications/{flowId}/accept',
         'post /v1/verifications/{flowId}/confirm',
         'post /v1/verifications/{flowId}/cancel',
+        'post /v1/attestation/activation',
         'post /v1/attestation/evidence',
         'post /v1/contacts/{userId}/devices/{deviceId}/attestation',
         'post /v1/contacts/{userId}/identity/acknowledge',
