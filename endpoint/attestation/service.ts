@@ -1,5 +1,5 @@
 /**
- * Remote attestation between endpoints, over Olm-encrypted to-device messages (issue 11): the
+ * Remote attestation between endpoints, over Olm-encrypted to-device messages: the
  * verifier's side (ask a peer device to prove its keys live in a genuine, measured TPM, check
  * the answer with the pure verifier in attestation/) and the attester's side (answer with a
  * quote from our vault). The protocol's messages, the verifier and the enrolment maths are in

@@ -11,7 +11,7 @@ import { type PurposeContext, exactly, parseKeyObject, refusal } from './key-obj
  *   {"keys":{"ed25519:<pub>":"<pub>"},"usage":["user_signing"],"user_id":"<owner>"}
  *
  * with <pub> any Ed25519 key but the master's own. Not accepted: another user's key, a master
- * key (ours or another's), device keys, key backup auth_data (issue 17: the next purpose to
+ * key (ours or another's), device keys, key backup auth_data (the next purpose to
  * add, see README.md), anything with more fields or in another spelling.
  */
 const SUBKEY_USAGES: ReadonlySet<string> = new Set(['self_signing', 'user_signing']);

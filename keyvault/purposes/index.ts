@@ -12,7 +12,7 @@ import type { PurposeContext } from './key-object.ts';
 import { x509IdentityInput } from './x509.ts';
 
 /**
- * Purpose-bound signing (issue 18): each signing key signs only the inputs its purpose names,
+ * Purpose-bound signing: each signing key signs only the inputs its purpose names,
  * checked here, in the vault, before the backend is asked. A compromised endpoint holding the
  * vault's channel can still ask for the signatures the Matrix flows need, and nothing else: not
  * a new self-signing key for another user, not a master key the homeserver made up, not

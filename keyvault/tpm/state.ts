@@ -11,7 +11,7 @@ import { VaultCode, VaultError } from '../vault.ts';
  * its own on a TPM others use too: the `unique` of its storage primary (the parent of all its
  * blobs) and its counter's NV index, public area and sealed authValue. Nothing secret in clear.
  *
- * Version 2 (issue 18). Version 1 shared one storage primary and one fixed NV index with every
+ * Version 2. Version 1 shared one storage primary and one fixed NV index with every
  * other vault on the TPM; such a state is refused, not upgraded (see readTpmState).
  */
 const b64 = z.base64();

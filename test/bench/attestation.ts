@@ -1,5 +1,5 @@
 /**
- * Attestation benchmark (issue 11): evidence creation through the TPM vault (attestation
+ * Attestation benchmark: evidence creation through the TPM vault (attestation
  * identity + quote + PCR read, as an attester answers a request) and verification by the pure
  * verifier, against tpm2-tools doing the nearest equivalent on the same swtpm in the same run
  * (tpm2_quote with a loaded AK; tpm2_checkquote). tpm2-tools starts a process per operation;

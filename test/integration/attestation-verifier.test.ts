@@ -33,7 +33,7 @@ import { openssl } from '../fixtures/x509.ts';
  * The verifier against real evidence: swtpm manufactured with an EK certificate by its local
  * CA, our TPM vault quoting and activating credentials, and the pure verifier judging. First
  * the whole path passes (credential activation, then a quote that verifies); then each attack
- * in issue 11's list is shown to fail with its own code. tpm2_checkquote, an independent
+ * on the threat list is shown to fail with its own code. tpm2_checkquote, an independent
  * implementation, verifies our quotes too.
  */
 const run = promisify(execFile);

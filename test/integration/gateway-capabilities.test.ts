@@ -20,7 +20,7 @@ import { type LaunchedStack, startStack, vaultUser } from '../fixtures/stack.ts'
 const synapse = useFixture(() => startSynapse());
 const tpm = useFixture(async () => startSwtpm({ unix: true, accessibleTo: await vaultUser() }));
 
-/** Every capability has routes now (attestation's came with issue 11). */
+/** Every capability has routes now. */
 const ROUTED: readonly Capability[] = CAPABILITIES;
 
 interface Route {

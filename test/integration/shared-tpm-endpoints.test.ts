@@ -12,7 +12,7 @@ import {
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
-// Two endpoints, two vaults, one TPM (issue 18): before, the second endpoint's provisioning
+// Two endpoints, two vaults, one TPM: before the second endpoint's provisioning
 // "kept" the first one's NV counter, and after one run of B, A was refused for ever as a
 // restored backup. Each is started and stopped alternately 5 times, and each compacts on
 // every stop (moving its own counter): neither ever sees the other's counter move.

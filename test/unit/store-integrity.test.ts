@@ -1,5 +1,5 @@
 /**
- * The durable store's integrity (issue 18): no acknowledged record is ever dropped as a "torn
+ * The durable store's integrity: no acknowledged record is ever dropped as a "torn
  * tail" (every flipped bit of the journal is refused, or, only in the last write, dropped and
  * reported as what it is); the store is bound to its Matrix identity; a missing store is an
  * error, not a new device; the directory must be private (owner, modes, no symlinks). The

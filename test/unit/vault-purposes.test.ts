@@ -21,7 +21,7 @@ import { ed25519RawFromSpki, signingBytes, unpadded } from '../../endpoint/crypt
 import { ourMasterKeyBytes } from '../../endpoint/crypto/x509.ts';
 import { makeTempDir } from '../fixtures/process.ts';
 
-// Purpose-bound signing (issue 18): the vault signs with its cross-signing master key only the
+// Purpose-bound signing: the vault signs with its cross-signing master key only the
 // owner's self-signing and user-signing key objects, and with its X.509 key only the owner's
 // master key, in exact canonical JSON. Every refusal is checked twice: on the vault as the
 // vault command opens it (openVault, dev backend), and through the real RPC (keyvault/server.ts
