@@ -7,7 +7,7 @@ import type { StreamEvent } from '../../endpoint/contract.ts';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
 import { TpmClient } from '../../keyvault/tpm/index.ts';
 import { enrolEndpoint, verifierPolicySchema } from '../../attestation/index.ts';
-import { openssl } from '../fixtures/x509.ts';
+import { selfSignedCa } from '../fixtures/x509.ts';
 import { verifyAuditLog } from '../../policy/index.ts';
 import {
   type CompartmentConfigs,
@@ -217,7 +217,7 @@ describe('mutual attestation between two endpoints over Matrix', () => {
     const tokenB = b.tokens.test ?? '';
     const statusA = await endpointA.client.call('status', { auth: { token: tokenA } });
     const keys = await aliceKeys(statusA.deviceId);
-    const ca = await selfSignedCa(join(dir, 'ak-ca'));
+    const ca = await selfSignedCa(join(dir, 'ak-ca'), 'Test attestation CA');
     const io = {
       evidence: async (nonce: Uint8Array, verifier: { userId: string; deviceId: string }) =>
         (
@@ -310,30 +310,4 @@ async function aliceKeys(
   const curve25519 = device?.keys[`curve25519:${deviceId}`];
   if (!ed25519 || !curve25519 || !master) throw new Error('alice keys not published');
   return { ed25519, curve25519, masterKey: master };
-}
-
-async function selfSignedCa(base: string): Promise<{ pem: string; key: string }> {
-  const r = await openssl([
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    `${base}.key`,
-    '-out',
-    `${base}.pem`,
-    '-subj',
-    '/CN=Test attestation CA',
-    '-days',
-    '30',
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
-  ]);
-  if (r.code !== 0) throw new Error(r.stderr);
-  return { pem: await readFile(`${base}.pem`, 'utf8'), key: await readFile(`${base}.key`, 'utf8') };
 }

@@ -27,7 +27,7 @@ import { issueAkCertificate } from '../../attestation/enrol/index.ts';
 import { EventType, buildEventLog } from '../../attestation/eventlog/index.ts';
 import { makeTempDir, startSwtpm } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
-import { openssl } from '../fixtures/x509.ts';
+import { selfSignedCa } from '../fixtures/x509.ts';
 
 /**
  * The verifier against real evidence: swtpm manufactured with an EK certificate by its local
@@ -443,7 +443,7 @@ describe('attestation against a real TPM (swtpm with an EK certificate)', () => 
 
     it('an EK certificate from a CA the policy does not trust', async () => {
       const { json, ctx } = await fresh();
-      const otherRoot = await selfSignedCa('other EK CA');
+      const otherRoot = await selfSignedCa(join(dir, 'other-EK-CA'), 'other EK CA');
       const untrusting = verifierPolicySchema.parse({ ...policy, ekRoots: [otherRoot.pem] });
       const r = await verifyEvidence(text(json), { ...ctx, policy: untrusting });
       expect(codes(r)).toContain(AttestationCode.EkCertUntrusted);
@@ -452,8 +452,8 @@ describe('attestation against a real TPM (swtpm with an EK certificate)', () => 
 
     it('an AK certificate from another CA than the trusted one; from the trusted one it passes', async () => {
       const { evidence } = await fresh();
-      const caA = await selfSignedCa('AK CA A');
-      const caB = await selfSignedCa('AK CA B');
+      const caA = await selfSignedCa(join(dir, 'AK-CA-A'), 'AK CA A');
+      const caB = await selfSignedCa(join(dir, 'AK-CA-B'), 'AK CA B');
       const akSpki = akSpkiOf(evidence);
       const issued = await issueAkCertificate({
         caKey: createPrivateKey(caA.key),
@@ -619,31 +619,4 @@ function extraDataHex(attest: Buffer): string {
   const at = 8 + signer;
   const size = attest.readUInt16BE(at);
   return attest.subarray(at + 2, at + 2 + size).toString('hex');
-}
-
-async function selfSignedCa(cn: string): Promise<{ pem: string; key: string }> {
-  const base = join(dir, cn.replace(/\W+/g, '-'));
-  const r = await openssl([
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    `${base}.key`,
-    '-out',
-    `${base}.pem`,
-    '-subj',
-    `/CN=${cn}`,
-    '-days',
-    '30',
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
-  ]);
-  if (r.code !== 0) throw new Error(r.stderr);
-  return { pem: await readFile(`${base}.pem`, 'utf8'), key: await readFile(`${base}.key`, 'utf8') };
 }
