@@ -30,6 +30,7 @@ export {
   type VerifiedFacts,
   type VerifyContext,
   type VerifyResult,
+  statementAkName,
   verifyEvidence,
 } from './verify.ts';
 export { checkProof, PROOF_LABEL } from './enrol/index.ts';

@@ -112,6 +112,21 @@ function parseStatement(
   return { evidence: parsed.data };
 }
 
+/**
+ * The Name of the AK a statement carries, before any check: to look up what this verifier
+ * keeps per AK (its last clock) so the statement is verified once, with that history.
+ * Nothing is believed from it; undefined when the statement does not parse.
+ */
+export function statementAkName(input: string | Uint8Array): string | undefined {
+  const statement = parseStatement(input);
+  if ('failure' in statement) return undefined;
+  try {
+    return parseAkPublic(statement.evidence.ak.public).name.toString('hex');
+  } catch {
+    return undefined;
+  }
+}
+
 export async function verifyEvidence(
   input: string | Uint8Array,
   ctx: VerifyContext,

@@ -27,6 +27,7 @@ import {
   checkProof,
   createEvidence,
   enrolmentFor,
+  statementAkName,
   evidenceToJson,
   verifyEvidence,
 } from '../../attestation/index.ts';
@@ -469,8 +470,17 @@ export class AttestationService {
       masterKey: keys.masterKey,
     };
     const historyKey = (ak: string) => `${HISTORY}${ak}`;
-    let history: ClockHistory | undefined;
-    const result0 = await verifyEvidence(response.evidence, {
+    const claimedAk = statementAkName(response.evidence);
+    const h =
+      claimedAk === undefined
+        ? undefined
+        : await this.#o.state.get(historyKey(claimedAk), historySchema).catch(() => undefined);
+    const history: ClockHistory | undefined = h && {
+      clock: BigInt(h.clock),
+      resetCount: h.resetCount,
+      restartCount: h.restartCount,
+    };
+    const result = await verifyEvidence(response.evidence, {
       nonce: challenge.nonce,
       issuedAt: challenge.issuedAt,
       now,
@@ -478,30 +488,8 @@ export class AttestationService {
       expected,
       policy,
       enrolled,
+      ...(history ? { history } : {}),
     });
-    if (result0.facts) {
-      const h = await this.#o.state
-        .get(historyKey(result0.facts.akName), historySchema)
-        .catch(() => undefined);
-      if (h)
-        history = {
-          clock: BigInt(h.clock),
-          resetCount: h.resetCount,
-          restartCount: h.restartCount,
-        };
-    }
-    const result = history
-      ? await verifyEvidence(response.evidence, {
-          nonce: challenge.nonce,
-          issuedAt: challenge.issuedAt,
-          now,
-          verifier: this.#o.self,
-          expected,
-          policy,
-          enrolled,
-          history,
-        })
-      : result0;
     failures.push(...result.failures);
 
     // First contact: the EK is trusted but the AK is not yet enrolled. Run the activation
