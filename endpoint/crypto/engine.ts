@@ -356,9 +356,7 @@ export class CryptoEngine {
       let masterKey: string | undefined;
       if (identity) {
         try {
-          const parsed = JSON.parse(identity.masterKey) as { keys?: Record<string, unknown> };
-          const key = Object.values(parsed.keys ?? {})[0];
-          masterKey = typeof key === 'string' ? key : undefined;
+          masterKey = masterKeyOf(identity.masterKey);
         } finally {
           identity.free();
         }
@@ -636,4 +634,15 @@ function recipientsOf(requests: ToDeviceRequest[]): { userId: string; deviceId: 
     }
   }
   return out;
+}
+
+/** The core gives a cross-signing master key as its JSON; callers want the key itself. */
+export function masterKeyOf(json: string): string | undefined {
+  try {
+    const parsed = JSON.parse(json) as { keys?: Record<string, unknown> };
+    const key = Object.values(parsed.keys ?? {})[0];
+    return typeof key === 'string' ? key : undefined;
+  } catch {
+    return undefined;
+  }
 }

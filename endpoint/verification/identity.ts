@@ -4,6 +4,7 @@ import {
   OwnUserIdentity,
   UserId,
 } from '@matrix-org/matrix-sdk-crypto-wasm';
+import { masterKeyOf } from '../crypto/engine.ts';
 
 /**
  * A contact's cross-signing identity as a UI should show it, in Element X's vocabulary:
@@ -131,15 +132,4 @@ function stateOf(identity: OtherUserIdentity | OwnUserIdentity): IdentityState {
     return 'pin-violation';
   }
   return identity.isVerified() ? 'verified' : 'pinned';
-}
-
-/** The core gives the master key as its JSON; the UI wants the key itself. */
-function masterKeyOf(json: string): string | undefined {
-  try {
-    const parsed = JSON.parse(json) as { keys?: Record<string, unknown> };
-    const key = Object.values(parsed.keys ?? {})[0];
-    return typeof key === 'string' ? key : undefined;
-  } catch {
-    return undefined;
-  }
 }
