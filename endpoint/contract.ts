@@ -1,5 +1,19 @@
 import { z } from 'zod';
 import { defineContract } from '../keyvault/common/rpc/index.ts';
+import {
+  ATTACHMENT_CHUNK_BYTES,
+  MAX_ATTACHMENT_BYTES,
+  MAX_EXCLUSIONS_LISTED,
+  attachmentInfo,
+  contentType,
+  exclusion,
+  failedSend,
+  fileName,
+  timelineItem,
+  transferId,
+} from './contract-messages.ts';
+
+export * from './contract-messages.ts';
 
 /**
  * What the endpoint compartment answers on its channel: the operations of the local API
@@ -56,30 +70,6 @@ export const MAX_EVENTS_PER_POLL = 100;
 
 /** The caller: the bearer token as presented. Nothing else identifies a client. */
 const auth = z.object({ token: z.string().min(1).max(MAX_TOKEN_CHARS) }).strict();
-
-/** How far we trust a message's sender device (from the crypto core's shields). */
-export const verificationState = z.enum(['verified', 'unverified', 'warning', 'unencrypted']);
-
-export const timelineItem = z
-  .object({
-    eventId: z.string(),
-    sender: z.string(),
-    /** Only for decrypted events, as the crypto core authenticated it. */
-    senderDevice: z.string().optional(),
-    ts: z.number(),
-    decrypted: z.boolean(),
-    /** The text, for m.text/m.notice/m.emote messages. */
-    body: z.string().optional(),
-    msgtype: z.string().optional(),
-    /** The event this one replies to (m.relates_to.m.in_reply_to). */
-    replyTo: z.string().optional(),
-    encrypted: z.boolean().optional(),
-    verification: verificationState.optional(),
-    /** Why an event could not be decrypted (or was withheld by the room's trust rule). */
-    reason: z.string().optional(),
-  })
-  .strict();
-export type TimelineItemWire = z.infer<typeof timelineItem>;
 
 export const deviceInfo = z
   .object({
@@ -165,6 +155,10 @@ export const roomSummary = z
     roomId: z.string(),
     membership: z.enum(['join', 'invite']),
     members: z.array(z.string()),
+    /** For an invitation: who invited us (the sender of our m.room.member invite event). */
+    inviter: z.string().optional(),
+    /** The room has m.room.encryption. Unencrypted rooms are shown, never sent to. */
+    encrypted: z.boolean(),
     /** Who gets room keys and whose messages show, as the policy sets it for this room. */
     roomKeyRecipients: z.enum(['verified-only', 'cross-signed', 'tofu', 'attested-only']),
     showUnverifiedMessages: z.boolean(),
@@ -266,6 +260,71 @@ export const streamEvent = z.discriminatedUnion('type', [
       result: attestationResult,
     })
     .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** The sender replaced an item's text (m.replace): show `body` in place of the old. */
+      type: z.literal('edit'),
+      roomId: z.string(),
+      target: z.string(),
+      eventId: z.string(),
+      body: z.string(),
+      msgtype: z.string().optional(),
+      ts: z.number(),
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** Someone reacted to an item (m.annotation). `eventId` is the reaction's own id. */
+      type: z.literal('reaction'),
+      roomId: z.string(),
+      target: z.string(),
+      eventId: z.string(),
+      key: z.string().max(256),
+      sender: z.string(),
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** An item (a message, or a reaction) was redacted: remove what was shown of it. */
+      type: z.literal('redaction'),
+      roomId: z.string(),
+      target: z.string(),
+      sender: z.string(),
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /**
+       * Events of a room were missed (more arrived while the endpoint was away than it
+       * fetches back): refetch the room's timeline.
+       */
+      type: z.literal('gap'),
+      roomId: z.string(),
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** A queued send reached the homeserver; `excluded`: who could not read it, and why. */
+      type: z.literal('sent'),
+      roomId: z.string(),
+      txnId: z.string(),
+      eventId: z.string(),
+      excluded: z.array(exclusion).max(MAX_EXCLUSIONS_LISTED),
+    })
+    .strict(),
+  z
+    .object({
+      seq: z.number().int(),
+      /** The outbox gave up on a send (the homeserver refused it): see failedSends. */
+      type: z.literal('send-failed'),
+      failed: failedSend,
+    })
+    .strict(),
 ]);
 export type StreamEvent = z.infer<typeof streamEvent>;
 
@@ -274,6 +333,18 @@ const subscription = z
   .regex(/^[A-Za-z0-9_-]{22,64}$/, 'expected a subscription id from subscribe');
 
 const empty = z.object({}).strict();
+
+export const MAX_REACTION_CHARS = 64;
+export const MAX_FAILED_LISTED = 100;
+const outboxTxnId = z
+  .string()
+  .regex(/^mte\.[0-9a-f]{24}$/, 'expected a transaction id from the list of failed sends');
+const sendResult = z
+  .object({
+    txnId: z.string(),
+    excluded: z.array(exclusion).max(MAX_EXCLUSIONS_LISTED),
+  })
+  .strict();
 
 export const endpointContract = defineContract({
   /** No token: answers once start-up is complete (for the launcher). Reveals nothing. */
@@ -309,7 +380,13 @@ export const endpointContract = defineContract({
       .strict(),
     result: z.object({ items: z.array(timelineItem), next: z.string().optional() }).strict(),
   },
-  /** messages.send: resolves once the message is durably queued; it is sent exactly once. */
+  /**
+   * messages.send: resolves once the message is durably queued; it is sent exactly once.
+   * `edit`: replaces the text of one of our own messages (m.replace). `thread`: a reply in the
+   * thread with this root. `excluded`: members and devices that, as the endpoint knows them
+   * now, will not get the room key (the `sent` event says who was left out at sending time).
+   * Refused with MESSAGE_TOO_LARGE when the event would pass the homeserver's size limit.
+   */
   send: {
     params: z
       .object({
@@ -317,9 +394,108 @@ export const endpointContract = defineContract({
         roomId,
         body: z.string().min(1).max(MAX_BODY_CHARS),
         replyTo: eventId.optional(),
+        edit: eventId.optional(),
+        thread: eventId.optional(),
       })
       .strict(),
+    result: sendResult,
+  },
+  /** messages.send: a reaction (m.annotation) to an item, queued like a message. */
+  react: {
+    params: z
+      .object({ auth, roomId, eventId, key: z.string().min(1).max(MAX_REACTION_CHARS) })
+      .strict(),
+    result: sendResult,
+  },
+  /** messages.send: redacts an item (ours, or anyone's where our power level allows). */
+  redact: {
+    params: z
+      .object({ auth, roomId, eventId, reason: z.string().min(1).max(255).optional() })
+      .strict(),
     result: z.object({ txnId: z.string() }).strict(),
+  },
+  /** messages.send: the sends the outbox gave up on, in rooms this client may see. */
+  failedSends: {
+    params: z.object({ auth }).strict(),
+    result: z.object({ failed: z.array(failedSend).max(MAX_FAILED_LISTED) }).strict(),
+  },
+  /** messages.send: queues a failed send again, with the same transaction id. */
+  retrySend: {
+    params: z.object({ auth, txnId: outboxTxnId }).strict(),
+    result: z.object({ txnId: z.string() }).strict(),
+  },
+  /** messages.send: drops a failed send for good. */
+  discardSend: {
+    params: z.object({ auth, txnId: outboxTxnId }).strict(),
+    result: empty,
+  },
+  /**
+   * messages.send: starts an attachment upload of `size` bytes. The bytes follow in chunks of
+   * at most `chunkBytes` (uploadChunk, in order); uploadFinish encrypts them (AES-256-CTR, the
+   * spec's encrypted file), uploads the ciphertext and queues the m.file / m.image message.
+   * Unfinished uploads are dropped after a minute without a chunk.
+   */
+  uploadStart: {
+    params: z
+      .object({
+        auth,
+        roomId,
+        name: fileName,
+        contentType,
+        size: z.number().int().min(1).max(MAX_ATTACHMENT_BYTES),
+        caption: z.string().min(1).max(1024).optional(),
+      })
+      .strict(),
+    result: z
+      .object({ upload: transferId, chunkBytes: z.number().int(), maxBytes: z.number().int() })
+      .strict(),
+  },
+  uploadChunk: {
+    params: z
+      .object({
+        auth,
+        upload: transferId,
+        offset: z.number().int().min(0),
+        data: z.base64().max(Math.ceil(ATTACHMENT_CHUNK_BYTES / 3) * 4),
+      })
+      .strict(),
+    result: z.object({ received: z.number().int() }).strict(),
+  },
+  uploadFinish: {
+    params: z.object({ auth, upload: transferId }).strict(),
+    result: sendResult,
+  },
+  /**
+   * messages.read: opens an item's attachment. The endpoint fetches the ciphertext, checks its
+   * SHA-256 against the (encrypted) event and decrypts it before anything is served: a
+   * tampered file is refused (ATTACHMENT_TAMPERED), never served in part.
+   */
+  downloadStart: {
+    params: z.object({ auth, roomId, eventId }).strict(),
+    result: z
+      .object({
+        download: transferId,
+        size: z.number().int(),
+        attachment: attachmentInfo,
+        /** The type to serve it as: the declared one only for images whose bytes match it. */
+        contentType,
+        chunkBytes: z.number().int(),
+      })
+      .strict(),
+  },
+  downloadChunk: {
+    params: z.object({ auth, download: transferId, offset: z.number().int().min(0) }).strict(),
+    result: z.object({ data: z.base64(), done: z.boolean() }).strict(),
+  },
+  /** rooms.join: accepts an invitation (the room's allow-list in the policy applies). */
+  join: {
+    params: z.object({ auth, roomId }).strict(),
+    result: empty,
+  },
+  /** rooms.join: declines an invitation. */
+  decline: {
+    params: z.object({ auth, roomId }).strict(),
+    result: empty,
   },
   /** rooms.create: an encrypted room (or DM), inviting these users. */
   createRoom: {

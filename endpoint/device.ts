@@ -14,7 +14,22 @@ import {
 } from './crypto/cross-signing.ts';
 import type { TrustSettings } from './crypto/settings.ts';
 import type { CreateRoomOptions, HomeserverApi, RoomEvent } from './matrix/api.ts';
-import { SyncLoop } from './sync/loop.ts';
+import { eventResponse as bundledEvent } from './matrix/schemas.ts';
+import { SyncLoop, type TimelineInfo } from './sync/loop.ts';
+import {
+  type Classified,
+  type EditView,
+  type Exclusion,
+  type MessageView,
+  type Outgoing,
+  aggregate,
+  classify,
+  contentOf,
+  exclusionsFor,
+  isRedacted,
+  mayBeItem,
+  redactedView,
+} from './messages/index.ts';
 import {
   type FlowView,
   type IdentityView,
@@ -33,11 +48,49 @@ export interface RoomSummary {
   roomId: string;
   membership: 'join' | 'invite';
   members: string[];
+  /** The room has m.room.encryption; undefined until the endpoint has seen its state. */
+  encrypted?: boolean;
+  /** For an invitation: who sent it. */
+  inviter?: string;
+}
+
+/**
+ * A limited sync (more arrived than it carries) is filled in from /messages, at most this
+ * many events back; beyond that the stream says `gap` and the UI refetches.
+ */
+export const MAX_BACKFILL_EVENTS = 1000;
+/** Senders of recent items, so that an edit by someone else is recognised without a fetch. */
+const SENDERS_REMEMBERED = 5000;
+
+/** A send into a room without m.room.encryption: this version has no plaintext send path. */
+export class RoomNotEncryptedError extends Error {
+  readonly status = 400;
+  readonly errcode = 'ROOM_NOT_ENCRYPTED';
+  readonly retryable = false;
+  constructor() {
+    super('the room is not end-to-end encrypted; this endpoint sends only to encrypted rooms');
+    this.name = 'RoomNotEncryptedError';
+  }
 }
 
 /** What the endpoint tells its listeners about (the local API's event stream). */
 export type EndpointEvent =
-  | { type: 'message'; roomId: string; item: TimelineItem }
+  | { type: 'message'; roomId: string; view: MessageView }
+  /** The sender replaced an item's text. */
+  | { type: 'edit'; roomId: string; edit: EditView }
+  | {
+      type: 'reaction';
+      roomId: string;
+      target: string;
+      eventId: string;
+      key: string;
+      sender: string;
+    }
+  | { type: 'redaction'; roomId: string; target: string; sender: string }
+  /** Events of the room were missed and could not be fetched back: refetch its timeline. */
+  | { type: 'gap'; roomId: string }
+  /** A send reached the homeserver; `excluded`: who will not get the room key. */
+  | { type: 'sent'; roomId: string; txnId: string; eventId: string; excluded: Exclusion[] }
   /** Our own membership of a room changed. */
   | { type: 'room'; roomId: string; membership: 'invite' | 'join' | 'leave' }
   /** Someone else's membership of a room changed. */
@@ -144,6 +197,9 @@ export class Endpoint {
   readonly #log: Logger;
   readonly #trustFor: ((roomId: string) => TrustSettings) | undefined;
   readonly #saveRooms: (rooms: RoomSummary[]) => Promise<void>;
+  /** The newest event delivered per room: where a backfill after a limited sync stops. */
+  readonly #lastEvent = new Map<string, string>();
+  readonly #senders = new Map<string, string>();
   /** The vault's master public key, when it holds ours: our identity must keep it. */
   #ourMaster: string | undefined;
 
@@ -191,17 +247,29 @@ export class Endpoint {
         privateMessages: async (messages) => {
           await this.privateMessages?.(messages);
         },
-        invited: async (roomId) => {
+        invited: async (roomId, invite) => {
           if (this.#rooms.has(roomId)) return;
-          this.#rooms.set(roomId, { roomId, membership: 'invite', members: [] });
+          this.#rooms.set(roomId, {
+            roomId,
+            membership: 'invite',
+            members: [],
+            encrypted: invite.encrypted,
+            ...(invite.inviter === undefined ? {} : { inviter: invite.inviter }),
+          });
           await this.#saveRooms(this.rooms());
           this.#emit({ type: 'room', roomId, membership: 'invite' });
         },
-        joined: async (roomId, changes) => {
+        joined: async (roomId, changes, state) => {
           const known = this.#rooms.get(roomId);
-          const room = known ?? { roomId, membership: 'join' as const, members: [] };
+          const room: RoomSummary = known ?? { roomId, membership: 'join', members: [] };
           const newlyJoined = known?.membership !== 'join';
           room.membership = 'join';
+          delete room.inviter;
+          // Encryption, once on, cannot be turned off (the spec): a room seen encrypted stays so.
+          const wasEncrypted = room.encrypted;
+          if (state.encrypted) room.encrypted = true;
+          // The sync that first shows a joined room carries its whole state.
+          else if (room.encrypted === undefined && newlyJoined) room.encrypted = false;
           const members = new Set(room.members);
           const before = members.size;
           const changed: { userId: string; membership: string }[] = [];
@@ -213,7 +281,12 @@ export class Endpoint {
           }
           room.members = [...members];
           this.#rooms.set(roomId, room);
-          if (newlyJoined || members.size !== before || changed.length > 0) {
+          if (
+            newlyJoined ||
+            members.size !== before ||
+            changed.length > 0 ||
+            wasEncrypted !== room.encrypted
+          ) {
             await this.#saveRooms(this.rooms());
           }
           if (newlyJoined) this.#emit({ type: 'room', roomId, membership: 'join' });
@@ -227,7 +300,8 @@ export class Endpoint {
           await this.#saveRooms(this.rooms());
           this.#emit({ type: 'room', roomId, membership: 'leave' });
         },
-        timeline: async (roomId, events) => {
+        timeline: async (roomId, events, info) => {
+          if (info.limited && !info.initial) await this.#backfill(roomId, info, events[0]);
           for (const event of events) await this.#deliver(roomId, event);
         },
       },
@@ -261,7 +335,25 @@ export class Endpoint {
     const endpoint = new Endpoint(api, engine, options);
     endpoint.#ourMaster = await options.masterKey?.publicKeyBase64();
     endpoint.#sync.start();
+    void endpoint.#learnEncryption();
     return endpoint;
+  }
+
+  /**
+   * Rooms remembered by an earlier version carry no `encrypted`: asked of the homeserver once,
+   * in the background (until then they count as encrypted for display, and sends check).
+   */
+  async #learnEncryption(): Promise<void> {
+    for (const room of this.#rooms.values()) {
+      if (room.encrypted !== undefined || room.membership !== 'join') continue;
+      try {
+        const state = await this.api.roomState(room.roomId, 'm.room.encryption', '');
+        room.encrypted = state !== undefined;
+      } catch {
+        continue; // asked again at the next start
+      }
+    }
+    await this.#saveRooms(this.rooms()).catch(() => undefined);
   }
 
   rooms(): RoomSummary[] {
@@ -291,6 +383,7 @@ export class Endpoint {
       roomId,
       membership: 'join',
       members: [this.userId, ...(options.invite ?? [])],
+      encrypted: options.encrypted !== false,
     });
     await this.#saveRooms(this.rooms());
     if (options.invite?.length) await this.engine.track(options.invite);
@@ -302,10 +395,27 @@ export class Endpoint {
     await this.engine.track([userId]);
   }
 
+  /**
+   * Joins a room (accepts its invitation). The room shows as joined at once; the sync that
+   * follows brings its members and state.
+   */
   async join(roomId: string): Promise<void> {
     await this.api.join(roomId);
     const members = await this.api.members(roomId);
     await this.engine.track(members.map((m) => m.userId));
+    const known = this.#rooms.get(roomId);
+    const encrypted =
+      known?.encrypted ?? (await this.api.roomState(roomId, 'm.room.encryption', '')) !== undefined;
+    this.#rooms.set(roomId, {
+      roomId,
+      membership: 'join',
+      members: members
+        .filter((m) => m.membership === 'join' || m.membership === 'invite')
+        .map((m) => m.userId),
+      encrypted,
+    });
+    await this.#saveRooms(this.rooms());
+    this.#emit({ type: 'room', roomId, membership: 'join' });
   }
 
   async leave(roomId: string): Promise<void> {
@@ -323,39 +433,58 @@ export class Endpoint {
     txnId = `mte.${randomBytes(12).toString('hex')}`,
     options: { replyTo?: string } = {},
   ): Promise<string> {
-    const content = {
-      msgtype: 'm.text',
-      body,
-      ...(options.replyTo === undefined
-        ? {}
-        : { 'm.relates_to': { 'm.in_reply_to': { event_id: options.replyTo } } }),
-    };
-    return this.sendContent(roomId, content, txnId);
+    return this.sendOutgoing(
+      roomId,
+      {
+        kind: 'text',
+        body,
+        ...(options.replyTo === undefined ? {} : { replyTo: options.replyTo }),
+      },
+      txnId,
+    );
   }
 
-  /** Encrypts an m.room.message for the room's members (per the room's trust) and sends it. */
+  /**
+   * Sends one outgoing message of any kind (outgoing.ts): encrypted for the room's members,
+   * except redactions, which the homeserver must read. Emits `sent` with who was left out.
+   */
+  async sendOutgoing(roomId: string, message: Outgoing, txnId: string): Promise<string> {
+    if (message.kind === 'redaction') {
+      const eventId = await this.api.redact(roomId, message.target, txnId, message.reason);
+      this.#emit({ type: 'sent', roomId, txnId, eventId, excluded: [] });
+      return eventId;
+    }
+    const { type, content } = contentOf(message);
+    return this.sendContent(roomId, content, txnId, type);
+  }
+
+  /** Encrypts an event (m.room.message by default) for the room's members and sends it. */
   async sendContent(
     roomId: string,
     content: object,
     txnId = `mte.${randomBytes(12).toString('hex')}`,
+    type = 'm.room.message',
   ): Promise<string> {
+    if (this.#rooms.get(roomId)?.encrypted === false) throw new RoomNotEncryptedError();
     const members = (await this.api.members(roomId))
       .filter((m) => m.membership === 'join' || m.membership === 'invite')
       .map((m) => m.userId);
+    let excluded: Exclusion[] = [];
     // The core withholds keys from a verified contact's new identity by itself, but not from a
     // merely pinned one: the policy blocks both until a UI acknowledges. The engine runs this
     // after it refreshed the device lists and before any key leaves, so a key change the
     // homeserver slips into that refresh is caught too.
+    const trust = this.#trust(roomId);
     const encrypted = await this.engine.encrypt(
       roomId,
-      'm.room.message',
+      type,
       content,
       members,
-      this.#trust(roomId),
+      trust,
       async (recipients) => {
         const changed = await changedIdentities(this.engine.machine, members);
         if (changed.length > 0) throw new IdentityChangedError(changed);
-        if (this.#trust(roomId)?.requireAttestation) {
+        if (trust?.requireAttestation) {
           const missing: { userId: string; deviceId: string }[] = [];
           for (const r of recipients) {
             if (!(await this.isAttested?.(r.userId, r.deviceId))) missing.push(r);
@@ -365,27 +494,76 @@ export class Endpoint {
             throw new AttestationRequiredError(missing);
           }
         }
+        // Who is left out, with the device lists just refreshed (for the `sent` event).
+        excluded = await this.#exclusions(members, trust);
       },
     );
-    return this.api.sendEvent(roomId, 'm.room.encrypted', txnId, encrypted);
+    const eventId = await this.api.sendEvent(roomId, 'm.room.encrypted', txnId, encrypted);
+    this.#emit({ type: 'sent', roomId, txnId, eventId, excluded });
+    return eventId;
   }
 
-  /** History from the homeserver, decrypted here, newest first. */
+  /**
+   * Members and devices that would not get this room's key now, from what the crypto store
+   * knows (no homeserver call: for the answer to a send, before it is queued).
+   */
+  async exclusionsIn(roomId: string): Promise<Exclusion[]> {
+    const members = this.#rooms.get(roomId)?.members ?? [];
+    return this.#exclusions(members, this.#trust(roomId));
+  }
+
+  async #exclusions(members: string[], trust: TrustSettings | undefined): Promise<Exclusion[]> {
+    return exclusionsFor(this.engine, members, trust ?? this.engine.trust, {
+      userId: this.userId,
+      deviceId: this.deviceId,
+    });
+  }
+
+  /**
+   * History from the homeserver, decrypted here, newest first: edits applied to what they
+   * replace, reactions counted, redactions shown as such (messages/aggregate.ts). Edits,
+   * reactions and redactions are not items of their own.
+   */
   async timeline(
     roomId: string,
     options: { limit: number; from?: string },
-  ): Promise<{ items: TimelineItem[]; next?: string }> {
+  ): Promise<{ items: MessageView[]; next?: string }> {
     const page = await this.api.messages(roomId, {
       dir: 'b',
       limit: options.limit,
       ...(options.from ? { from: options.from } : {}),
     });
-    const items: TimelineItem[] = [];
+    const classified: Classified[] = [];
+    const bundled = new Map<string, EditView>();
     for (const event of page.chunk) {
-      if (event.type === 'm.room.encrypted' || event.type === 'm.room.message')
-        items.push(await this.engine.decrypt(roomId, event, this.#trust(roomId)));
+      const c = await this.#classify(roomId, event);
+      classified.push(c);
+      if (c.role === 'item') {
+        const edit = await this.#bundledEdit(roomId, event);
+        if (edit) bundled.set(event.event_id, edit);
+      }
     }
+    const items = aggregate(classified, { self: this.userId, bundled });
     return { items, ...(page.end ? { next: page.end } : {}) };
+  }
+
+  /** An event's attachment content, decrypted (for the download of its file). */
+  async attachmentContent(
+    roomId: string,
+    eventId: string,
+  ): Promise<{ content: Record<string, unknown>; sender: string } | undefined> {
+    const event = await this.api.event(roomId, eventId);
+    if (isRedacted(event) || !mayBeItem(event)) return undefined;
+    const item = await this.engine.decrypt(roomId, event, this.#trust(roomId));
+    if (!isDecrypted(item) || item.type !== 'm.room.message') return undefined;
+    return { content: item.content, sender: item.sender };
+  }
+
+  /** The sender of one of the room's events (from memory, else the homeserver). */
+  async senderOf(roomId: string, eventId: string): Promise<string> {
+    const known = this.#senders.get(eventId);
+    if (known !== undefined) return known;
+    return (await this.api.event(roomId, eventId)).sender;
   }
 
   /**
@@ -407,26 +585,140 @@ export class Endpoint {
     this.engine.close();
   }
 
+  /** One event from sync: verification steps to the flows, everything else to the stream. */
   async #deliver(roomId: string, event: RoomEvent): Promise<void> {
+    this.#lastEvent.set(roomId, event.event_id);
     if (event.type.startsWith('m.key.verification.')) {
       // In-room verification steps (matrix-js-sdk and Element send them in the clear).
       await this.#verificationEvent(roomId, event);
       return;
     }
-    if (event.type !== 'm.room.encrypted' && event.type !== 'm.room.message') return;
-    const item = await this.engine.decrypt(roomId, event, this.#trust(roomId));
-    if (isDecrypted(item) && isVerificationEvent(item.type, item.content)) {
-      // Only what the core decrypted (and so authenticated the sender of) goes back to it.
-      await this.#verificationEvent(roomId, { ...event, type: item.type, content: item.content });
-    }
-    for (const listener of this.#listeners) {
-      try {
-        listener(item);
-      } catch (e) {
-        this.#log.warn(`event listener failed: ${e instanceof Error ? e.message : String(e)}`);
+    if (!mayBeItem(event)) return;
+    let classified: Classified;
+    if (isRedacted(event)) {
+      classified = { role: 'item', view: redactedView(event) };
+    } else {
+      const item = await this.engine.decrypt(roomId, event, this.#trust(roomId));
+      if (isDecrypted(item) && isVerificationEvent(item.type, item.content)) {
+        // Only what the core decrypted (and so authenticated the sender of) goes back to it.
+        await this.#verificationEvent(roomId, {
+          ...event,
+          type: item.type,
+          content: item.content,
+        });
       }
+      for (const listener of this.#listeners) {
+        try {
+          listener(item);
+        } catch (e) {
+          this.#log.warn(`event listener failed: ${e instanceof Error ? e.message : String(e)}`);
+        }
+      }
+      classified = classify(item, event, this.#rooms.get(roomId)?.encrypted !== false);
     }
-    this.#emit({ type: 'message', roomId, item });
+    switch (classified.role) {
+      case 'item':
+        this.#remember(classified.view.eventId, classified.view.sender);
+        this.#emit({ type: 'message', roomId, view: classified.view });
+        return;
+      case 'edit': {
+        // Only the sender of an item may replace its text (the spec; clients ignore others').
+        const { edit } = classified;
+        const owner = await this.senderOf(roomId, edit.target).catch(() => undefined);
+        if (owner !== edit.sender) {
+          this.#log.warn(`ignoring an edit of ${edit.target} by someone other than its sender`);
+          return;
+        }
+        this.#emit({ type: 'edit', roomId, edit });
+        return;
+      }
+      case 'reaction':
+        this.#remember(classified.eventId, classified.sender);
+        this.#emit({
+          type: 'reaction',
+          roomId,
+          target: classified.target,
+          eventId: classified.eventId,
+          key: classified.key,
+          sender: classified.sender,
+        });
+        return;
+      case 'redaction':
+        this.#emit({
+          type: 'redaction',
+          roomId,
+          target: classified.target,
+          sender: classified.sender,
+        });
+        return;
+      case 'none':
+        return;
+    }
+  }
+
+  /**
+   * A limited sync skipped events: they are fetched back from /messages (newest first, from
+   * the sync's prev_batch) down to the newest event we delivered, and delivered in order
+   * before the sync's own. Without such an event to stop at (the first sync after a start),
+   * or past MAX_BACKFILL_EVENTS, the stream carries `gap`: the UI refetches the timeline.
+   */
+  async #backfill(roomId: string, info: TimelineInfo, first: RoomEvent | undefined): Promise<void> {
+    const last = this.#lastEvent.get(roomId);
+    if (last === undefined || info.prevBatch === undefined) {
+      this.#emit({ type: 'gap', roomId });
+      return;
+    }
+    if (first?.event_id === last) return;
+    const missed: RoomEvent[] = [];
+    let from: string | undefined = info.prevBatch;
+    let reached = false;
+    try {
+      while (from !== undefined && missed.length < MAX_BACKFILL_EVENTS) {
+        const page = await this.api.messages(roomId, { dir: 'b', limit: 100, from });
+        for (const event of page.chunk) {
+          if (event.event_id === last) {
+            reached = true;
+            break;
+          }
+          missed.push(event);
+        }
+        if (reached || page.chunk.length === 0) break;
+        from = page.end;
+      }
+    } catch (e) {
+      this.#log.warn(`backfill failed (${e instanceof Error ? e.message : 'error'})`);
+    }
+    if (!reached) this.#emit({ type: 'gap', roomId });
+    for (const event of missed.slice(0, MAX_BACKFILL_EVENTS).reverse()) {
+      await this.#deliver(roomId, event);
+    }
+  }
+
+  /** Classifies a history event (no side effects: verification and listeners are sync's). */
+  async #classify(roomId: string, event: RoomEvent): Promise<Classified> {
+    if (!mayBeItem(event)) return { role: 'none' };
+    if (isRedacted(event)) return { role: 'item', view: redactedView(event) };
+    const item = await this.engine.decrypt(roomId, event, this.#trust(roomId));
+    return classify(item, event, this.#rooms.get(roomId)?.encrypted !== false);
+  }
+
+  /** The latest edit the homeserver bundled with an event (unsigned m.relations m.replace). */
+  async #bundledEdit(roomId: string, event: RoomEvent): Promise<EditView | undefined> {
+    const relations = event.unsigned?.['m.relations'];
+    if (typeof relations !== 'object' || relations === null) return undefined;
+    const replace = (relations as Record<string, unknown>)['m.replace'];
+    const parsed = bundledEvent.safeParse(replace);
+    if (!parsed.success) return undefined;
+    const c = await this.#classify(roomId, parsed.data);
+    return c.role === 'edit' && c.edit.target === event.event_id ? c.edit : undefined;
+  }
+
+  #remember(eventId: string, sender: string): void {
+    this.#senders.set(eventId, sender);
+    if (this.#senders.size > SENDERS_REMEMBERED) {
+      const oldest = this.#senders.keys().next().value;
+      if (oldest !== undefined) this.#senders.delete(oldest);
+    }
   }
 
   async #verificationEvent(roomId: string, event: RoomEvent): Promise<void> {

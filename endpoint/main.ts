@@ -17,7 +17,14 @@ import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, socketChannel } from '../keyvault/common/rpc/index.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
 import { MAX_EVENT_LOG_BYTES, loadVerifierPolicy } from '../attestation/index.ts';
-import { EventHub, apiHandlers, attestationWire, streamInput } from './api/index.ts';
+import {
+  EventHub,
+  apiHandlers,
+  attestationWire,
+  failedSendWire,
+  streamInput,
+} from './api/index.ts';
+import { Transfers } from './messages/index.ts';
 import { AttestationService } from './attestation/service.ts';
 import { endpointContract } from './contract.ts';
 import { loadEndpointConfig } from './config.ts';
@@ -165,8 +172,12 @@ async function main(argv: string[]): Promise<number> {
   const stopCheckpoints = await checkpointAuditHead(service, audit, log);
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
-    hub.push(streamInput(event));
+    hub.push(streamInput(event, endpoint.userId));
   });
+  const offFailed = outbox.onFailed((failed) => {
+    hub.push({ type: 'send-failed', failed: failedSendWire(failed) });
+  });
+  const transfers = new Transfers();
   const offAttestation = attestation.onResult((view) => {
     hub.push({ type: 'attestation', result: attestationWire(view) });
     // Messages held for an attested-only room may go out now.
@@ -211,6 +222,7 @@ async function main(argv: string[]): Promise<number> {
       hub,
       health,
       attestation,
+      transfers,
     }),
     {
       maxInFlight: MAX_IN_FLIGHT,
@@ -229,6 +241,8 @@ async function main(argv: string[]): Promise<number> {
   unwatchFile(config.policy);
   process.off('SIGHUP', onHup);
   offChanges();
+  offFailed();
+  transfers.close();
   offHealth();
   offAttestation();
   endpoint.privateMessages = undefined;

@@ -12,13 +12,43 @@ import type { AppState } from './store/index.ts';
 const entrySchema = z.object({
   txnId: z.string().min(1),
   roomId: z.string().min(1),
+  /** Text, edit: the text. Reaction: the key. Redaction: the reason. Attachment: the caption. */
   body: z.string(),
+  /** What to send; entries of earlier versions are all text. */
+  kind: z.enum(['text', 'edit', 'reaction', 'redaction', 'attachment']).default('text'),
   /** The event this message replies to. */
   replyTo: z.string().optional(),
+  /** Edit, reaction, redaction: the event it is about. */
+  target: z.string().optional(),
+  /** A thread reply: the thread's root. */
+  thread: z.string().optional(),
+  /** An uploaded attachment (with its decryption key: the store is sealed). */
+  attachment: z
+    .object({
+      msgtype: z.enum(['m.file', 'm.image', 'm.video', 'm.audio']),
+      name: z.string(),
+      mimetype: z.string(),
+      size: z.number().int().nonnegative(),
+      file: z.record(z.string(), z.unknown()),
+    })
+    .optional(),
   acceptedAt: z.number(),
   seq: z.number().int().nonnegative(),
 });
 export type OutboxEntry = z.infer<typeof entrySchema>;
+/** What enqueue takes besides the room and the body. */
+export type EnqueueOptions = Partial<
+  Pick<OutboxEntry, 'kind' | 'replyTo' | 'target' | 'thread' | 'attachment'>
+>;
+
+/** A send the homeserver refused for good, kept until a UI retries or discards it. */
+export interface FailedSend {
+  entry: OutboxEntry;
+  reason: string;
+  /** The homeserver's errcode (M_FORBIDDEN, M_TOO_LARGE...), or ERROR. */
+  code: string;
+  failedAt: number;
+}
 
 const PREFIX = 'outbox/';
 /** How soon a held room is tried again without a nudge (an acknowledgement pumps at once). */
@@ -43,6 +73,7 @@ export class Outbox {
   readonly #send: (entry: OutboxEntry) => Promise<string>;
   readonly #log: OutboxLogger;
   readonly #sent = new Set<(entry: OutboxEntry, eventId: string) => void>();
+  readonly #failed = new Set<(failed: FailedSend) => void>();
   #pumping: Promise<void> | undefined;
   #again = false;
   #stopped = false;
@@ -63,20 +94,19 @@ export class Outbox {
   }
 
   /** Persists the message; resolves once it is durable. Sending happens in the background. */
-  async enqueue(
-    roomId: string,
-    body: string,
-    options: { replyTo?: string } = {},
-  ): Promise<OutboxEntry> {
-    const pending = await this.pending();
-    this.#seq = Math.max(this.#seq, ...pending.map((p) => p.seq + 1));
+  async enqueue(roomId: string, body: string, options: EnqueueOptions = {}): Promise<OutboxEntry> {
+    const seq = await this.#nextSeq();
     const entry: OutboxEntry = {
       txnId: `mte.${randomBytes(12).toString('hex')}`,
       roomId,
       body,
+      kind: options.kind ?? 'text',
       ...(options.replyTo === undefined ? {} : { replyTo: options.replyTo }),
+      ...(options.target === undefined ? {} : { target: options.target }),
+      ...(options.thread === undefined ? {} : { thread: options.thread }),
+      ...(options.attachment === undefined ? {} : { attachment: options.attachment }),
       acceptedAt: Date.now(),
-      seq: this.#seq++,
+      seq,
     };
     try {
       await this.#state.put(key(entry), entry);
@@ -113,15 +143,63 @@ export class Outbox {
     return () => this.#sent.delete(listener);
   }
 
-  /** Messages the homeserver refused permanently, with the reason. */
-  async failed(): Promise<{ entry: OutboxEntry; reason: string }[]> {
+  /** Called once for each send the outbox gives up on (the homeserver refused it for good). */
+  onFailed(listener: (failed: FailedSend) => void): () => void {
+    this.#failed.add(listener);
+    return () => this.#failed.delete(listener);
+  }
+
+  /** Messages the homeserver refused permanently, with the reason, oldest first. */
+  async failed(): Promise<FailedSend[]> {
+    return (await this.#failedEntries()).map(([, value]) => value);
+  }
+
+  /**
+   * Queues a failed send again, last in its room, with the same transaction id (the homeserver
+   * never accepted it, so nothing is sent twice). false when there is no such failed send.
+   */
+  async retry(txnId: string): Promise<boolean> {
+    const found = (await this.#failedEntries()).find(([, f]) => f.entry.txnId === txnId);
+    if (found === undefined) return false;
+    const [failedKey, failed] = found;
+    const entry: OutboxEntry = { ...failed.entry, seq: await this.#nextSeq() };
+    await this.#state.update({ delete: [failedKey], put: [[key(entry), entry]] });
+    void this.pump();
+    return true;
+  }
+
+  /** Drops a failed send for good. false when there is no such failed send. */
+  async discard(txnId: string): Promise<boolean> {
+    const found = (await this.#failedEntries()).find(([, f]) => f.entry.txnId === txnId);
+    if (found === undefined) return false;
+    await this.#state.delete(found[0]);
+    return true;
+  }
+
+  async #failedEntries(): Promise<[string, FailedSend][]> {
     const keys = (await this.#state.keys()).filter((k) => k.startsWith(FAILED_PREFIX)).sort();
-    const out: { entry: OutboxEntry; reason: string }[] = [];
+    const out: [string, FailedSend][] = [];
     for (const k of keys) {
       const value = await this.#state.get(k, failedSchema).catch(() => undefined);
-      if (value) out.push(value);
+      if (value) {
+        out.push([
+          k,
+          {
+            entry: value.entry,
+            reason: value.reason,
+            code: value.code ?? 'ERROR',
+            failedAt: value.failedAt ?? value.entry.acceptedAt,
+          },
+        ]);
+      }
     }
     return out;
+  }
+
+  async #nextSeq(): Promise<number> {
+    const pending = await this.pending();
+    this.#seq = Math.max(this.#seq, ...pending.map((p) => p.seq + 1));
+    return this.#seq++;
   }
 
   /**
@@ -152,18 +230,20 @@ export class Outbox {
               for (const l of this.#sent) l(entry, outcome.eventId);
             } else {
               // Set aside, in one transaction, so one bad message cannot block all others.
+              const failed: FailedSend = {
+                entry,
+                reason: outcome.reason,
+                code: outcome.code,
+                failedAt: Date.now(),
+              };
               await this.#state.update({
                 delete: [key(entry)],
-                put: [
-                  [
-                    `${FAILED_PREFIX}${key(entry).slice(PREFIX.length)}`,
-                    { entry, reason: outcome.reason },
-                  ],
-                ],
+                put: [[`${FAILED_PREFIX}${key(entry).slice(PREFIX.length)}`, failed]],
               });
               this.#log.warn(
-                `outbox: ${entry.txnId} refused for good (${outcome.reason}); set aside`,
+                `outbox: ${entry.txnId} refused for good (${outcome.code}); set aside`,
               );
+              for (const l of this.#failed) l(failed);
             }
           }
           if (held.size > 0) this.#retryHeldLater();
@@ -187,12 +267,14 @@ export class Outbox {
 
   async #sendWithRetry(
     entry: OutboxEntry,
-  ): Promise<{ ok: true; eventId: string } | { ok: false; reason: string } | 'stopped' | 'held'> {
+  ): Promise<
+    { ok: true; eventId: string } | { ok: false; reason: string; code: string } | 'stopped' | 'held'
+  > {
     for (let attempt = 0; !this.#stopped; attempt++) {
       try {
         return { ok: true, eventId: await this.#send(entry) };
       } catch (e) {
-        if (isPermanent(e)) return { ok: false, reason: describe(e) };
+        if (isPermanent(e)) return { ok: false, reason: describe(e), code: errcodeOf(e) };
         if (isHeld(e)) {
           this.#log.warn(`outbox: ${entry.txnId} held (${describe(e)})`);
           return 'held';
@@ -217,7 +299,18 @@ export class Outbox {
   }
 }
 
-const failedSchema = z.object({ entry: entrySchema, reason: z.string() });
+const failedSchema = z.object({
+  entry: entrySchema,
+  reason: z.string(),
+  /** Absent in entries of earlier versions. */
+  code: z.string().optional(),
+  failedAt: z.number().optional(),
+});
+
+function errcodeOf(e: unknown): string {
+  const code = (e as { errcode?: unknown } | null)?.errcode;
+  return typeof code === 'string' && /^[A-Z0-9_.]{1,64}$/i.test(code) ? code : 'ERROR';
+}
 
 /** A homeserver error that retrying cannot fix (403 not in room, 404 no such room, 400). */
 function isPermanent(e: unknown): boolean {

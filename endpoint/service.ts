@@ -8,6 +8,7 @@ import { type X509Material, refreshAtStart, x509Setup } from './crypto/x509.ts';
 import type { TrustSettings } from './crypto/settings.ts';
 import { Endpoint } from './device.ts';
 import { HomeserverClient } from './matrix/index.ts';
+import { outgoingOfEntry } from './messages/index.ts';
 import { Outbox } from './outbox.ts';
 import {
   type DurableStore,
@@ -169,13 +170,7 @@ export class EndpointService {
       if (x509?.refresh) await refreshAtStart(x509.refresh, api, log);
       const outbox = new Outbox(
         state,
-        (entry) =>
-          endpoint.sendText(
-            entry.roomId,
-            entry.body,
-            entry.txnId,
-            entry.replyTo === undefined ? {} : { replyTo: entry.replyTo },
-          ),
+        (entry) => endpoint.sendOutgoing(entry.roomId, outgoingOfEntry(entry), entry.txnId),
         log,
       );
       void outbox.pump(); // whatever a previous run accepted and did not get acknowledged

@@ -69,6 +69,7 @@ export const ROOM_SCOPED: ReadonlySet<Capability> = new Set<Capability>([
   'messages.read',
   'messages.send',
   'rooms.manage',
+  'rooms.join',
 ]);
 
 /**

@@ -14,6 +14,8 @@ export const CAPABILITIES = [
   'rooms.create',
   /** Invite to and leave rooms. */
   'rooms.manage',
+  /** Accept or decline invitations (narrower than rooms.manage: it cannot invite anyone). */
+  'rooms.join',
   'contacts.read',
   'verification',
   'attestation',

@@ -9,10 +9,32 @@ import {
   auditRecordFor,
   roomTrust,
 } from '../../policy/index.ts';
-import type { EndpointContract, StreamEvent } from '../contract.ts';
+import {
+  ATTACHMENT_CHUNK_BYTES,
+  type EndpointContract,
+  MAX_ATTACHMENT_BYTES,
+  MAX_CLEAR_EVENT_BYTES,
+  type StreamEvent,
+} from '../contract.ts';
 import { type Endpoint, IdentityChangedError } from '../device.ts';
 import { ClientCode, MatrixApiError } from '../matrix/index.ts';
-import type { Outbox } from '../outbox.ts';
+import {
+  AttachmentCode,
+  decryptAttachment,
+  encryptAttachment,
+  isAttachmentError,
+  parseEncryptedFile,
+} from '../media/index.ts';
+import {
+  type Outgoing,
+  TransferError,
+  Transfers,
+  attachmentOfContent,
+  msgtypeFor,
+  sniffImage,
+  tooLarge,
+} from '../messages/index.ts';
+import type { EnqueueOptions, Outbox } from '../outbox.ts';
 import type { EventHub } from './events.ts';
 import { HealthState } from '../health.ts';
 import type { AttestationView } from '../attestation/service.ts';
@@ -24,7 +46,14 @@ import {
   identityOf,
   withdrawVerification,
 } from '../verification/index.ts';
-import { attestationWire, flowWire, identityWire, timelineItemWire } from './wire.ts';
+import {
+  attestationWire,
+  exclusionsWire,
+  failedSendWire,
+  flowWire,
+  identityWire,
+  timelineItemWire,
+} from './wire.ts';
 
 export interface ApiDependencies {
   endpoint: Endpoint;
@@ -38,6 +67,8 @@ export interface ApiDependencies {
   health?: HealthState;
   /** Remote attestation (endpoint/attestation/); absent when the endpoint was built without. */
   attestation?: AttestationApi;
+  /** Attachment uploads and downloads in progress (one per endpoint; made here if absent). */
+  transfers?: Transfers;
 }
 
 /** What the attestation routes need of endpoint/attestation/service.ts. */
@@ -61,6 +92,7 @@ const MAX_DEVICES = 20;
 const MAX_SHARED_ROOMS = 20;
 const MAX_MEMBERS_LISTED = 100;
 const MAX_ROOMS_LISTED = 500;
+const MAX_FAILED_LISTED = 100;
 export const PAGE_BUDGET_BYTES = 640 * 1024;
 
 /**
@@ -71,6 +103,17 @@ export const PAGE_BUDGET_BYTES = 640 * 1024;
 export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
   const { endpoint, outbox, authorizer, hub } = deps;
   const health = deps.health ?? new HealthState();
+  const transfers = deps.transfers ?? new Transfers();
+  /** The homeserver's upload limit, asked once (m.upload.size). */
+  let uploadLimit: Promise<number> | undefined;
+  const maxUpload = (): Promise<number> =>
+    (uploadLimit ??= endpoint.api
+      .mediaConfig()
+      .then((c) => Math.min(MAX_ATTACHMENT_BYTES, c.uploadSize ?? MAX_ATTACHMENT_BYTES))
+      .catch(() => {
+        uploadLimit = undefined; // asked again next time
+        return MAX_ATTACHMENT_BYTES;
+      }));
 
   const guard = async (
     token: string,
@@ -119,6 +162,51 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     if (endpoint.room(roomId)?.membership !== 'join') {
       throw new RpcError('NOT_FOUND', 'the endpoint is not joined to this room');
     }
+  };
+
+  /**
+   * A room a message may be sent to: joined, end-to-end encrypted (this version has no
+   * plaintext send path: the policy's encryptionRequired), and a disk with room for it.
+   */
+  const sendableRoom = (roomId: string): void => {
+    joinedRoom(roomId);
+    if (endpoint.room(roomId)?.encrypted === false) {
+      throw new RpcError(
+        'ROOM_NOT_ENCRYPTED',
+        'the room is not end-to-end encrypted; this endpoint sends only to encrypted rooms',
+      );
+    }
+    // Refused before anything is written: a send the disk cannot hold must not be queued in
+    // memory and sent later behind the client's back (it was told 507).
+    if (health.current.storage === 'full') throw storageFull();
+    if (health.current.storage === 'failed') {
+      throw new RpcError('STORE_UNAVAILABLE', 'the endpoint cannot write its store; see its log');
+    }
+  };
+
+  /** Queues a message after the checks every send shares; answers who it will leave out. */
+  const queue = async (
+    roomId: string,
+    message: Exclude<Outgoing, { kind: 'redaction' }>,
+    body: string,
+    options: EnqueueOptions,
+  ) => {
+    const bytes = tooLarge(roomId, message);
+    if (bytes !== undefined) {
+      throw new RpcError(
+        'MESSAGE_TOO_LARGE',
+        `the message would be ${bytes} bytes before encryption; the limit is ${MAX_CLEAR_EVENT_BYTES} (the homeserver refuses events over 64 KiB once encrypted)`,
+      );
+    }
+    const changed = await endpoint.changedIdentitiesIn(roomId);
+    if (changed.length > 0) {
+      throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
+    }
+    const entry = await stored(() => outbox.enqueue(roomId, body, options));
+    return {
+      txnId: entry.txnId,
+      excluded: exclusionsWire(await endpoint.exclusionsIn(roomId).catch(() => [])),
+    };
   };
 
   /** The rooms a client may see, with the policy's rules for each. */
@@ -245,6 +333,10 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
               roomId: r.roomId,
               membership: r.membership,
               members: [...r.members].sort().slice(0, MAX_MEMBERS_LISTED),
+              ...(r.inviter === undefined ? {} : { inviter: r.inviter }),
+              // Unknown until the endpoint has seen the room's state: shown as encrypted,
+              // and sends re-check once it is known.
+              encrypted: r.encrypted !== false,
               roomKeyRecipients: rules.roomKeyRecipients,
               showUnverifiedMessages: rules.showUnverifiedMessages,
             };
@@ -269,29 +361,247 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
           if (tooLarge && n > 1) continue;
           throw upstreamError(e);
         }
-        const items = page.items.map(timelineItemWire);
+        const items = page.items.map((v) => timelineItemWire(v, endpoint.userId));
         if (n > 1 && byteSize(items) > PAGE_BUDGET_BYTES) continue;
         return { items, ...(page.next === undefined ? {} : { next: page.next }) };
       }
     },
 
-    send: async ({ auth, roomId, body, replyTo }) => {
+    send: async ({ auth, roomId, body, replyTo, edit, thread }) => {
       await guard(auth.token, 'messages.send', { roomId });
+      sendableRoom(roomId);
+      if (edit !== undefined) {
+        if (replyTo !== undefined || thread !== undefined) {
+          throw new RpcError(
+            'INVALID_REQUEST',
+            'an edit replaces the text only: leave out replyTo and thread',
+          );
+        }
+        // Stock clients apply an edit only from the item's own sender: refused here rather
+        // than sent and silently ignored everywhere.
+        const owner = await upstream(() => endpoint.senderOf(roomId, edit));
+        if (owner !== endpoint.userId) {
+          throw new RpcError('NOT_OWN_MESSAGE', 'only our own messages can be edited');
+        }
+        return queue(roomId, { kind: 'edit', body, target: edit }, body, {
+          kind: 'edit',
+          target: edit,
+        });
+      }
+      const replyOptions = {
+        ...(replyTo === undefined ? {} : { replyTo }),
+        ...(thread === undefined ? {} : { thread }),
+      };
+      return queue(roomId, { kind: 'text', body, ...replyOptions }, body, {
+        kind: 'text',
+        ...replyOptions,
+      });
+    },
+
+    react: async ({ auth, roomId, eventId, key }) => {
+      await guard(auth.token, 'messages.send', { roomId });
+      sendableRoom(roomId);
+      return queue(roomId, { kind: 'reaction', target: eventId, key }, key, {
+        kind: 'reaction',
+        target: eventId,
+      });
+    },
+
+    redact: async ({ auth, roomId, eventId, reason }) => {
+      await guard(auth.token, 'messages.send', { roomId, target: eventId });
       joinedRoom(roomId);
-      // Refused before anything is written: a send the disk cannot hold must not be queued in
-      // memory and sent later behind the client's back (it was told 507).
       if (health.current.storage === 'full') throw storageFull();
       if (health.current.storage === 'failed') {
         throw new RpcError('STORE_UNAVAILABLE', 'the endpoint cannot write its store; see its log');
       }
-      const changed = await endpoint.changedIdentitiesIn(roomId);
-      if (changed.length > 0) {
-        throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
-      }
       const entry = await stored(() =>
-        outbox.enqueue(roomId, body, replyTo === undefined ? {} : { replyTo }),
+        outbox.enqueue(roomId, reason ?? '', { kind: 'redaction', target: eventId }),
       );
       return { txnId: entry.txnId };
+    },
+
+    failedSends: async ({ auth }) => {
+      const client = await guard(auth.token, 'messages.send');
+      const failed = (await outbox.failed()).filter((f) => client.mayAccessRoom(f.entry.roomId));
+      return { failed: failed.slice(-MAX_FAILED_LISTED).map(failedSendWire) };
+    },
+
+    retrySend: async ({ auth, txnId }) => {
+      const found = (await outbox.failed()).find((f) => f.entry.txnId === txnId);
+      await guard(auth.token, 'messages.send', {
+        ...(found ? { roomId: found.entry.roomId } : {}),
+        target: txnId,
+      });
+      if (found === undefined) throw new RpcError('NOT_FOUND', 'no failed send with this id');
+      sendableRoom(found.entry.roomId);
+      if (!(await stored(() => outbox.retry(txnId)))) {
+        throw new RpcError('NOT_FOUND', 'no failed send with this id');
+      }
+      return { txnId };
+    },
+
+    discardSend: async ({ auth, txnId }) => {
+      const found = (await outbox.failed()).find((f) => f.entry.txnId === txnId);
+      await guard(auth.token, 'messages.send', {
+        ...(found ? { roomId: found.entry.roomId } : {}),
+        target: txnId,
+      });
+      if (found === undefined || !(await stored(() => outbox.discard(txnId)))) {
+        throw new RpcError('NOT_FOUND', 'no failed send with this id');
+      }
+      return {};
+    },
+
+    uploadStart: async ({ auth, roomId, name, contentType, size, caption }) => {
+      const client = await guard(auth.token, 'messages.send', { roomId, target: name });
+      sendableRoom(roomId);
+      const limit = await maxUpload();
+      if (size > limit) {
+        throw new RpcError(
+          'ATTACHMENT_TOO_LARGE',
+          `the file is ${size} bytes; the limit is ${limit} (this endpoint's, or the homeserver's)`,
+        );
+      }
+      const upload = transfer(() =>
+        transfers.startUpload(client.name, {
+          roomId,
+          name,
+          contentType,
+          size,
+          ...(caption === undefined ? {} : { caption }),
+        }),
+      );
+      return { upload, chunkBytes: ATTACHMENT_CHUNK_BYTES, maxBytes: limit };
+    },
+
+    uploadChunk: async ({ auth, upload, offset, data }) => {
+      // Paid for at uploadStart; the token is still checked on every chunk.
+      const client = await guard(auth.token, 'messages.send', { charge: false, audit: false });
+      const bytes = Buffer.from(data, 'base64');
+      if (bytes.length > ATTACHMENT_CHUNK_BYTES) {
+        throw new RpcError('INVALID_REQUEST', `a chunk is at most ${ATTACHMENT_CHUNK_BYTES} bytes`);
+      }
+      return { received: transfer(() => transfers.chunk(client.name, upload, offset, bytes)) };
+    },
+
+    uploadFinish: async ({ auth, upload }) => {
+      const client = await guard(auth.token, 'messages.send', { charge: false });
+      const { meta, bytes } = transfer(() => transfers.finish(client.name, upload));
+      try {
+        // The room's rules are checked again: the client's rights or the room may have changed.
+        await guard(auth.token, 'messages.send', { roomId: meta.roomId, charge: false });
+        sendableRoom(meta.roomId);
+        const { msgtype, mismatch } = msgtypeFor(meta.contentType, bytes);
+        if (mismatch) {
+          throw new RpcError(
+            'CONTENT_TYPE_MISMATCH',
+            `the file's bytes are not ${meta.contentType}; send it as application/octet-stream`,
+          );
+        }
+        const { ciphertext, file } = encryptAttachment(bytes);
+        const url = await upstream(() =>
+          endpoint.api.upload(ciphertext, { contentType: 'application/octet-stream' }),
+        );
+        const attachment = {
+          msgtype,
+          name: meta.name,
+          mimetype: meta.contentType,
+          size: meta.size,
+          file: { ...file, url },
+        };
+        const caption = meta.caption;
+        return await queue(
+          meta.roomId,
+          { kind: 'attachment', attachment, ...(caption === undefined ? {} : { caption }) },
+          caption ?? '',
+          { kind: 'attachment', attachment },
+        );
+      } finally {
+        bytes.fill(0);
+      }
+    },
+
+    downloadStart: async ({ auth, roomId, eventId }) => {
+      const client = await guard(auth.token, 'messages.read', { roomId, target: eventId });
+      joinedRoom(roomId);
+      const found = await upstream(() => endpoint.attachmentContent(roomId, eventId));
+      const attachment = found && attachmentOfContent(found.content);
+      if (found === undefined || attachment === undefined) {
+        throw new RpcError('NOT_FOUND', 'this event has no attachment');
+      }
+      if (!attachment.encrypted) {
+        throw new RpcError(
+          'NOT_FOUND',
+          'this attachment was sent unencrypted; the endpoint serves only encrypted files',
+        );
+      }
+      let plain: Uint8Array;
+      try {
+        const file = parseEncryptedFile(found.content.file);
+        const ciphertext = await endpoint.api.download(file.url, {
+          maxBytes: MAX_ATTACHMENT_BYTES,
+        });
+        plain = decryptAttachment(ciphertext, file, { maxBytes: MAX_ATTACHMENT_BYTES });
+      } catch (e) {
+        if (e instanceof MatrixApiError && e.errcode === ClientCode.ResponseTooLarge) {
+          throw new RpcError(
+            'ATTACHMENT_TOO_LARGE',
+            `the file is larger than ${MAX_ATTACHMENT_BYTES} bytes`,
+          );
+        }
+        if (e instanceof MatrixApiError) throw upstreamError(e);
+        if (isAttachmentError(e)) {
+          throw new RpcError(
+            e.code === AttachmentCode.TooLarge ? 'ATTACHMENT_TOO_LARGE' : e.code,
+            e.message,
+          );
+        }
+        throw e;
+      }
+      const bytes = Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength);
+      // Served as the declared type only for an inline image type its bytes really are.
+      const declared = attachment.mimetype;
+      const sniffed = sniffImage(bytes);
+      const contentType =
+        declared !== undefined && sniffed === declared ? declared : 'application/octet-stream';
+      const download = transfer(() => transfers.startDownload(client.name, bytes));
+      return {
+        download,
+        size: bytes.length,
+        attachment,
+        contentType,
+        chunkBytes: ATTACHMENT_CHUNK_BYTES,
+      };
+    },
+
+    downloadChunk: async ({ auth, download, offset }) => {
+      const client = await guard(auth.token, 'messages.read', { charge: false, audit: false });
+      const { data, done } = transfer(() =>
+        transfers.read(client.name, download, offset, ATTACHMENT_CHUNK_BYTES),
+      );
+      try {
+        return { data: data.toString('base64'), done };
+      } finally {
+        data.fill(0);
+      }
+    },
+
+    join: async ({ auth, roomId }) => {
+      await guard(auth.token, 'rooms.join', { roomId });
+      if (endpoint.room(roomId)?.membership !== 'invite') {
+        throw new RpcError('NOT_INVITED', 'there is no invitation to this room');
+      }
+      await upstream(() => endpoint.join(roomId));
+      return {};
+    },
+
+    decline: async ({ auth, roomId }) => {
+      await guard(auth.token, 'rooms.join', { roomId });
+      if (endpoint.room(roomId)?.membership !== 'invite') {
+        throw new RpcError('NOT_INVITED', 'there is no invitation to this room');
+      }
+      await upstream(() => endpoint.leave(roomId));
+      return {};
     },
 
     createRoom: async ({ auth, invite, isDirect, name }) => {
@@ -351,6 +661,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
         throw new RpcError('NOT_FOUND', 'no such event stream (closed, or idle for too long)');
       }
       const mayRead = client.capabilities.has('messages.read');
+      const maySend = client.capabilities.has('messages.send');
       const mayVerify = client.capabilities.has('verification');
       const mayContacts = mayVerify || client.capabilities.has('contacts.read');
       const mayAttest = client.capabilities.has('attestation');
@@ -366,6 +677,15 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
             return true;
           case 'attestation':
             return mayAttest && mayConcern(client, event.result.userId);
+          case 'edit':
+          case 'reaction':
+          case 'redaction':
+          case 'gap':
+            return mayRead && client.mayAccessRoom(event.roomId);
+          case 'sent':
+            return (mayRead || maySend) && client.mayAccessRoom(event.roomId);
+          case 'send-failed':
+            return maySend && client.mayAccessRoom(event.failed.roomId);
           default:
             return client.mayAccessRoom(event.roomId);
         }
@@ -564,6 +884,22 @@ async function verificationStep<T>(work: () => T | Promise<T>): Promise<T> {
   } catch (e) {
     if (e instanceof VerificationError || e instanceof IdentityError) {
       throw new RpcError(e.code, e.message);
+    }
+    throw e;
+  }
+}
+
+/** Transfer refusals (messages/transfers.ts) as RPC errors with the same code. */
+function transfer<T>(work: () => T): T {
+  try {
+    return work();
+  } catch (e) {
+    if (e instanceof TransferError) {
+      throw new RpcError(
+        e.code,
+        e.message,
+        e.code === 'RATE_LIMITED' ? { retryAfterMs: 5000 } : {},
+      );
     }
     throw e;
   }

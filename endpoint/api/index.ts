@@ -8,4 +8,12 @@ export {
   type PollResult,
   type SubscribeResult,
 } from './events.ts';
-export { attestationWire, flowWire, identityWire, streamInput, timelineItemWire } from './wire.ts';
+export {
+  attestationWire,
+  exclusionsWire,
+  failedSendWire,
+  flowWire,
+  identityWire,
+  streamInput,
+  timelineItemWire,
+} from './wire.ts';

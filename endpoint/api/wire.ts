@@ -1,44 +1,80 @@
 import {
+  type ExclusionWire,
+  type FailedSendWire,
+  MAX_EXCLUSIONS_LISTED,
   type TimelineItemWire,
   type VerificationFlowWire,
   deviceId as deviceIdSchema,
 } from '../contract.ts';
 import type { AttestationView } from '../attestation/service.ts';
-import { type EndpointEvent, type TimelineItem, isDecrypted } from '../device.ts';
+import type { EndpointEvent } from '../device.ts';
+import type { Exclusion, MessageView } from '../messages/index.ts';
+import type { FailedSend } from '../outbox.ts';
 import type { HubInput } from './events.ts';
 import type { FlowView, IdentityView } from '../verification/index.ts';
 
 /** Longest undecryptable-reason text passed to a UI (the crypto core's messages are short). */
 const MAX_REASON = 500;
+const MAX_REACTION_KEYS = 50;
+const MAX_REACTION_SENDERS = 20;
 
 /** A timeline item as the local API shows it: text and trust, never keys or raw events. */
-export function timelineItemWire(item: TimelineItem): TimelineItemWire {
-  if (!isDecrypted(item)) {
-    return {
-      eventId: item.eventId,
-      sender: item.sender,
-      ts: item.ts,
-      decrypted: false,
-      reason: item.reason.slice(0, MAX_REASON),
-    };
-  }
-  const { content } = item;
-  const relates = content['m.relates_to'];
-  const inReplyTo =
-    typeof relates === 'object' && relates !== null && 'm.in_reply_to' in relates
-      ? (relates as { 'm.in_reply_to'?: { event_id?: unknown } })['m.in_reply_to']?.event_id
-      : undefined;
+export function timelineItemWire(view: MessageView, self: string): TimelineItemWire {
   return {
-    eventId: item.eventId,
-    sender: item.sender,
-    ...(item.senderDevice === undefined ? {} : { senderDevice: item.senderDevice }),
-    ts: item.ts,
-    decrypted: true,
-    ...(typeof content.body === 'string' ? { body: content.body } : {}),
-    ...(typeof content.msgtype === 'string' ? { msgtype: content.msgtype } : {}),
-    ...(typeof inReplyTo === 'string' ? { replyTo: inReplyTo } : {}),
-    encrypted: item.encrypted,
-    verification: item.verification,
+    eventId: view.eventId,
+    sender: view.sender,
+    ...(view.senderDevice === undefined ? {} : { senderDevice: view.senderDevice }),
+    ts: view.ts,
+    kind: view.kind,
+    ...(view.type === undefined ? {} : { type: view.type.slice(0, 255) }),
+    decrypted: view.decrypted,
+    ...(view.body === undefined ? {} : { body: view.body }),
+    ...(view.msgtype === undefined ? {} : { msgtype: view.msgtype }),
+    ...(view.replyTo === undefined ? {} : { replyTo: view.replyTo }),
+    ...(view.thread === undefined ? {} : { thread: view.thread }),
+    ...(view.edited ? { edited: true } : {}),
+    ...(view.editedAt === undefined ? {} : { editedAt: view.editedAt }),
+    ...(view.reactions === undefined || view.reactions.length === 0
+      ? {}
+      : {
+          reactions: view.reactions.slice(0, MAX_REACTION_KEYS).map((r) => ({
+            key: r.key,
+            count: r.senders.length,
+            senders: r.senders.slice(0, MAX_REACTION_SENDERS),
+            byUs: r.senders.includes(self),
+          })),
+        }),
+    ...(view.attachment === undefined ? {} : { attachment: view.attachment }),
+    encrypted: view.encrypted,
+    ...(view.verification === undefined ? {} : { verification: view.verification }),
+    ...(view.reason === undefined ? {} : { reason: view.reason.slice(0, MAX_REASON) }),
+  };
+}
+
+/** Who a send leaves out, bounded for one answer. */
+export function exclusionsWire(excluded: readonly Exclusion[]): ExclusionWire[] {
+  return excluded.slice(0, MAX_EXCLUSIONS_LISTED).map((e) => ({
+    userId: e.userId,
+    ...(e.deviceId === undefined ? {} : { deviceId: e.deviceId }),
+    reason: e.reason,
+  }));
+}
+
+/** A send the outbox gave up on, as UIs see it: never the attachment's key. */
+export function failedSendWire(failed: FailedSend): FailedSendWire {
+  const { entry } = failed;
+  return {
+    txnId: entry.txnId,
+    roomId: entry.roomId,
+    kind: entry.kind,
+    preview: (entry.kind === 'attachment' ? (entry.attachment?.name ?? '') : entry.body).slice(
+      0,
+      200,
+    ),
+    acceptedAt: entry.acceptedAt,
+    failedAt: failed.failedAt,
+    code: failed.code.slice(0, 64),
+    reason: printable(failed.reason, 300),
   };
 }
 
@@ -93,10 +129,22 @@ export function identityWire(identity: IdentityView): {
 }
 
 /** What the event stream carries for one thing the endpoint saw. */
-export function streamInput(event: EndpointEvent): HubInput {
+export function streamInput(event: EndpointEvent, self: string): HubInput {
   switch (event.type) {
     case 'message':
-      return { type: 'message', roomId: event.roomId, item: timelineItemWire(event.item) };
+      return { type: 'message', roomId: event.roomId, item: timelineItemWire(event.view, self) };
+    case 'edit':
+      return {
+        type: 'edit',
+        roomId: event.roomId,
+        target: event.edit.target,
+        eventId: event.edit.eventId,
+        body: event.edit.body,
+        ...(event.edit.msgtype === undefined ? {} : { msgtype: event.edit.msgtype }),
+        ts: event.edit.ts,
+      };
+    case 'sent':
+      return { ...event, excluded: exclusionsWire(event.excluded) };
     case 'verification':
       return { type: 'verification', flow: flowWire(event.flow) };
     case 'identity':

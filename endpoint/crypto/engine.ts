@@ -99,6 +99,10 @@ export class CryptoEngine {
   readonly machine: OlmMachine;
   readonly #api: HomeserverApi;
   readonly #trust: TrustSettings;
+  /** The engine's own trust settings (used where a room has no rule of its own). */
+  get trust(): TrustSettings {
+    return this.#trust;
+  }
   readonly #log: Logger;
   #outgoing: Promise<void> = Promise.resolve();
   #outgoingAgain = false;

@@ -2,12 +2,27 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { CryptoEngine, PrivateToDeviceMessage } from '../crypto/engine.ts';
 import type { HomeserverApi, RoomEvent, SyncResponse } from '../matrix/api.ts';
 
+/** What a sync says about a room's timeline beyond its events. */
+export interface TimelineInfo {
+  /** The server left events out (more arrived than one sync carries). */
+  limited: boolean;
+  /** Where /messages continues backwards from the first event given. */
+  prevBatch?: string;
+  /** The first sync of this run without a stored position: nothing was "missed". */
+  initial: boolean;
+}
+
 export interface SyncHandlers {
   /** Timeline events of a joined room, in order, as the server sent them (still encrypted). */
-  timeline(roomId: string, events: RoomEvent[]): Promise<void>;
+  timeline(roomId: string, events: RoomEvent[], info: TimelineInfo): Promise<void>;
   /** State and timeline membership changes, for the room list. */
-  invited(roomId: string): Promise<void>;
-  joined(roomId: string, members: { userId: string; membership: string }[]): Promise<void>;
+  invited(roomId: string, invite: { inviter?: string; encrypted: boolean }): Promise<void>;
+  /** `encrypted`: this sync shows m.room.encryption in the room's state. */
+  joined(
+    roomId: string,
+    members: { userId: string; membership: string }[],
+    state: { encrypted: boolean },
+  ): Promise<void>;
   /** We left the room, or were kicked or banned from it. */
   left(roomId: string): Promise<void>;
   /** Verification requests that arrived by to-device message (the core holds the flows). */
@@ -77,7 +92,7 @@ export class SyncLoop {
           ...(this.#since ? { since: this.#since, timeoutMs: 30_000 } : { timeoutMs: 0 }),
           signal,
         });
-        await this.#handle(sync);
+        await this.#handle(sync, this.#since === undefined);
         this.#since = sync.next_batch;
         await this.#handlers.saveSince(sync.next_batch);
         this.#consecutiveFailures = 0;
@@ -95,22 +110,45 @@ export class SyncLoop {
     }
   }
 
-  async #handle(sync: SyncResponse): Promise<void> {
+  async #handle(sync: SyncResponse, initial: boolean): Promise<void> {
     const { verificationRequests: requests, privateMessages } =
       await this.#engine.receiveSyncAll(sync);
     await this.#engine.processOutgoing();
     if (requests.length > 0) await this.#handlers.verificationRequests?.(requests);
     if (privateMessages.length > 0) await this.#handlers.privateMessages?.(privateMessages);
-    for (const roomId of Object.keys(sync.rooms?.invite ?? {}))
-      await this.#handlers.invited(roomId);
+    for (const [roomId, invite] of Object.entries(sync.rooms?.invite ?? {})) {
+      const stripped = invite.invite_state?.events ?? [];
+      // Who invited us: the sender of our own invite membership event in the stripped state.
+      const ours = stripped.find(
+        (e) =>
+          e.type === 'm.room.member' &&
+          e.state_key === this.#api.userId &&
+          e.content.membership === 'invite',
+      );
+      await this.#handlers.invited(roomId, {
+        ...(ours === undefined ? {} : { inviter: ours.sender }),
+        encrypted: stripped.some((e) => e.type === 'm.room.encryption' && e.state_key === ''),
+      });
+    }
     for (const roomId of Object.keys(sync.rooms?.leave ?? {})) await this.#handlers.left(roomId);
     for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
       const members = [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])]
         .filter((e) => e.type === 'm.room.member' && typeof e.state_key === 'string')
         .map((e) => ({ userId: e.state_key ?? '', membership: String(e.content.membership) }));
-      await this.#handlers.joined(roomId, members);
+      const encrypted = [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])].some(
+        (e) => e.type === 'm.room.encryption' && e.state_key === '',
+      );
+      await this.#handlers.joined(roomId, members, { encrypted });
       const events = room.timeline?.events ?? [];
-      if (events.length > 0) await this.#handlers.timeline(roomId, events);
+      if (events.length > 0) {
+        await this.#handlers.timeline(roomId, events, {
+          limited: room.timeline?.limited === true,
+          ...(room.timeline?.prev_batch === undefined
+            ? {}
+            : { prevBatch: room.timeline.prev_batch }),
+          initial,
+        });
+      }
     }
   }
 }

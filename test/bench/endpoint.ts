@@ -218,8 +218,8 @@ async function ourHistory(endpoint: Endpoint, roomId: string): Promise<HistoryRe
     result.pages++;
     for (const item of page.items) {
       result.events++;
-      if (isDecrypted(item) && item.encrypted) {
-        const index = historyIndex(item.content.body);
+      if (item.decrypted && item.body !== undefined) {
+        const index = historyIndex(item.body);
         if (index !== undefined) result.decrypted.add(index);
       }
     }

@@ -97,7 +97,7 @@ describe('our endpoint and stock matrix-js-sdk clients', () => {
 
   it('decrypts the history it fetches from the homeserver, and nothing is stored in clear', async () => {
     const { items } = await alice.timeline(dm, { limit: 20 });
-    const bodies = items.filter(isDecrypted).map((i) => i.content.body);
+    const bodies = items.filter((i) => i.decrypted).map((i) => i.body);
     expect(bodies).toEqual(
       expect.arrayContaining(['hello bob, from the endpoint', 'hi alice, from element-ish']),
     );

@@ -162,7 +162,7 @@ describe('the endpoint service with a sealed store on the TPM vault', () => {
 
 async function bodiesIn(s: EndpointService, roomId: string): Promise<unknown[]> {
   const { items } = await s.endpoint.timeline(roomId, { limit: 50 });
-  return items.filter(isDecrypted).map((i) => i.content.body);
+  return items.filter((i) => i.decrypted).map((i) => i.body);
 }
 
 async function waitForBody(s: EndpointService, roomId: string, body: string): Promise<void> {

@@ -5,7 +5,14 @@ const message = (roomId: string, body: string) =>
   ({
     type: 'message',
     roomId,
-    item: { eventId: `$${body.slice(0, 8)}`, sender: '@b:x', ts: 1, decrypted: true, body },
+    item: {
+      eventId: `$${body.slice(0, 8)}`,
+      sender: '@b:x',
+      ts: 1,
+      kind: 'message',
+      decrypted: true,
+      body,
+    },
   }) as const;
 const all = () => true;
 
