@@ -36,7 +36,10 @@ export interface RoomEvent {
   origin_server_ts: number;
   content: Record<string, unknown>;
   state_key?: string;
+  /** Kept whole: holds `redacted_because`, `m.relations`, `transaction_id`. */
   unsigned?: Record<string, unknown>;
+  /** The redacted event's id, top-level in rooms before v11 (in `content` from v11 on). */
+  redacts?: string;
 }
 
 export interface StrippedEvent {
@@ -126,6 +129,45 @@ export interface HomeserverApi {
   signaturesUpload(body: string): Promise<string>;
   /** POST /keys/device_signing/upload, retried with `auth` when the server asks for UIA. */
   deviceSigningUpload(body: string, auth?: UiaAuth): Promise<string>;
+  /**
+   * POST /_matrix/media/v3/upload: stores `bytes` and returns its mxc:// URI (checked against
+   * the mxc grammar). Each call creates new media, so a retried upload at worst leaves an
+   * unreferenced copy behind.
+   */
+  upload(
+    bytes: Uint8Array,
+    options: { contentType: string; filename?: string; signal?: AbortSignal },
+  ): Promise<string>;
+  /**
+   * Authenticated media (GET /_matrix/client/v1/media/download, MSC3916), falling back to the
+   * unauthenticated /_matrix/media/v3/download only when the server does not know the
+   * authenticated endpoint. A body over `maxBytes` is RESPONSE_TOO_LARGE, read no further.
+   */
+  download(mxc: string, options: { maxBytes: number; signal?: AbortSignal }): Promise<Uint8Array>;
+  /**
+   * GET /_matrix/client/v1/media/config (falling back to /_matrix/media/v3/config):
+   * `uploadSize` is m.upload.size in bytes, absent when the server does not advertise one.
+   */
+  mediaConfig(): Promise<{ uploadSize?: number }>;
+  /** GET /rooms/{roomId}/event/{eventId}; an answer about another event is BAD_RESPONSE. */
+  event(roomId: string, eventId: string): Promise<RoomEvent>;
+  /**
+   * PUT /rooms/{roomId}/redact/{eventId}/{txnId}: returns the redaction's event id. Retried
+   * through outages like sendEvent; the same txnId is deduplicated by the server.
+   */
+  redact(
+    roomId: string,
+    eventId: string,
+    txnId: string,
+    reason?: string,
+    options?: { signal?: AbortSignal },
+  ): Promise<string>;
+  /** GET /rooms/{roomId}/state/{type}/{stateKey}: the content, or undefined when unset. */
+  roomState(
+    roomId: string,
+    type: string,
+    stateKey: string,
+  ): Promise<Record<string, unknown> | undefined>;
   readonly userId: string | undefined;
   readonly deviceId: string | undefined;
 }

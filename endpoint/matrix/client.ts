@@ -5,10 +5,11 @@ import type {
   LoginResult,
   Member,
   MessagesPage,
+  RoomEvent,
   SyncResponse,
   UiaAuth,
 } from './api.ts';
-import { ClientCode, MatrixApiError, localError, redact } from './errors.ts';
+import { ClientCode, MatrixApiError, isMatrixApiError, localError, redact } from './errors.ts';
 import {
   type HomeserverLogger,
   type HttpRequest,
@@ -19,10 +20,13 @@ import {
   defaultTiming,
   silentLogger,
 } from './http.ts';
+import { MediaTransport } from './media-http.ts';
+import { MediaCalls } from './media.ts';
 import {
   emptyResponse,
   errorBody,
   eventIdResponse,
+  eventResponse,
   eventSchemas,
   jsonObject,
   keysClaimResponse,
@@ -95,6 +99,7 @@ interface Call {
 
 export class HomeserverClient implements HomeserverApi {
   readonly #http: HttpTransport;
+  readonly #media: MediaCalls;
   readonly #logger: HomeserverLogger;
   readonly #attempts: number;
   readonly #requestTimeoutMs: number;
@@ -106,16 +111,25 @@ export class HomeserverClient implements HomeserverApi {
 
   constructor(options: HomeserverClientOptions) {
     this.#logger = options.logger ?? silentLogger;
-    this.#http = new HttpTransport({
+    const transport = {
       baseUrl: options.baseUrl,
       timing: { ...defaultTiming, ...options.timing },
       logger: this.#logger,
       signal: options.signal,
-    });
+    };
+    this.#http = new HttpTransport(transport);
     this.#attempts = options.attempts ?? 4;
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
     this.#syncMarginMs = options.syncTimeoutMarginMs ?? 30_000;
     this.#maxBytes = options.maxBodyBytes ?? MiB;
+    this.#media = new MediaCalls({
+      transport: new MediaTransport(transport),
+      token: () => this.#session?.accessToken,
+      logger: this.#logger,
+      attempts: this.#attempts,
+      timeoutMs: this.#requestTimeoutMs,
+      maxBytes: this.#maxBytes,
+    });
     this.#maxLargeBytes = options.maxLargeBodyBytes ?? 16 * MiB;
     this.#session = options.session;
     this.#events = eventSchemas((what, count) => {
@@ -415,6 +429,81 @@ export class HomeserverClient implements HomeserverApi {
     }
     this.#validate(emptyResponse, second, endpoint);
     return second.text;
+  }
+
+  upload(
+    bytes: Uint8Array,
+    options: { contentType: string; filename?: string; signal?: AbortSignal },
+  ): Promise<string> {
+    return this.#media.upload(bytes, options);
+  }
+
+  download(mxc: string, options: { maxBytes: number; signal?: AbortSignal }): Promise<Uint8Array> {
+    return this.#media.download(mxc, options);
+  }
+
+  mediaConfig(): Promise<{ uploadSize?: number }> {
+    return this.#media.config();
+  }
+
+  async event(roomId: string, eventId: string): Promise<RoomEvent> {
+    const endpoint = 'GET /rooms/{roomId}/event/{eventId}';
+    const res = await this.#send({
+      endpoint,
+      method: 'GET',
+      path: path`/rooms/${roomId}/event/${eventId}`,
+    });
+    const { room_id: claimedRoom, ...event } = this.#validate(eventResponse, res, endpoint);
+    // The event is trusted as the one asked for only if it says so.
+    if (event.event_id !== eventId) {
+      throw this.#bad(endpoint, res.status, 'event_id differs from the one requested');
+    }
+    if (claimedRoom !== undefined && claimedRoom !== roomId) {
+      throw this.#bad(endpoint, res.status, 'room_id differs from the one requested');
+    }
+    return event;
+  }
+
+  async redact(
+    roomId: string,
+    eventId: string,
+    txnId: string,
+    reason?: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<string> {
+    const endpoint = 'PUT /rooms/{roomId}/redact/{eventId}/{txnId}';
+    const res = await this.#send({
+      endpoint,
+      method: 'PUT',
+      path: path`/rooms/${roomId}/redact/${eventId}/${txnId}`,
+      body: reason !== undefined ? { reason } : {},
+      // As for sendEvent: the txnId makes a repeat harmless.
+      retry: 'until-aborted',
+      signal: options.signal,
+    });
+    return this.#validate(eventIdResponse, res, endpoint).event_id;
+  }
+
+  async roomState(
+    roomId: string,
+    type: string,
+    stateKey: string,
+  ): Promise<Record<string, unknown> | undefined> {
+    const endpoint = 'GET /rooms/{roomId}/state/{eventType}/{stateKey}';
+    // The spec makes the trailing segment optional for the empty state key, the common case
+    // (m.room.encryption, m.room.name), which path`` would refuse as a segment.
+    const route =
+      stateKey === ''
+        ? path`/rooms/${roomId}/state/${type}`
+        : path`/rooms/${roomId}/state/${type}/${stateKey}`;
+    let res: HttpResponse;
+    try {
+      res = await this.#send({ endpoint, method: 'GET', path: route });
+    } catch (e) {
+      if (isMatrixApiError(e, 'M_NOT_FOUND') && e.status === 404) return undefined;
+      throw e;
+    }
+    return this.#validate(jsonObject, res, endpoint);
   }
 
   /** A 401 that is not a UIA challenge (a bad token, say) is an ordinary 401 error. */

@@ -1,5 +1,6 @@
 import { formatZodIssues } from '../../keyvault/common/zod-issues.ts';
 import { z } from 'zod';
+import { mxcUri } from '../media/index.ts';
 import type {
   JoinedRoom,
   MessagesPage,
@@ -40,14 +41,23 @@ function lenientList<T>(item: z.ZodType<T>, what: string, report: DropReporter) 
   });
 }
 
-const roomEvent: z.ZodType<RoomEvent> = z.object({
+const roomEventShape = {
   type: z.string(),
   event_id: id,
   sender: id,
   origin_server_ts: z.number(),
   content: jsonObject,
   state_key: z.string().exactOptional(),
+  // Kept whole, not reshaped: the sync loop and history read redacted_because and m.relations.
   unsigned: jsonObject.exactOptional(),
+  redacts: id.exactOptional(),
+};
+const roomEvent: z.ZodType<RoomEvent> = z.object(roomEventShape);
+
+/** GET /rooms/{roomId}/event/{eventId}: one event, strict, with the room it claims to be in. */
+export const eventResponse: z.ZodType<RoomEvent & { room_id?: string }> = z.object({
+  ...roomEventShape,
+  room_id: id.exactOptional(),
 });
 
 const strippedEvent: z.ZodType<StrippedEvent> = z.object({
@@ -138,6 +148,14 @@ export const roomIdResponse = z.object({
 });
 export const eventIdResponse = z.object({
   event_id: z.string().startsWith('$', 'must be an event id').max(255),
+});
+export const uploadResponse = z.object({ content_uri: mxcUri });
+/**
+ * GET /media/config. A garbled m.upload.size is treated as not advertised: it only lets us
+ * refuse an oversized upload early, and the server enforces its limit anyway.
+ */
+export const mediaConfigResponse = z.object({
+  'm.upload.size': z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional().catch(undefined),
 });
 /** Endpoints whose success body is `{}`: any JSON object is accepted, its fields ignored. */
 export const emptyResponse = z.object({});
