@@ -31,6 +31,12 @@ export interface AuthorizeRequest {
    * client already paid to open; the token and capability are still checked every time.
    */
   charge?: boolean;
+  /**
+   * A room-scoped capability used across rooms (a list of failed sends, a transfer already
+   * bound to its room): allowed without a room id, and the caller must answer only about rooms
+   * `mayAccessRoom` allows. Never set for a request that acts on a room it names.
+   */
+  acrossRooms?: boolean;
 }
 
 /** Actions that need a valid token and no capability. */
@@ -199,7 +205,7 @@ export class Authorizer {
       // It could not use the room it made; and rooms are how a limited client would widen itself.
       return deny('FORBIDDEN_ROOM', 'a client limited to some rooms may not create rooms');
     }
-    if (roomId === undefined && ROOM_SCOPED.has(action)) {
+    if (roomId === undefined && ROOM_SCOPED.has(action) && request.acrossRooms !== true) {
       return deny('INVALID_REQUEST', `${action} needs a room id`);
     }
     if (roomId !== undefined && !client.view.mayAccessRoom(roomId)) {

@@ -125,6 +125,8 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       audit?: boolean;
       /** Recorded instead of the capability: which trust-changing step this is. */
       operation?: AuditAction;
+      /** A room-scoped capability used across rooms: the handler filters by room itself. */
+      acrossRooms?: boolean;
     } = {},
   ): Promise<AuthorizedClient> => {
     const decision = authorizer.authorize({
@@ -132,6 +134,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       action,
       roomId: scope.roomId,
       ...(scope.charge === false ? { charge: false } : {}),
+      ...(scope.acrossRooms === true ? { acrossRooms: true } : {}),
     });
     if (scope.audit !== false || !decision.allowed) {
       const record = auditRecordFor({ action, roomId: scope.roomId }, decision);
@@ -408,7 +411,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     redact: async ({ auth, roomId, eventId, reason }) => {
-      await guard(auth.token, 'messages.send', { roomId, target: eventId });
+      await guard(auth.token, 'messages.send', { roomId });
       joinedRoom(roomId);
       if (health.current.storage === 'full') throw storageFull();
       if (health.current.storage === 'failed') {
@@ -421,7 +424,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     failedSends: async ({ auth }) => {
-      const client = await guard(auth.token, 'messages.send');
+      const client = await guard(auth.token, 'messages.send', { acrossRooms: true });
       const failed = (await outbox.failed()).filter((f) => client.mayAccessRoom(f.entry.roomId));
       return { failed: failed.slice(-MAX_FAILED_LISTED).map(failedSendWire) };
     },
@@ -429,8 +432,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     retrySend: async ({ auth, txnId }) => {
       const found = (await outbox.failed()).find((f) => f.entry.txnId === txnId);
       await guard(auth.token, 'messages.send', {
-        ...(found ? { roomId: found.entry.roomId } : {}),
-        target: txnId,
+        ...(found ? { roomId: found.entry.roomId } : { acrossRooms: true }),
       });
       if (found === undefined) throw new RpcError('NOT_FOUND', 'no failed send with this id');
       sendableRoom(found.entry.roomId);
@@ -443,8 +445,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     discardSend: async ({ auth, txnId }) => {
       const found = (await outbox.failed()).find((f) => f.entry.txnId === txnId);
       await guard(auth.token, 'messages.send', {
-        ...(found ? { roomId: found.entry.roomId } : {}),
-        target: txnId,
+        ...(found ? { roomId: found.entry.roomId } : { acrossRooms: true }),
       });
       if (found === undefined || !(await stored(() => outbox.discard(txnId)))) {
         throw new RpcError('NOT_FOUND', 'no failed send with this id');
@@ -453,7 +454,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     uploadStart: async ({ auth, roomId, name, contentType, size, caption }) => {
-      const client = await guard(auth.token, 'messages.send', { roomId, target: name });
+      const client = await guard(auth.token, 'messages.send', { roomId });
       sendableRoom(roomId);
       const limit = await maxUpload();
       if (size > limit) {
@@ -475,8 +476,12 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     uploadChunk: async ({ auth, upload, offset, data }) => {
-      // Paid for at uploadStart; the token is still checked on every chunk.
-      const client = await guard(auth.token, 'messages.send', { charge: false, audit: false });
+      // Paid for and audited at uploadStart, in its room; the token is checked on every chunk.
+      const client = await guard(auth.token, 'messages.send', {
+        charge: false,
+        audit: false,
+        acrossRooms: true,
+      });
       const bytes = Buffer.from(data, 'base64');
       if (bytes.length > ATTACHMENT_CHUNK_BYTES) {
         throw new RpcError('INVALID_REQUEST', `a chunk is at most ${ATTACHMENT_CHUNK_BYTES} bytes`);
@@ -485,7 +490,11 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     uploadFinish: async ({ auth, upload }) => {
-      const client = await guard(auth.token, 'messages.send', { charge: false });
+      const client = await guard(auth.token, 'messages.send', {
+        charge: false,
+        audit: false,
+        acrossRooms: true,
+      });
       const { meta, bytes } = transfer(() => transfers.finish(client.name, upload));
       try {
         // The room's rules are checked again: the client's rights or the room may have changed.
@@ -522,7 +531,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     downloadStart: async ({ auth, roomId, eventId }) => {
-      const client = await guard(auth.token, 'messages.read', { roomId, target: eventId });
+      const client = await guard(auth.token, 'messages.read', { roomId });
       joinedRoom(roomId);
       const found = await upstream(() => endpoint.attachmentContent(roomId, eventId));
       const attachment = found && attachmentOfContent(found.content);
@@ -575,7 +584,11 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     },
 
     downloadChunk: async ({ auth, download, offset }) => {
-      const client = await guard(auth.token, 'messages.read', { charge: false, audit: false });
+      const client = await guard(auth.token, 'messages.read', {
+        charge: false,
+        audit: false,
+        acrossRooms: true,
+      });
       const { data, done } = transfer(() =>
         transfers.read(client.name, download, offset, ATTACHMENT_CHUNK_BYTES),
       );
