@@ -308,6 +308,14 @@ describe('honest delivery', () => {
     // And it is true: bob reads it, carol cannot.
     const atBob = await bob.waitForMessage(roomId, 'who can read this?');
     await waitUntil('carol to fail to decrypt', () => carol.undecryptable.has(atBob.eventId), poll);
+    // Both ways (MSC4153): carol's own message is not shown to alice either.
+    const fromCarol = await carol.sendText(roomId, 'carol without cross-signing');
+    await waitUntil('carol’s message at alice', async () =>
+      (await timeline(roomId)).some((i) => i.eventId === fromCarol),
+    poll);
+    const shown = (await timeline(roomId)).find((i) => i.eventId === fromCarol);
+    expect(shown?.kind).toBe('undecryptable');
+    expect(shown?.body).toBeUndefined();
   });
 });
 
