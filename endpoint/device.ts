@@ -24,6 +24,7 @@ import {
   type Outgoing,
   aggregate,
   classify,
+  mayReplace,
   contentOf,
   exclusionsFor,
   isRedacted,
@@ -199,7 +200,7 @@ export class Endpoint {
   readonly #saveRooms: (rooms: RoomSummary[]) => Promise<void>;
   /** The newest event delivered per room: where a backfill after a limited sync stops. */
   readonly #lastEvent = new Map<string, string>();
-  readonly #senders = new Map<string, string>();
+  readonly #senders = new Map<string, { sender: string; encrypted: boolean }>();
   /** The vault's master public key, when it holds ours: our identity must keep it. */
   #ourMaster: string | undefined;
 
@@ -561,9 +562,14 @@ export class Endpoint {
 
   /** The sender of one of the room's events (from memory, else the homeserver). */
   async senderOf(roomId: string, eventId: string): Promise<string> {
+    return (await this.#itemOf(roomId, eventId)).sender;
+  }
+
+  async #itemOf(roomId: string, eventId: string): Promise<{ sender: string; encrypted: boolean }> {
     const known = this.#senders.get(eventId);
     if (known !== undefined) return known;
-    return (await this.api.event(roomId, eventId)).sender;
+    const event = await this.api.event(roomId, eventId);
+    return { sender: event.sender, encrypted: event.type === 'm.room.encrypted' };
   }
 
   /**
@@ -618,22 +624,22 @@ export class Endpoint {
     }
     switch (classified.role) {
       case 'item':
-        this.#remember(classified.view.eventId, classified.view.sender);
+        this.#remember(classified.view.eventId, classified.view.sender, classified.view.encrypted);
         this.#emit({ type: 'message', roomId, view: classified.view });
         return;
       case 'edit': {
         // Only the sender of an item may replace its text (the spec; clients ignore others').
         const { edit } = classified;
-        const owner = await this.senderOf(roomId, edit.target).catch(() => undefined);
-        if (owner !== edit.sender) {
-          this.#log.warn(`ignoring an edit of ${edit.target} by someone other than its sender`);
+        const target = await this.#itemOf(roomId, edit.target).catch(() => undefined);
+        if (target === undefined || !mayReplace(target, edit)) {
+          this.#log.warn('ignoring an edit by someone other than its sender, or in the clear');
           return;
         }
         this.#emit({ type: 'edit', roomId, edit });
         return;
       }
       case 'reaction':
-        this.#remember(classified.eventId, classified.sender);
+        this.#remember(classified.eventId, classified.sender, event.type === 'm.room.encrypted');
         this.#emit({
           type: 'reaction',
           roomId,
@@ -713,8 +719,8 @@ export class Endpoint {
     return c.role === 'edit' && c.edit.target === event.event_id ? c.edit : undefined;
   }
 
-  #remember(eventId: string, sender: string): void {
-    this.#senders.set(eventId, sender);
+  #remember(eventId: string, sender: string, encrypted: boolean): void {
+    this.#senders.set(eventId, { sender, encrypted });
     if (this.#senders.size > SENDERS_REMEMBERED) {
       const oldest = this.#senders.keys().next().value;
       if (oldest !== undefined) this.#senders.delete(oldest);

@@ -172,7 +172,7 @@ async function main(argv: string[]): Promise<number> {
   const stopCheckpoints = await checkpointAuditHead(service, audit, log);
   const hub = new EventHub();
   const offChanges = endpoint.onChange((event) => {
-    hub.push(streamInput(event, endpoint.userId));
+    hub.push(streamInput(event));
   });
   const offFailed = outbox.onFailed((failed) => {
     hub.push({ type: 'send-failed', failed: failedSendWire(failed) });

@@ -364,7 +364,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
           if (tooLarge && n > 1) continue;
           throw upstreamError(e);
         }
-        const items = page.items.map((v) => timelineItemWire(v, endpoint.userId));
+        const items = page.items.map(timelineItemWire);
         if (n > 1 && byteSize(items) > PAGE_BUDGET_BYTES) continue;
         return { items, ...(page.next === undefined ? {} : { next: page.next }) };
       }

@@ -19,7 +19,7 @@ const MAX_REACTION_KEYS = 50;
 const MAX_REACTION_SENDERS = 20;
 
 /** A timeline item as the local API shows it: text and trust, never keys or raw events. */
-export function timelineItemWire(view: MessageView, self: string): TimelineItemWire {
+export function timelineItemWire(view: MessageView): TimelineItemWire {
   return {
     eventId: view.eventId,
     sender: view.sender,
@@ -39,9 +39,9 @@ export function timelineItemWire(view: MessageView, self: string): TimelineItemW
       : {
           reactions: view.reactions.slice(0, MAX_REACTION_KEYS).map((r) => ({
             key: r.key,
-            count: r.senders.length,
+            count: r.count,
             senders: r.senders.slice(0, MAX_REACTION_SENDERS),
-            byUs: r.senders.includes(self),
+            byUs: r.byUs,
           })),
         }),
     ...(view.attachment === undefined ? {} : { attachment: view.attachment }),
@@ -129,10 +129,10 @@ export function identityWire(identity: IdentityView): {
 }
 
 /** What the event stream carries for one thing the endpoint saw. */
-export function streamInput(event: EndpointEvent, self: string): HubInput {
+export function streamInput(event: EndpointEvent): HubInput {
   switch (event.type) {
     case 'message':
-      return { type: 'message', roomId: event.roomId, item: timelineItemWire(event.view, self) };
+      return { type: 'message', roomId: event.roomId, item: timelineItemWire(event.view) };
     case 'edit':
       return {
         type: 'edit',

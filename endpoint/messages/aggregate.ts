@@ -42,29 +42,27 @@ export function aggregate(
       continue;
     }
     const latest = latestEdit(view, edits.get(view.eventId) ?? [], redacted);
-    if (latest !== undefined) {
-      view.body = latest.body;
-      if (latest.msgtype !== undefined) view.msgtype = latest.msgtype;
-      view.edited = true;
-      view.editedAt = latest.ts;
-    }
-    const counted = countReactions(reactions.get(view.eventId) ?? [], redacted);
+    if (latest !== undefined) applyEdit(view, latest);
+    const counted = countReactions(reactions.get(view.eventId) ?? [], redacted, options.self);
     if (counted.length > 0) view.reactions = counted;
     items.push(view);
   }
   return items;
 }
 
-/** The newest edit the item's own sender made (ties broken by event id, as the spec says). */
+/**
+ * The newest edit that may replace the item (ties broken by event id, as the spec says): by
+ * the item's own sender, and encrypted if the item was.
+ */
 export function latestEdit(
-  view: Pick<MessageView, 'sender' | 'kind'>,
+  view: Pick<MessageView, 'sender' | 'kind' | 'encrypted'>,
   edits: readonly EditView[],
   redacted: ReadonlySet<string> = new Set(),
 ): EditView | undefined {
   if (view.kind !== 'message') return undefined;
   let best: EditView | undefined;
   for (const edit of edits) {
-    if (edit.sender !== view.sender || redacted.has(edit.eventId)) continue;
+    if (!mayReplace(view, edit) || redacted.has(edit.eventId)) continue;
     if (
       best === undefined ||
       edit.ts > best.ts ||
@@ -76,10 +74,39 @@ export function latestEdit(
   return best;
 }
 
+/** Whether an edit may replace this item at all (its sender, and encryption kept). */
+export function mayReplace(
+  view: Pick<MessageView, 'sender' | 'encrypted'>,
+  edit: Pick<EditView, 'sender' | 'encrypted'>,
+): boolean {
+  return edit.sender === view.sender && (edit.encrypted || !view.encrypted);
+}
+
+const SHIELD_RANK = { verified: 0, unverified: 1, unencrypted: 2, warning: 3 } as const;
+
+/**
+ * The item shows the edit's text, and the weaker of the two shields: a verified message edited
+ * from an unverified device is no longer shown as verified.
+ */
+export function applyEdit(view: MessageView, edit: EditView): void {
+  view.body = edit.body;
+  if (edit.msgtype !== undefined) view.msgtype = edit.msgtype;
+  view.edited = true;
+  view.editedAt = edit.ts;
+  if (
+    edit.verification !== undefined &&
+    (view.verification === undefined ||
+      SHIELD_RANK[edit.verification] > SHIELD_RANK[view.verification])
+  ) {
+    view.verification = edit.verification;
+  }
+}
+
 function countReactions(
   list: readonly { eventId: string; sender: string; key: string }[],
   redacted: ReadonlySet<string>,
-): { key: string; senders: string[] }[] {
+  self: string,
+): { key: string; count: number; senders: string[]; byUs: boolean }[] {
   const byKey = new Map<string, Set<string>>();
   for (const r of list) {
     if (redacted.has(r.eventId)) continue;
@@ -88,7 +115,12 @@ function countReactions(
     senders.add(r.sender); // one reaction per sender and key counts, as clients show it
     byKey.set(r.key, senders);
   }
-  return [...byKey].map(([key, senders]) => ({ key, senders: [...senders] }));
+  return [...byKey].map(([key, senders]) => ({
+    key,
+    count: senders.size,
+    senders: [...senders].slice(0, MAX_SENDERS),
+    byUs: senders.has(self),
+  }));
 }
 
 /** How many senders a reaction list names (the rest are only counted). */

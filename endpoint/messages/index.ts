@@ -2,7 +2,7 @@
  * Messages as a UI sees them: rich events read (view.ts, relations.ts), folded into items
  * (aggregate.ts), built for sending (outgoing.ts), and who a send leaves out (exclusions.ts).
  */
-export { aggregate, latestEdit } from './aggregate.ts';
+export { aggregate, applyEdit, latestEdit, mayReplace } from './aggregate.ts';
 export { Transfers, TransferError, type UploadMeta } from './transfers.ts';
 export { msgtypeFor, sniffImage } from './media-type.ts';
 export { type Exclusion, type ExclusionReason, exclusionsFor } from './exclusions.ts';

@@ -31,7 +31,7 @@ export function msgtypeFor(
   contentType: string,
   bytes: Uint8Array,
 ): { msgtype: OutgoingAttachment['msgtype']; mismatch: boolean } {
-  if (contentType in SIGNATURES) {
+  if (Object.hasOwn(SIGNATURES, contentType)) {
     return sniffImage(bytes) === contentType
       ? { msgtype: 'm.image', mismatch: false }
       : { msgtype: 'm.file', mismatch: true };

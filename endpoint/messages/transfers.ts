@@ -119,7 +119,7 @@ export class Transfers {
     max: number,
   ): { data: Buffer; done: boolean; size: number } {
     const download = this.#get(client, id, 'download');
-    if (offset > download.bytes.length) {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > download.bytes.length) {
       throw new TransferError('UPLOAD_INCOMPLETE', `offset ${offset} is past the end`);
     }
     const end = Math.min(download.bytes.length, offset + max);

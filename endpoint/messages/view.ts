@@ -32,7 +32,8 @@ export interface MessageView {
   thread?: string;
   edited?: boolean;
   editedAt?: number;
-  reactions?: { key: string; senders: string[] }[];
+  /** Per key: how many reacted, up to 20 of them by name, and whether we are among them. */
+  reactions?: { key: string; count: number; senders: string[]; byUs: boolean }[];
   attachment?: AttachmentView;
   verification?: 'verified' | 'unverified' | 'warning' | 'unencrypted';
   reason?: string;
@@ -45,6 +46,12 @@ export interface EditView {
   target: string;
   body: string;
   msgtype?: string;
+  /**
+   * The edit itself arrived encrypted. An encrypted item is replaced only by an encrypted edit
+   * (the spec): the homeserver can invent a plaintext event with any sender.
+   */
+  encrypted: boolean;
+  verification?: MessageView['verification'];
 }
 
 export type Classified =
@@ -132,19 +139,27 @@ export function classify(item: Decrypted, outer: RoomEvent, roomEncrypted: boole
   if (type === 'm.room.message' && relation?.relType === 'm.replace') {
     const replacement = record(content['m.new_content']);
     const body = replacement?.body;
-    // An edit without new content is not an edit a client may apply (the spec ignores it).
-    if (typeof body !== 'string') return { role: 'none' };
-    return {
-      role: 'edit',
-      edit: {
-        eventId: item.eventId,
-        sender: item.sender,
-        ts: item.ts,
-        target: relation.eventId,
-        body,
-        ...(typeof replacement?.msgtype === 'string' ? { msgtype: replacement.msgtype } : {}),
-      },
-    };
+    // Without new content it is no edit a client may apply (the spec): it stays an ordinary
+    // message, so a relation the homeserver adds to the envelope cannot hide it.
+    if (typeof body === 'string') {
+      return {
+        role: 'edit',
+        edit: {
+          eventId: item.eventId,
+          sender: item.sender,
+          ts: item.ts,
+          target: relation.eventId,
+          body,
+          ...(typeof replacement?.msgtype === 'string' ? { msgtype: replacement.msgtype } : {}),
+          encrypted: item.encrypted,
+          verification: item.encrypted
+            ? item.verification
+            : roomEncrypted
+              ? 'warning'
+              : 'unencrypted',
+        },
+      };
+    }
   }
   return { role: 'item', view: messageView(item, relations, roomEncrypted) };
 }

@@ -39,6 +39,7 @@ let alice: SynapseUser;
 let bob: StockPeer;
 let carol: SynapseUser;
 let room: string;
+let readable: string;
 
 const clients: ClientSpec[] = [
   { name: 'admin', capabilities: CAPABILITIES, requestsPerMinute: 60_000 },
@@ -77,7 +78,7 @@ beforeAll(async () => {
   room = (created.json() as { roomId: string }).roomId;
   await bob.acceptInvite(room);
   await bob.waitForMember(room, alice.userId);
-  await bob.sendText(room, 'something to read');
+  readable = await bob.sendText(room, 'something to read');
 }, 240_000);
 
 afterAll(async () => {
@@ -143,6 +144,36 @@ function routes(): Route[] {
       allowed: [202],
       call: (t) =>
         json(`/v1/rooms/${r(room)}/messages`, t, { method: 'POST', body: { body: 'matrix' } }),
+    },
+    {
+      name: 'POST reactions',
+      capability: 'messages.send',
+      allowed: [202],
+      call: (t) =>
+        json(`/v1/rooms/${r(room)}/reactions`, t, {
+          method: 'POST',
+          body: { eventId: readable, key: '👍' },
+        }),
+    },
+    {
+      name: 'GET /v1/outbox/failed',
+      capability: 'messages.send',
+      allowed: [200],
+      call: (t) => json('/v1/outbox/failed', t),
+    },
+    {
+      name: 'GET attachment',
+      capability: 'messages.read',
+      // A text message has no attachment: 404 from the endpoint, after the capability check.
+      allowed: [404],
+      call: (t) => json(`/v1/rooms/${r(room)}/events/${r(readable)}/attachment`, t),
+    },
+    {
+      name: 'POST join',
+      capability: 'rooms.join',
+      // No invitation to this room (we are in it): 404 NOT_INVITED, after the capability check.
+      allowed: [404],
+      call: (t) => json(`/v1/rooms/${r(room)}/join`, t, { method: 'POST' }),
     },
     {
       name: 'POST invite',

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { z } from 'zod';
-import { Outbox } from '../../endpoint/outbox.ts';
+import { outgoingOfEntry } from '../../endpoint/messages/index.ts';
+import { type FailedSend, Outbox, type OutboxEntry } from '../../endpoint/outbox.ts';
 import type { AppState, AppStateChanges } from '../../endpoint/store/index.ts';
 
 /** The app-state interface over a Map: enough to exercise the outbox's ordering and removal. */
@@ -115,6 +116,127 @@ describe('the outbox', () => {
     await expect(outbox.pump()).resolves.toBeUndefined();
     await expect.poll(() => sent).toEqual(['fine']);
     expect(warnings.some((w) => w.includes('skipping unreadable entry'))).toBe(true);
+    await outbox.stop();
+  });
+});
+
+/** What the homeserver answers when it refuses for good (MatrixApiError's shape). */
+function refusal(errcode: string, status = 403): Error {
+  return Object.assign(new Error(`${errcode}: refused`), { status, retryable: false, errcode });
+}
+
+/** An outbox over a memory store whose send the test decides; every call is recorded. */
+function harness(answer: (entry: OutboxEntry, call: number) => Promise<string>) {
+  const state = memoryState();
+  const calls: OutboxEntry[] = [];
+  const outbox = new Outbox(state, (entry) => {
+    calls.push(entry);
+    return answer(entry, calls.length);
+  });
+  const failures: FailedSend[] = [];
+  outbox.onFailed((f) => failures.push(f));
+  return { state, calls, outbox, failures };
+}
+
+describe('the outbox: sends refused for good', () => {
+  it('reports a permanent refusal once, with its errcode, and lists it apart from pending', async () => {
+    const { calls, outbox, failures } = harness(() => Promise.reject(refusal('M_FORBIDDEN')));
+    const before = Date.now();
+    const entry = await outbox.enqueue('!r:example', '👍', { kind: 'reaction', target: '$m' });
+    await outbox.pump();
+    expect(calls).toHaveLength(1); // not retried: retrying cannot fix it
+    expect(calls[0]).toMatchObject({ kind: 'reaction', target: '$m', body: '👍' });
+    expect(failures).toHaveLength(1);
+    expect(failures[0]).toMatchObject({ code: 'M_FORBIDDEN', entry: { txnId: entry.txnId } });
+    const failed = await outbox.failed();
+    expect(failed).toHaveLength(1);
+    expect(failed[0]?.code).toBe('M_FORBIDDEN');
+    expect(failed[0]?.failedAt).toBeGreaterThanOrEqual(before);
+    expect(failed[0]?.entry).toEqual(entry);
+    expect(await outbox.pending()).toEqual([]);
+    await outbox.stop();
+  });
+
+  it('retry re-queues it with the same transaction id and sends it again; it leaves failed()', async () => {
+    const { calls, outbox, failures } = harness((_, call) =>
+      call === 1 ? Promise.reject(refusal('M_FORBIDDEN')) : Promise.resolve('$sent'),
+    );
+    const sent: string[] = [];
+    outbox.onSent((e, eventId) => sent.push(`${e.txnId} ${eventId}`));
+    const thread = { kind: 'text' as const, thread: '$root', replyTo: '$q' };
+    const entry = await outbox.enqueue('!r:example', 'in a thread', thread);
+    await outbox.pump();
+    expect(await outbox.retry(entry.txnId)).toBe(true);
+    await outbox.pump();
+    expect(calls.map((c) => c.txnId)).toEqual([entry.txnId, entry.txnId]);
+    expect(calls[1]).toMatchObject({ thread: '$root', replyTo: '$q', body: 'in a thread' });
+    expect(sent).toEqual([`${entry.txnId} $sent`]);
+    expect(await outbox.failed()).toEqual([]);
+    expect(await outbox.pending()).toEqual([]);
+    expect(failures).toHaveLength(1);
+    expect(await outbox.retry(entry.txnId)).toBe(false); // gone: nothing to retry twice
+    await outbox.stop();
+  });
+
+  it('discard drops it for good; retry and discard of an unknown id return false', async () => {
+    const { state, calls, outbox } = harness(() => Promise.reject(refusal('M_TOO_LARGE', 413)));
+    const entry = await outbox.enqueue('!r:example', 'big');
+    await outbox.pump();
+    expect((await outbox.failed()).map((f) => f.code)).toEqual(['M_TOO_LARGE']);
+    expect(await outbox.retry('mte.unknown')).toBe(false);
+    expect(await outbox.discard('mte.unknown')).toBe(false);
+    expect(await outbox.discard(entry.txnId)).toBe(true);
+    expect(await outbox.failed()).toEqual([]);
+    expect(await outbox.discard(entry.txnId)).toBe(false);
+    expect(await outbox.retry(entry.txnId)).toBe(false);
+    await outbox.pump();
+    expect(calls).toHaveLength(1);
+    expect([...state.map.keys()]).toEqual([]);
+    await outbox.stop();
+  });
+
+  it('an entry missing what its kind needs is set aside as MALFORMED_ENTRY, not sent', async () => {
+    const { calls, outbox, failures } = harness((entry) => {
+      outgoingOfEntry(entry);
+      return Promise.resolve('$sent');
+    });
+    await outbox.enqueue('!r:example', 'an edit of nothing', { kind: 'edit' });
+    await outbox.pump();
+    expect(calls).toHaveLength(1);
+    expect(failures.map((f) => f.code)).toEqual(['MALFORMED_ENTRY']);
+    await outbox.stop();
+  });
+
+  it('a 401 (an expired session) is not a refusal for good, and an odd errcode is not echoed', async () => {
+    const { calls, outbox, failures } = harness((_, call) => {
+      if (call === 1) return Promise.reject(refusal('M_UNKNOWN_TOKEN', 401));
+      return Promise.reject(refusal('M_FORBIDDEN <script>'));
+    });
+    await outbox.enqueue('!r:example', 'later');
+    await expect.poll(() => failures.length, { timeout: 5000 }).toBe(1);
+    expect(calls).toHaveLength(2);
+    expect(failures[0]?.code).toBe('ERROR');
+    await outbox.stop();
+  });
+
+  it('entries written by an older version (no kind, code or failedAt) still load', async () => {
+    const { state, calls, outbox } = harness((_, call) =>
+      call === 1 ? Promise.resolve('$old') : Promise.resolve('$retried'),
+    );
+    const old = { txnId: 'mte.old', roomId: '!r:example', body: 'from v1', acceptedAt: 5, seq: 0 };
+    state.map.set('outbox/000000000000-mte.old', old);
+    const oldFailed = { ...old, txnId: 'mte.oldfail', body: 'refused in v1', seq: 1 };
+    state.map.set('outbox-failed/000000000001-mte.oldfail', { entry: oldFailed, reason: 'gone' });
+    expect(await outbox.pending()).toEqual([{ ...old, kind: 'text' }]);
+    expect(await outbox.failed()).toEqual([
+      { entry: { ...oldFailed, kind: 'text' }, reason: 'gone', code: 'ERROR', failedAt: 5 },
+    ]);
+    await outbox.pump();
+    expect(calls.map((c) => [c.txnId, c.kind])).toEqual([['mte.old', 'text']]);
+    expect(await outbox.retry('mte.oldfail')).toBe(true);
+    await outbox.pump();
+    expect(calls.map((c) => c.txnId)).toEqual(['mte.old', 'mte.oldfail']);
+    expect([...state.map.keys()]).toEqual([]);
     await outbox.stop();
   });
 });
