@@ -23,7 +23,10 @@ import { useFixture } from '../fixtures/lifecycle.ts';
 // The fuzzing client may touch one room and holds every routed capability except rooms.manage
 // and rooms.create: invites to made-up servers would make Synapse try federation (no network
 // here), and thousands of new rooms would only measure Synapse. Those routes' input validation
-// is still fuzzed (it happens before the endpoint is asked), and they answer 403.
+// is still fuzzed (it happens before the endpoint is asked), and they answer 403. (rooms.join
+// is safe: there is no invitation to answer, so the endpoint never asks the homeserver.) The
+// attachment upload is fuzzed with binary bodies of the documented media types; the download
+// documents binary answers of any type.
 const synapse = useFixture(() => startSynapse());
 const tpm = useFixture(() => startSwtpm());
 
@@ -73,6 +76,7 @@ beforeAll(async () => {
       'messages.send',
       'contacts.read',
       'events.stream',
+      'rooms.join',
     ],
     rooms: [roomId],
     requestsPerMinute: 60_000,
@@ -125,6 +129,13 @@ describe('schemathesis over every route of the OpenAPI document', () => {
     ).toEqual([]);
     expect(result.errors.map((e) => `${e.operation} ${e.type}: ${e.message}`)).toEqual([]);
     expect(result.cases).toBeGreaterThanOrEqual(2000);
+    if (!process.env.MTE_FUZZ_ONLY) {
+      const upload = result.operations['POST /v1/rooms/{roomId}/attachments'];
+      expect(upload?.requestTypes['application/octet-stream']).toBeGreaterThan(0);
+      expect(
+        result.operations['GET /v1/rooms/{roomId}/events/{eventId}/attachment']?.cases,
+      ).toBeGreaterThan(0);
+    }
     for (const stats of Object.values(result.operations)) {
       for (const status of Object.keys(stats.statusCodes)) expect(Number(status)).toBeLessThan(500);
     }

@@ -4,7 +4,8 @@ import { runSchemathesis, type SchemathesisResult } from '../fixtures/schemathes
 
 // The fuzzing harness itself, against a throwaway API with one deliberate bug: GET /items/{id}
 // answers 500 when the id is longer than 10 characters. Everything else is correct, and
-// documented exactly (OpenAPI 3.1), so even the conformance checks must pass on it.
+// documented exactly (OpenAPI 3.1), so even the conformance checks must pass on it. POST
+// /files takes a raw binary body, as the gateway's attachment upload does.
 
 const TOKEN = 'harness-test-token';
 const json = (schema: object) => ({ content: { 'application/json': { schema } } });
@@ -80,6 +81,30 @@ const openapi = {
         },
       },
     },
+    '/files': {
+      post: {
+        operationId: 'putFile',
+        requestBody: {
+          required: true,
+          content: {
+            'application/octet-stream': { schema: { type: 'string', format: 'binary' } },
+          },
+        },
+        responses: {
+          '200': {
+            description: 'the size back',
+            ...json({
+              type: 'object',
+              required: ['size'],
+              properties: { size: { type: 'integer', minimum: 0 } },
+              additionalProperties: false,
+            }),
+          },
+          ...documented4xx,
+          '415': { description: 'not binary', ...json(errorBody) },
+        },
+      },
+    },
     '/items/{id}': {
       get: {
         operationId: 'getItem',
@@ -104,6 +129,13 @@ async function startApi(): Promise<{ app: FastifyInstance; baseUrl: string }> {
     }
   });
   app.get('/openapi.json', () => openapi);
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_r, body, done) => {
+    done(null, body);
+  });
+  app.post('/files', async (request, reply) => {
+    if (!Buffer.isBuffer(request.body)) return reply.code(400).send({ error: 'no body' });
+    return { size: request.body.length };
+  });
   app.post(
     '/echo',
     {
@@ -167,6 +199,7 @@ describe('schemathesis harness', () => {
       'GET /count',
       'GET /items/{id}',
       'POST /echo',
+      'POST /files',
     ]);
     for (const [label, op] of Object.entries(result.operations)) {
       expect(op.cases, label).toBeGreaterThan(0);
@@ -174,6 +207,11 @@ describe('schemathesis harness', () => {
       expect(op.byPhase.coverage, label).toBeGreaterThan(0);
     }
     expect(result.operations['POST /echo']?.byPhase.fuzzing).toBe(200);
+    // The binary route got binary bodies (and JSON ones went to JSON).
+    expect(
+      result.operations['POST /files']?.requestTypes['application/octet-stream'],
+    ).toBeGreaterThan(0);
+    expect(result.operations['POST /echo']?.requestTypes['application/json']).toBeGreaterThan(0);
     // The parameter's example is tried in the examples phase.
     expect(result.operations['GET /count']?.byPhase.examples).toBeGreaterThan(0);
     // The token went along: every route answered 200 to some cases.
@@ -205,7 +243,7 @@ describe('schemathesis harness', () => {
     const elsewhere = result.failures.filter((f) => f.operation !== 'GET /items/{id}');
     expect(elsewhere).toEqual([]);
     expect(result.errors).toEqual([]);
-    for (const label of ['POST /echo', 'GET /count']) {
+    for (const label of ['POST /echo', 'GET /count', 'POST /files']) {
       const codes = Object.keys(result.operations[label]?.statusCodes ?? {});
       expect(
         codes.filter((c) => c.startsWith('5')),

@@ -34,6 +34,17 @@ describe('gateway: RPC errors become HTTP errors', () => {
     ['STORE_UNAVAILABLE', 503],
     ['TIMEOUT', 504],
     ['STORAGE_FULL', 507],
+    ['CONFLICT', 409],
+    ['IDENTITY_CHANGED', 409],
+    ['MESSAGE_TOO_LARGE', 413],
+    ['ATTACHMENT_TOO_LARGE', 413],
+    ['ROOM_NOT_ENCRYPTED', 409],
+    ['NOT_OWN_MESSAGE', 409],
+    ['UPLOAD_INCOMPLETE', 409],
+    ['CONTENT_TYPE_MISMATCH', 415],
+    ['ATTACHMENT_TAMPERED', 502],
+    ['ATTACHMENT_INVALID', 502],
+    ['NOT_INVITED', 404],
   ];
   for (const [code, status] of cases) {
     it(`${code} → ${status}`, async () => {
@@ -120,6 +131,8 @@ describe('gateway: the bearer token', () => {
         ['GET', '/v1/rooms'],
         ['POST', '/v1/rooms/!r:x/messages'],
         ['GET', '/v1/events'],
+        ['POST', '/v1/rooms/!r:x/attachments?name=a.txt'],
+        ['GET', '/v1/rooms/!r:x/events/$e/attachment'],
       ] as const) {
         const res = await app.inject({
           method,

@@ -45,7 +45,14 @@ const message = (seq: number, body: string): StreamEvent => ({
   seq,
   type: 'message',
   roomId: ROOM,
-  item: { eventId: `$e${seq}`, sender: '@a:example.org', ts: seq, decrypted: true, body },
+  item: {
+    eventId: `$e${seq}`,
+    sender: '@a:example.org',
+    ts: seq,
+    kind: 'message',
+    decrypted: true,
+    body,
+  },
 });
 
 let app: FastifyInstance | undefined;
@@ -120,6 +127,62 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
     expect(polls.slice(0, 3).map((p) => p.after)).toEqual([10, 12, 13]);
     expect(polls[0]?.waitMs).toBe(2_000);
     expect(f.calls[0]).toEqual({ method: 'subscribe', params: { auth: { token: TOKEN } } });
+  });
+
+  it('edits, reactions, redactions, room gaps and send outcomes go out under their type', async () => {
+    const events: StreamEvent[] = [
+      {
+        seq: 11,
+        type: 'edit',
+        roomId: ROOM,
+        target: '$e1',
+        eventId: '$e2',
+        body: 'fixed',
+        ts: 5,
+      },
+      {
+        seq: 12,
+        type: 'reaction',
+        roomId: ROOM,
+        target: '$e1',
+        eventId: '$r1',
+        key: '👍',
+        sender: '@a:example.org',
+      },
+      { seq: 13, type: 'redaction', roomId: ROOM, target: '$r1', sender: '@a:example.org' },
+      { seq: 14, type: 'gap', roomId: ROOM },
+      {
+        seq: 15,
+        type: 'sent',
+        roomId: ROOM,
+        txnId: 'mte.0123456789abcdef01234567',
+        eventId: '$mine',
+        excluded: [{ userId: '@eve:example.org', reason: 'no-cross-signing' }],
+      },
+      {
+        seq: 16,
+        type: 'send-failed',
+        failed: {
+          txnId: 'mte.0123456789abcdef01234567',
+          roomId: ROOM,
+          kind: 'text',
+          preview: 'hello',
+          acceptedAt: 1,
+          failedAt: 2,
+          code: 'M_FORBIDDEN',
+          reason: 'No.',
+        },
+      },
+    ];
+    const { fake: f } = scripted([{ events, cursor: 16, gap: false }]);
+    const stream = await open(await start(f));
+    for (const event of events) {
+      expect(await stream.next()).toEqual({
+        id: String(event.seq),
+        event: event.type,
+        data: JSON.stringify(event),
+      });
+    }
   });
 
   it('resumes after Last-Event-ID', async () => {

@@ -10,10 +10,22 @@ import {
   inProcessPair,
   serve,
 } from '../../keyvault/common/rpc/index.ts';
-import { type EndpointContract, endpointContract } from '../../endpoint/contract.ts';
+import {
+  ATTACHMENT_CHUNK_BYTES,
+  type EndpointContract,
+  MAX_ATTACHMENT_BYTES,
+  endpointContract,
+} from '../../endpoint/contract.ts';
 
 export const TOKEN = 'good-token_0123456789abcdefghijklmnopqrstuvw';
 export const ROOM = '!room:example.org';
+export const UPLOAD_ID = 'up_0123456789abcdefghijkl';
+export const DOWNLOAD_ID = 'dl_0123456789abcdefghijkl';
+/** What the fake endpoint serves as every attachment: 300 KiB, so two chunks. */
+export const DOWNLOAD_BYTES = Buffer.from(
+  Array.from({ length: 300 * 1024 }, (_, i) => (i * 7 + (i >> 8)) & 0xff),
+);
+export const EXCLUDED = [{ userId: '@eve:example.org', reason: 'no-cross-signing' as const }];
 
 export interface Call {
   method: string;
@@ -25,6 +37,7 @@ function checkToken(params: { auth: { token: string } }): void {
 }
 
 export function defaultHandlers(): Handlers<EndpointContract> {
+  let received = 0;
   return {
     ready: async () => Promise.resolve({}),
     status: async (p) => {
@@ -45,6 +58,7 @@ export function defaultHandlers(): Handlers<EndpointContract> {
             roomId: ROOM,
             membership: 'join' as const,
             members: ['@bot:example.org'],
+            encrypted: true,
             roomKeyRecipients: 'cross-signed' as const,
             showUnverifiedMessages: false,
           },
@@ -54,13 +68,93 @@ export function defaultHandlers(): Handlers<EndpointContract> {
     timeline: async (p) => {
       checkToken(p);
       return Promise.resolve({
-        items: [{ eventId: '$e1', sender: '@a:example.org', ts: 1, decrypted: true, body: 'hi' }],
+        items: [
+          {
+            eventId: '$e1',
+            sender: '@a:example.org',
+            ts: 1,
+            kind: 'message' as const,
+            decrypted: true,
+            body: 'hi',
+          },
+        ],
         next: 'tok1',
       });
     },
     send: async (p) => {
       checkToken(p);
-      return Promise.resolve({ txnId: 'txn1' });
+      return Promise.resolve({ txnId: 'txn1', excluded: EXCLUDED });
+    },
+    react: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ txnId: 'txn-react', excluded: [] });
+    },
+    redact: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ txnId: 'txn-redact' });
+    },
+    failedSends: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ failed: [FAILED] });
+    },
+    retrySend: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ txnId: p.txnId });
+    },
+    discardSend: async (p) => {
+      checkToken(p);
+      return Promise.resolve({});
+    },
+    uploadStart: async (p) => {
+      checkToken(p);
+      received = 0;
+      return Promise.resolve({
+        upload: UPLOAD_ID,
+        chunkBytes: ATTACHMENT_CHUNK_BYTES,
+        maxBytes: MAX_ATTACHMENT_BYTES,
+      });
+    },
+    uploadChunk: async (p) => {
+      checkToken(p);
+      if (p.offset !== received) throw new RpcError('UPLOAD_INCOMPLETE', 'out of order');
+      received += Buffer.from(p.data, 'base64').length;
+      return Promise.resolve({ received });
+    },
+    uploadFinish: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ txnId: 'txn-upload', excluded: EXCLUDED });
+    },
+    downloadStart: async (p) => {
+      checkToken(p);
+      return Promise.resolve({
+        download: DOWNLOAD_ID,
+        size: DOWNLOAD_BYTES.length,
+        attachment: {
+          msgtype: 'm.file' as const,
+          name: 'report.pdf',
+          mimetype: 'application/pdf',
+          size: DOWNLOAD_BYTES.length,
+          encrypted: true,
+        },
+        contentType: 'application/pdf',
+        chunkBytes: ATTACHMENT_CHUNK_BYTES,
+      });
+    },
+    downloadChunk: async (p) => {
+      checkToken(p);
+      const data = DOWNLOAD_BYTES.subarray(p.offset, p.offset + ATTACHMENT_CHUNK_BYTES);
+      return Promise.resolve({
+        data: data.toString('base64'),
+        done: p.offset + data.length >= DOWNLOAD_BYTES.length,
+      });
+    },
+    join: async (p) => {
+      checkToken(p);
+      return Promise.resolve({});
+    },
+    decline: async (p) => {
+      checkToken(p);
+      return Promise.resolve({});
     },
     createRoom: async (p) => {
       checkToken(p);
@@ -165,6 +259,17 @@ export const ATTESTED = {
   state: 'passed' as const,
   at: 1_700_000_000_000,
   failures: [],
+};
+
+export const FAILED = {
+  txnId: 'mte.0123456789abcdef01234567',
+  roomId: ROOM,
+  kind: 'text' as const,
+  preview: 'hello',
+  acceptedAt: 1_700_000_000_000,
+  failedAt: 1_700_000_001_000,
+  code: 'M_FORBIDDEN',
+  reason: 'You are not allowed to send here.',
 };
 
 export const FLOW = {

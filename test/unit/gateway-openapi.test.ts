@@ -4,7 +4,7 @@ import { openApiDocument } from '../../endpoint/untrusted/gateway/index.ts';
 import { OPENAPI_PATH, renderOpenApi } from '../../endpoint/untrusted/gateway/write-openapi.ts';
 import { bearer, fakeEndpoint } from './gateway-helpers.ts';
 import { buildGateway } from '../../endpoint/untrusted/gateway/index.ts';
-import { jsonRoutes } from '../../endpoint/untrusted/gateway/routes/index.ts';
+import { allRoutes } from '../../endpoint/untrusted/gateway/routes/index.ts';
 
 type Json = Record<string, unknown>;
 const doc = openApiDocument() as {
@@ -47,7 +47,16 @@ describe('gateway OpenAPI document', () => {
         'post /v1/rooms',
         'post /v1/rooms/{roomId}/invite',
         'post /v1/rooms/{roomId}/leave',
+        'post /v1/rooms/{roomId}/join',
+        'post /v1/rooms/{roomId}/decline',
         'post /v1/rooms/{roomId}/messages',
+        'post /v1/rooms/{roomId}/reactions',
+        'post /v1/rooms/{roomId}/events/{eventId}/redact',
+        'post /v1/rooms/{roomId}/attachments',
+        'get /v1/rooms/{roomId}/events/{eventId}/attachment',
+        'get /v1/outbox/failed',
+        'post /v1/outbox/failed/{txnId}/retry',
+        'post /v1/outbox/failed/{txnId}/discard',
         'get /v1/verifications',
         'get /v1/verifications/{flowId}',
         'post /v1/verifications',
@@ -70,8 +79,10 @@ describe('gateway OpenAPI document', () => {
       const responses = op.responses as Record<string, { content?: Record<string, Json> }>;
       for (const [status, response] of Object.entries(responses)) {
         const content = Object.values(response.content ?? {});
-        expect(content.length, `${path} ${status}`).toBe(1);
-        expect(content[0]?.schema).toBeTypeOf('object');
+        // A file is any media type: application/octet-stream and */*, both binary.
+        const binary = Object.keys(response.content ?? {}).includes('application/octet-stream');
+        expect(content.length, `${path} ${status}`).toBe(binary ? 2 : 1);
+        for (const c of content) expect(c.schema).toBeTypeOf('object');
         if (Number(status) >= 400) {
           expect(content[0]?.schema).toEqual({ $ref: '#/components/schemas/Error' });
         }
@@ -119,6 +130,75 @@ describe('gateway OpenAPI document', () => {
     expect(Object.keys(events.responses['200']?.content ?? {})).toEqual(['text/event-stream']);
   });
 
+  it('documents the attachment routes as binary, with their limits and headers', () => {
+    type Op = {
+      requestBody?: { required: boolean; content: Record<string, { schema: Json }> };
+      parameters: { name: string; in: string; required: boolean; schema: Json }[];
+      responses: Record<string, { headers?: Record<string, Json>; content?: Record<string, Json> }>;
+    };
+    const upload = doc.paths['/v1/rooms/{roomId}/attachments']?.post as Op;
+    expect(upload.requestBody?.required).toBe(true);
+    expect(upload.requestBody?.content).toEqual({
+      'application/octet-stream': { schema: { type: 'string', format: 'binary' } },
+      '*/*': { schema: { type: 'string', format: 'binary' } },
+    });
+    expect(upload.parameters.find((p) => p.name === 'name')).toMatchObject({
+      in: 'query',
+      required: true,
+      schema: { type: 'string', maxLength: 255 },
+    });
+    expect(upload.parameters.find((p) => p.name === 'caption')?.required).toBe(false);
+    for (const status of ['202', '411', '413', '415'])
+      expect(upload.responses[status]).toBeDefined();
+    expect(Object.keys(upload.responses['202']?.content ?? {})).toEqual(['application/json']);
+
+    const download = doc.paths['/v1/rooms/{roomId}/events/{eventId}/attachment']?.get as Op;
+    expect(download.requestBody).toBeUndefined();
+    const ok = download.responses['200'];
+    expect(ok?.content).toEqual({
+      'application/octet-stream': { schema: { type: 'string', format: 'binary' } },
+      '*/*': { schema: { type: 'string', format: 'binary' } },
+    });
+    expect(Object.keys(ok?.headers ?? {}).sort()).toEqual([
+      'Content-Disposition',
+      'Content-Length',
+      'Content-Security-Policy',
+      'X-Content-Type-Options',
+    ]);
+    expect(ok?.headers?.['Content-Security-Policy']).toMatchObject({
+      required: true,
+      schema: { const: "sandbox; default-src 'none'" },
+    });
+    expect(download.responses['502']).toBeDefined();
+  });
+
+  it('documents every event type of the stream, and the frames as schemas', () => {
+    const events = doc.paths['/v1/events']?.get as { description: string };
+    for (const type of [
+      'message',
+      'room',
+      'member',
+      'verification',
+      'identity',
+      'health',
+      'attestation',
+      'edit',
+      'reaction',
+      'redaction',
+      'gap',
+      'sent',
+      'send-failed',
+    ]) {
+      expect(events.description).toContain(`\`${type}\``);
+    }
+    expect(Object.keys(doc.components.schemas).sort()).toEqual([
+      'Error',
+      'StreamError',
+      'StreamEvent',
+      'StreamGap',
+    ]);
+  });
+
   it('the served document is the generated one', async () => {
     const fake = fakeEndpoint();
     const app = buildGateway({ endpoint: fake.client });
@@ -132,12 +212,19 @@ describe('gateway OpenAPI document', () => {
 });
 
 describe('every documented route is served', () => {
-  it('the gateway registers each JSON route the OpenAPI document describes', async () => {
+  it('the gateway registers each route the OpenAPI document describes', async () => {
     const fake = fakeEndpoint();
     const app = buildGateway({ endpoint: fake.client });
     await app.ready();
     try {
-      const missing = jsonRoutes.filter(
+      expect(
+        allRoutes.map((r) => `${r.method} ${r.url.replace(/:(\w+)/g, '{$1}')}`).sort(),
+      ).toEqual(
+        Object.entries(doc.paths)
+          .flatMap(([path, item]) => Object.keys(item).map((m) => `${m.toUpperCase()} ${path}`))
+          .sort(),
+      );
+      const missing = allRoutes.filter(
         (route) => !app.hasRoute({ method: route.method, url: route.url }),
       );
       expect(missing.map((r) => `${r.method} ${r.url}`)).toEqual([]);

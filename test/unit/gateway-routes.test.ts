@@ -2,7 +2,15 @@ import type { FastifyInstance } from 'fastify';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MAX_BODY_CHARS, MAX_INVITES, MAX_PAGE } from '../../endpoint/contract.ts';
 import { buildGateway } from '../../endpoint/untrusted/gateway/index.ts';
-import { type FakeEndpoint, ROOM, TOKEN, bearer, fakeEndpoint } from './gateway-helpers.ts';
+import {
+  EXCLUDED,
+  FAILED,
+  type FakeEndpoint,
+  ROOM,
+  TOKEN,
+  bearer,
+  fakeEndpoint,
+} from './gateway-helpers.ts';
 
 let fake: FakeEndpoint;
 let app: FastifyInstance;
@@ -77,7 +85,7 @@ describe('gateway routes forward one call each, with the token as presented', ()
     ]);
   });
 
-  it('POST /v1/rooms/:roomId/messages → send, 202 {txnId}', async () => {
+  it('POST /v1/rooms/:roomId/messages → send, 202 {txnId, excluded}', async () => {
     const res = await app.inject({
       method: 'POST',
       url: `/v1/rooms/${room}/messages`,
@@ -85,9 +93,97 @@ describe('gateway routes forward one call each, with the token as presented', ()
       payload: { body: 'hello', replyTo: '$e1' },
     });
     expect(res.statusCode).toBe(202);
-    expect(res.json()).toEqual({ txnId: 'txn1' });
+    expect(res.json()).toEqual({ txnId: 'txn1', excluded: EXCLUDED });
     expect(fake.calls).toEqual([
       { method: 'send', params: { auth, roomId: ROOM, body: 'hello', replyTo: '$e1' } },
+    ]);
+  });
+
+  it('POST /v1/rooms/:roomId/messages with edit and thread → send with both', async () => {
+    const res = await app.inject({
+      method: 'POST',
+      url: `/v1/rooms/${room}/messages`,
+      headers: bearer(),
+      payload: { body: 'fixed', edit: '$e1', thread: '$root' },
+    });
+    expect(res.statusCode).toBe(202);
+    expect(fake.calls).toEqual([
+      {
+        method: 'send',
+        params: { auth, roomId: ROOM, body: 'fixed', edit: '$e1', thread: '$root' },
+      },
+    ]);
+  });
+
+  it('POST /v1/rooms/:roomId/reactions → react, 202 {txnId, excluded}', async () => {
+    const res = await app.inject({
+      method: 'POST',
+      url: `/v1/rooms/${room}/reactions`,
+      headers: bearer(),
+      payload: { eventId: '$e1', key: '👍' },
+    });
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toEqual({ txnId: 'txn-react', excluded: [] });
+    expect(fake.calls).toEqual([
+      { method: 'react', params: { auth, roomId: ROOM, eventId: '$e1', key: '👍' } },
+    ]);
+  });
+
+  it('POST /v1/rooms/:roomId/events/:eventId/redact → redact, with or without a reason', async () => {
+    const url = `/v1/rooms/${room}/events/${encodeURIComponent('$e1')}/redact`;
+    let res = await app.inject({ method: 'POST', url, headers: bearer() });
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toEqual({ txnId: 'txn-redact' });
+    res = await app.inject({ method: 'POST', url, headers: bearer(), payload: { reason: 'spam' } });
+    expect(res.statusCode).toBe(202);
+    expect(fake.calls).toEqual([
+      { method: 'redact', params: { auth, roomId: ROOM, eventId: '$e1' } },
+      { method: 'redact', params: { auth, roomId: ROOM, eventId: '$e1', reason: 'spam' } },
+    ]);
+  });
+
+  for (const rpc of ['join', 'decline'] as const) {
+    it(`POST /v1/rooms/:roomId/${rpc} → ${rpc}, 200 {}, with no body or {}`, async () => {
+      for (const extra of [{}, { payload: {} }]) {
+        const res = await app.inject({
+          method: 'POST',
+          url: `/v1/rooms/${room}/${rpc}`,
+          headers: bearer(),
+          ...extra,
+        });
+        expect(res.statusCode).toBe(200);
+        expect(res.json()).toEqual({});
+      }
+      expect(fake.calls).toEqual([
+        { method: rpc, params: { auth, roomId: ROOM } },
+        { method: rpc, params: { auth, roomId: ROOM } },
+      ]);
+    });
+  }
+
+  it('GET /v1/outbox/failed → failedSends', async () => {
+    const res = await app.inject({ url: '/v1/outbox/failed', headers: bearer() });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ failed: [FAILED] });
+    expect(fake.calls).toEqual([{ method: 'failedSends', params: { auth } }]);
+  });
+
+  it('POST /v1/outbox/failed/:txnId/retry|discard → retrySend 202, discardSend 200', async () => {
+    const base = `/v1/outbox/failed/${FAILED.txnId}`;
+    const retry = await app.inject({ method: 'POST', url: `${base}/retry`, headers: bearer() });
+    expect(retry.statusCode).toBe(202);
+    expect(retry.json()).toEqual({ txnId: FAILED.txnId });
+    const discard = await app.inject({
+      method: 'POST',
+      url: `${base}/discard`,
+      headers: bearer(),
+      payload: {},
+    });
+    expect(discard.statusCode).toBe(200);
+    expect(discard.json()).toEqual({});
+    expect(fake.calls).toEqual([
+      { method: 'retrySend', params: { auth, txnId: FAILED.txnId } },
+      { method: 'discardSend', params: { auth, txnId: FAILED.txnId } },
     ]);
   });
 
@@ -273,6 +369,60 @@ describe('gateway: bad input is a 4xx naming the field, never echoing the value'
       field: 'body.name',
     },
     {
+      what: 'a bad edit target',
+      method: 'POST',
+      url: `/v1/rooms/${room}/messages`,
+      payload: { body: 'x', edit: SECRET },
+      field: 'body.edit',
+    },
+    {
+      what: 'a bad thread root',
+      method: 'POST',
+      url: `/v1/rooms/${room}/messages`,
+      payload: { body: 'x', thread: SECRET },
+      field: 'body.thread',
+    },
+    {
+      what: 'a reaction key too long',
+      method: 'POST',
+      url: `/v1/rooms/${room}/reactions`,
+      payload: { eventId: '$e1', key: SECRET.repeat(10) },
+      field: 'body.key',
+    },
+    {
+      what: 'a reaction without an event',
+      method: 'POST',
+      url: `/v1/rooms/${room}/reactions`,
+      payload: { key: 'x' },
+      field: 'body.eventId',
+    },
+    {
+      what: 'a bad event id to redact',
+      method: 'POST',
+      url: `/v1/rooms/${room}/events/${SECRET}/redact`,
+      field: 'path.eventId',
+    },
+    {
+      what: 'an empty redaction reason',
+      method: 'POST',
+      url: `/v1/rooms/${room}/events/%24e1/redact`,
+      payload: { reason: '' },
+      field: 'body.reason',
+    },
+    {
+      what: 'a made-up transaction id to retry',
+      method: 'POST',
+      url: `/v1/outbox/failed/${SECRET}/retry`,
+      field: 'path.txnId',
+    },
+    {
+      what: 'a body on join',
+      method: 'POST',
+      url: `/v1/rooms/${room}/join`,
+      payload: { reason: SECRET },
+      field: 'body: unexpected field "reason"',
+    },
+    {
       what: 'a body on leave',
       method: 'POST',
       url: `/v1/rooms/${room}/leave`,
@@ -389,6 +539,18 @@ describe('gateway: bad input is a 4xx naming the field, never echoing the value'
     for (const method of ['HEAD', 'OPTIONS', 'PATCH', 'TRACE'] as const) {
       expect((await app.inject({ method, url: '/v1/status' })).statusCode).toBe(405);
     }
+    // Whatever the body: a wrong method is 405, never 415 for a body nobody would read.
+    for (const type of ['application/octet-stream', 'text/plain', 'image']) {
+      const put = await app.inject({
+        method: 'PUT',
+        url: `/v1/rooms/${room}/attachments?name=a.png`,
+        headers: { ...bearer(), 'content-type': type },
+        payload: 'bytes',
+      });
+      expect(put.statusCode, type).toBe(405);
+      expect(put.headers.allow).toBe('POST');
+    }
+    expect(fake.calls).toEqual([]);
   });
 
   it('a malformed URL encoding: 400', async () => {

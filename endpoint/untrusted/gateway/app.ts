@@ -17,6 +17,8 @@ import { messageRoutes } from './routes/messages.ts';
 import { verificationRoutes } from './routes/verification.ts';
 import { attestationRoutes } from './routes/attestation.ts';
 import { roomRoutes } from './routes/rooms.ts';
+import { outboxRoutes } from './routes/outbox.ts';
+import { downloadPlugin, uploadPlugin } from './routes/attachments.ts';
 import { statusRoutes } from './routes/status.ts';
 import { Subscribers } from './sse.ts';
 
@@ -66,6 +68,10 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   void app.register(jsonRoutesPlugin, { ctx, routes: statusRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: roomRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: messageRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: outboxRoutes });
+  // Attachments are bytes, not JSON: each is its own plugin (the upload with its own parser).
+  void app.register(uploadPlugin, { ctx });
+  void app.register(downloadPlugin, { ctx });
   void app.register(jsonRoutesPlugin, { ctx, routes: contactRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: verificationRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: attestationRoutes });

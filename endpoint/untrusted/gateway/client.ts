@@ -1,4 +1,5 @@
-import { type IncomingHttpHeaders, request as httpRequest } from 'node:http';
+import { type IncomingHttpHeaders, type IncomingMessage, request as httpRequest } from 'node:http';
+import type { Readable } from 'node:stream';
 
 /**
  * A small HTTP client for the gateway, over its Unix socket (or loopback TCP): for tests, the
@@ -76,6 +77,61 @@ export function gatewayRequest(
     req.on('timeout', () => req.destroy(new Error('the gateway did not answer in time')));
     req.on('error', reject);
     req.end(payload);
+  });
+}
+
+export interface StreamRequestOptions {
+  method?: string;
+  token?: string;
+  headers?: Record<string, string>;
+  /** Piped as the request body: set Content-Length in `headers` (the gateway wants it). */
+  body?: Readable;
+  /** The socket may be idle this long (default 30 s); not a bound on the whole transfer. */
+  timeoutMs?: number;
+}
+
+export interface StreamResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  /** The response body, unread: the caller streams it (a download) or reads it (JSON). */
+  body: IncomingMessage;
+}
+
+/**
+ * One request whose body and answer are streams (attachments): resolves with the answer as
+ * soon as its headers are in. A gateway that refuses before the body is all sent closes the
+ * connection under a large one: the failed write that follows is not the request's error.
+ */
+export function gatewayStream(
+  to: GatewayTarget,
+  path: string,
+  options: StreamRequestOptions = {},
+): Promise<StreamResponse> {
+  const headers: Record<string, string> = { ...options.headers };
+  if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
+  return new Promise((resolve, reject) => {
+    let answered = false;
+    const req = httpRequest({
+      ...target(to),
+      path,
+      method: options.method ?? 'GET',
+      headers,
+      timeout: options.timeoutMs ?? 30_000,
+    });
+    req.on('timeout', () => req.destroy(new Error('the gateway did not answer in time')));
+    req.on('error', (e) => {
+      if (!answered) reject(e);
+    });
+    req.on('response', (res) => {
+      answered = true;
+      resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res });
+    });
+    if (options.body) {
+      options.body.on('error', (e) => req.destroy(e));
+      options.body.pipe(req);
+    } else {
+      req.end();
+    }
   });
 }
 

@@ -49,6 +49,24 @@ export const RPC_STATUS: Readonly<Record<string, number>> = Object.freeze({
   CONFLICT: 409,
   /** Members of the room changed identity: acknowledge or verify again, then send. */
   IDENTITY_CHANGED: 409,
+  /** The room has no m.room.encryption: the endpoint shows such rooms but never sends to them. */
+  ROOM_NOT_ENCRYPTED: 409,
+  /** Only our own messages can be edited (m.replace from anyone else is ignored by clients). */
+  NOT_OWN_MESSAGE: 409,
+  /** uploadFinish before every byte announced in uploadStart arrived (or chunks out of order). */
+  UPLOAD_INCOMPLETE: 409,
+  /** The invitation is not there (never sent, already answered or withdrawn). */
+  NOT_INVITED: 404,
+  /** The event, once encrypted, would pass the homeserver's 64 KiB event limit. */
+  MESSAGE_TOO_LARGE: 413,
+  /** Over MAX_ATTACHMENT_BYTES, or over the homeserver's own (smaller) upload limit. */
+  ATTACHMENT_TOO_LARGE: 413,
+  /** The declared media type is not what the bytes are (e.g. "image/png" that is no PNG). */
+  CONTENT_TYPE_MISMATCH: 415,
+  /** The downloaded ciphertext does not match the event's SHA-256: nothing of it is served. */
+  ATTACHMENT_TAMPERED: 502,
+  /** The event's file description (key, iv, hashes, URL) is malformed: nothing to fetch. */
+  ATTACHMENT_INVALID: 502,
   UPSTREAM_FAILED: 502,
   AUDIT_UNAVAILABLE: 503,
   /** The vault compartment is down or restarting (endpoint/vault-link.ts). */

@@ -23,9 +23,12 @@ export {
 export { spawnGateway, type SpawnedGateway } from './spawn.ts';
 export {
   gatewayRequest,
+  gatewayStream,
   openEventStream,
   type GatewayTarget,
   type GatewayResponse,
   type EventStream,
   type SseEvent,
+  type StreamRequestOptions,
+  type StreamResponse,
 } from './client.ts';

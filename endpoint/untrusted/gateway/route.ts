@@ -37,10 +37,20 @@ export interface RouteDoc {
   body?: z.ZodType;
   /** A body-taking route that also accepts no body at all (treated as `{}`). */
   bodyOptional?: boolean;
+  /**
+   * The body is raw bytes of any media type (an attachment), streamed by the route itself;
+   * the JSON parser never sees it (routes/attachments.ts).
+   */
+  binaryBody?: boolean;
   status: number;
-  /** The success body (JSON); absent for the event stream. */
+  /** The success body (JSON); absent for the event stream and for binary answers. */
   response?: z.ZodType;
-  contentType: 'application/json' | 'text/event-stream';
+  /** The success answer's media type: JSON, the event stream, or a file's bytes. */
+  contentType: 'application/json' | 'text/event-stream' | 'application/octet-stream';
+  /** Headers of the success answer worth documenting (a download's Content-Disposition...). */
+  responseHeaders?: Readonly<Record<string, { description: string; schema: z.ZodType }>>;
+  /** Named schemas the description refers to (the stream's frames), for components.schemas. */
+  schemas?: Readonly<Record<string, z.ZodType>>;
   /** Error statuses beyond those every authenticated route can return. */
   errors?: readonly number[];
 }

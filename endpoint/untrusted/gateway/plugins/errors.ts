@@ -1,4 +1,4 @@
-import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, toGatewayError } from '../errors.ts';
 import type { RouteDoc } from '../route.ts';
 import { global } from './global.ts';
@@ -71,16 +71,19 @@ export function methodNotAllowed(app: FastifyInstance, routes: readonly RouteDoc
   for (const [url, allowed] of byUrl) {
     const others = METHODS.filter((m) => !allowed.has(m));
     const allow = [...allowed].join(', ');
+    const refuse = async (_request: FastifyRequest, reply: FastifyReply) =>
+      sendError(
+        reply,
+        new GatewayError(405, 'METHOD_NOT_ALLOWED', `This route allows only ${allow}.`, {
+          allow,
+        }),
+      );
     app.route({
       method: others,
       url,
-      handler: async (_request, reply) =>
-        sendError(
-          reply,
-          new GatewayError(405, 'METHOD_NOT_ALLOWED', `This route allows only ${allow}.`, {
-            allow,
-          }),
-        ),
+      // Answered before any body is parsed: 405 whatever the body is, never a 415 or 400.
+      onRequest: refuse,
+      handler: refuse,
     });
   }
 }

@@ -3,9 +3,11 @@ import { GatewayError } from '../errors.ts';
 import { global } from './global.ts';
 
 /**
- * The only body type the gateway reads is JSON (UTF-8). An empty body reads as "no body" (the
+ * The only body type the gateway parses is JSON (UTF-8). An empty body reads as "no body" (the
  * route decides whether that is fine); anything that is not JSON is 400 INVALID_JSON, and any
- * other content type is 415 (fastify's own parsers, text/plain included, are removed).
+ * other content type is 415 (fastify's own parsers, text/plain included, are removed). The one
+ * exception, the attachment upload, streams its bytes unparsed in its own context
+ * (plugins/raw-body.ts).
  */
 export const jsonBodyPlugin = global(async (app: FastifyInstance, opts: { bodyLimit: number }) => {
   app.removeAllContentTypeParsers();

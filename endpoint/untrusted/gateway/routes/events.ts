@@ -24,23 +24,32 @@ export const eventsHeaders = z
   })
   .strict();
 
-/** What the stream's frames carry, for the OpenAPI description. */
+/** What the stream's frames carry, for the OpenAPI description (components.schemas). */
 export const streamFrames = {
-  message: streamEvent,
-  gap: z.object({ after: z.number().int(), cursor: z.number().int() }).strict(),
-  error: z.object({ error: z.object({ code: z.string(), message: z.string() }).strict() }).strict(),
+  StreamEvent: streamEvent,
+  StreamGap: z.object({ after: z.number().int(), cursor: z.number().int() }).strict(),
+  StreamError: z
+    .object({ error: z.object({ code: z.string(), message: z.string() }).strict() })
+    .strict(),
 };
+
+/** Every `event:` name an endpoint event goes out under: its `type`, as the contract lists them. */
+export const STREAM_EVENT_TYPES: readonly string[] = streamEvent.options.map(
+  (option) => option.shape.type.value,
+);
 
 export const eventsRoute: RouteDoc = {
   method: 'GET',
   url: '/v1/events',
   operationId: 'streamEvents',
-  summary: 'Server-Sent Events: new messages and membership changes, as they arrive.',
+  summary:
+    'Server-Sent Events: new messages, edits, reactions and redactions, membership, verification and identity changes, and what became of our sends, as they arrive.',
   description: [
-    'Each event is `id: <seq>`, `event: message|room|member`, `data: <JSON>` (the JSON has the same `seq`).',
+    `Each event is \`id: <seq>\`, \`event: <type>\`, \`data: <JSON>\`, where the type is one of ${STREAM_EVENT_TYPES.map((t) => `\`${t}\``).join(', ')} and the JSON (schema \`StreamEvent\`) has the same \`seq\` and \`type\`.`,
     'Reconnect with `Last-Event-ID` to resume after that event.',
-    '`event: gap` (data `{after, cursor}`) means events were dropped (the client was away too long): refetch timelines.',
-    '`event: error` (data: the error object) ends the stream, e.g. when the token is revoked.',
+    '`event: gap` comes in two forms, both meaning "refetch": with `roomId` (a `StreamEvent`), events of that room were missed while the endpoint was away; with `{after, cursor}` (schema `StreamGap`, no `type`), this stream dropped events (the client was away too long): refetch every timeline.',
+    '`sent` says a queued send went out (with who was left out, `excluded`); `send-failed` that the outbox gave up on one (see GET /v1/outbox/failed).',
+    '`event: error` (data: the error object, schema `StreamError`) ends the stream, e.g. when the token is revoked.',
     'A comment line (`: heartbeat`) is sent every 15 s.',
   ].join(' '),
   capability: 'events.stream',
@@ -49,6 +58,7 @@ export const eventsRoute: RouteDoc = {
   headers: eventsHeaders,
   status: 200,
   contentType: 'text/event-stream',
+  schemas: streamFrames,
   errors: [429, 503],
 };
 

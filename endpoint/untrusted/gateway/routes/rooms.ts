@@ -81,4 +81,35 @@ export const roomRoutes: JsonRoute[] = [
     handle: ({ token, params }, { calls }) =>
       calls.call('leave', { auth: { token }, roomId: params.roomId }),
   }),
+  answerInvite(
+    'join',
+    'joinRoom',
+    "Accepts an invitation to a room (the policy's room allow-list applies). The body may be empty or {}.",
+  ),
+  answerInvite(
+    'decline',
+    'declineInvite',
+    'Declines an invitation to a room. The body may be empty or {}.',
+  ),
 ];
+
+/** POST /v1/rooms/:roomId/join|decline: answers an invitation (rooms.join, not rooms.manage). */
+function answerInvite(rpc: 'join' | 'decline', operationId: string, summary: string): JsonRoute {
+  return jsonRoute({
+    method: 'POST',
+    url: `/v1/rooms/:roomId/${rpc}`,
+    operationId,
+    summary,
+    capability: 'rooms.join',
+    rpc,
+    auth: true,
+    params: roomPath,
+    body: empty,
+    bodyOptional: true,
+    status: 200,
+    response: endpointContract[rpc].result,
+    errors: [404, 409],
+    handle: ({ token, params }, { calls }) =>
+      calls.call(rpc, { auth: { token }, roomId: params.roomId }),
+  });
+}
