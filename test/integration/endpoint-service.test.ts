@@ -5,7 +5,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TpmConfig } from '../../keyvault/config.ts';
 import { openVault } from '../../keyvault/open.ts';
 import type { VaultBackend } from '../../keyvault/vault.ts';
-import { isDecrypted } from '../../endpoint/device.ts';
 import { EndpointService } from '../../endpoint/service.ts';
 import {
   StockPeer,
