@@ -459,6 +459,7 @@ export const endpointContract = defineContract({
         data: z.base64().max(Math.ceil(ATTACHMENT_CHUNK_BYTES / 3) * 4),
       })
       .strict(),
+    /** All bytes the endpoint holds of this upload so far (the next chunk's offset). */
     result: z.object({ received: z.number().int() }).strict(),
   },
   uploadFinish: {
@@ -485,7 +486,20 @@ export const endpointContract = defineContract({
   },
   downloadChunk: {
     params: z.object({ auth, download: transferId, offset: z.number().int().min(0) }).strict(),
-    result: z.object({ data: z.base64(), done: z.boolean() }).strict(),
+    result: z
+      .object({
+        data: z.base64().max(Math.ceil(ATTACHMENT_CHUNK_BYTES / 3) * 4),
+        done: z.boolean(),
+      })
+      .strict(),
+  },
+  /**
+   * Any valid token: drops one of the caller's unfinished uploads or unread downloads now
+   * (a UI that gave up), freeing its memory and its slot instead of waiting a minute.
+   */
+  transferCancel: {
+    params: z.object({ auth, transfer: transferId }).strict(),
+    result: empty,
   },
   /** rooms.join: accepts an invitation (the room's allow-list in the policy applies). */
   join: {

@@ -599,6 +599,14 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       }
     },
 
+    transferCancel: async ({ auth, transfer: id }) => {
+      const client = await guard(auth.token, 'status', { charge: false, audit: false });
+      if (!transfers.cancel(client.name, id)) {
+        throw new RpcError('NOT_FOUND', 'no such transfer (finished, or idle for a minute)');
+      }
+      return {};
+    },
+
     join: async ({ auth, roomId }) => {
       await guard(auth.token, 'rooms.join', { roomId });
       if (endpoint.room(roomId)?.membership !== 'invite') {

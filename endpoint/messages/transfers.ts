@@ -14,7 +14,8 @@ const PER_CLIENT = 4;
 const TOTAL = 16;
 
 export class TransferError extends Error {
-  readonly code: 'NOT_FOUND' | 'UPLOAD_INCOMPLETE' | 'ATTACHMENT_TOO_LARGE' | 'RATE_LIMITED';
+  readonly code:
+    'NOT_FOUND' | 'UPLOAD_INCOMPLETE' | 'ATTACHMENT_TOO_LARGE' | 'RATE_LIMITED' | 'INVALID_REQUEST';
   constructor(code: TransferError['code'], message: string) {
     super(message);
     this.name = 'TransferError';
@@ -120,7 +121,7 @@ export class Transfers {
   ): { data: Buffer; done: boolean; size: number } {
     const download = this.#get(client, id, 'download');
     if (!Number.isSafeInteger(offset) || offset < 0 || offset > download.bytes.length) {
-      throw new TransferError('UPLOAD_INCOMPLETE', `offset ${offset} is past the end`);
+      throw new TransferError('INVALID_REQUEST', `offset ${offset} is not within the file`);
     }
     const end = Math.min(download.bytes.length, offset + max);
     const data = Buffer.from(download.bytes.subarray(offset, end));
@@ -128,6 +129,14 @@ export class Transfers {
     download.lastActive = this.#now();
     if (done) this.#drop(id);
     return { data, done, size: download.bytes.length };
+  }
+
+  /** Drops one of the client's transfers now; false if it has none by this id. */
+  cancel(client: string, id: string): boolean {
+    const t = this.#open.get(id);
+    if (t === undefined || t.client !== client) return false;
+    this.#drop(id);
+    return true;
   }
 
   /** Drops what nobody touched for IDLE_MS. */

@@ -36,6 +36,9 @@ function checkToken(params: { auth: { token: string } }): void {
   if (params.auth.token !== TOKEN) throw new RpcError('UNAUTHENTICATED', 'unknown token');
 }
 
+/** Transfers the gateway asked the fake endpoint to cancel, in order. */
+export const cancelled: string[] = [];
+
 export function defaultHandlers(): Handlers<EndpointContract> {
   let received = 0;
   return {
@@ -147,6 +150,11 @@ export function defaultHandlers(): Handlers<EndpointContract> {
         data: data.toString('base64'),
         done: p.offset + data.length >= DOWNLOAD_BYTES.length,
       });
+    },
+    transferCancel: async (p) => {
+      checkToken(p);
+      cancelled.push(p.transfer);
+      return Promise.resolve({});
     },
     join: async (p) => {
       checkToken(p);

@@ -152,7 +152,7 @@ describe('downloads', () => {
     expect(t.read('ui', id, 0, 4)).toMatchObject({ done: false, size: 10 });
     const middle = t.read('ui', id, 4, 4);
     expect(middle.data.toString()).toBe('4567');
-    expect(codeOf(() => t.read('ui', id, 11, 4))).toBe('UPLOAD_INCOMPLETE');
+    expect(codeOf(() => t.read('ui', id, 11, 4))).toBe('INVALID_REQUEST');
     const last = t.read('ui', id, 8, 4);
     expect(last).toMatchObject({ done: true, size: 10 });
     expect(last.data.toString()).toBe('89'); // a copy: intact after the zeroing

@@ -269,13 +269,17 @@ async function streamUpload(
       }
     }
   } catch (e) {
+    // Whatever stopped the upload, the endpoint can drop what it holds of it now.
+    cancel(calls, token, started.upload);
     if (e instanceof GatewayError || isRpcError(e)) throw e;
-    // The request stream broke off (the client went away, the connection was reset): the
-    // endpoint drops the unfinished upload by itself.
+    // The request stream broke off (the client went away, the connection was reset).
     throw truncated();
   }
   if (filled > 0) await flush();
-  if (offset !== size) throw truncated();
+  if (offset !== size) {
+    cancel(calls, token, started.upload);
+    throw truncated();
+  }
   const result = await calls.call('uploadFinish', { auth, upload: started.upload });
   const out = endpointContract.uploadFinish.result.safeParse(result);
   if (!out.success) throw internal();
@@ -348,6 +352,15 @@ async function download(
     if (sent !== size) throw new Error('the endpoint sent fewer bytes than it announced');
   }
 
+  // A client that goes away mid-download: the endpoint drops the decrypted file at once.
+  let finished = false;
+  reply.raw.once('close', () => {
+    if (!finished) cancel(calls, token, id);
+  });
+  const counted = async function* (): AsyncGenerator<Buffer> {
+    yield* bytes();
+    finished = true;
+  };
   return reply
     .code(downloadRoute.status)
     .headers({
@@ -358,5 +371,10 @@ async function download(
       'content-security-policy': DOWNLOAD_CSP,
       'cache-control': 'no-store',
     })
-    .send(Readable.from(bytes(), { objectMode: false }));
+    .send(Readable.from(counted(), { objectMode: false }));
+}
+
+/** Best effort: an unfinished transfer is dropped by the endpoint after a minute anyway. */
+function cancel(calls: GatewayContext['calls'], token: string, transfer: string): void {
+  calls.call('transferCancel', { auth: { token }, transfer }).catch(() => undefined);
 }
