@@ -1,7 +1,17 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RpcError } from '../../keyvault/common/rpc/index.ts';
 import { MAX_TOKEN_CHARS } from '../../endpoint/contract.ts';
-import { buildGateway } from '../../endpoint/untrusted/gateway/index.ts';
+import {
+  buildGateway,
+  errorBody,
+  listenGateway,
+  type Limits,
+} from '../../endpoint/untrusted/gateway/index.ts';
 import { type FakeEndpoint, TOKEN, bearer, fakeEndpoint } from './gateway-helpers.ts';
 
 let fake: FakeEndpoint | undefined;
@@ -222,6 +232,326 @@ describe('gateway: calls in flight to the endpoint are bounded', () => {
     expect(second.statusCode).toBe(503);
     releaseAll();
     expect((await first).statusCode).toBe(200);
+    await app.close();
+  });
+});
+
+interface RawResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+  /** The connection was closed by the gateway after this answer. */
+  closed: boolean;
+}
+
+/** Bytes as given over a real socket: the parser and framework paths inject() cannot reach. */
+function raw(socketPath: string, bytes: string | Buffer): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(socketPath);
+    let data = Buffer.alloc(0);
+    let done = false;
+    const finish = (closed: boolean) => {
+      if (done) return;
+      const text = data.toString('latin1');
+      const end = text.indexOf('\r\n\r\n');
+      if (end < 0) {
+        if (closed) {
+          done = true;
+          reject(new Error(`no answer, only ${JSON.stringify(text.slice(0, 200))}`));
+        }
+        return;
+      }
+      const [statusLine = '', ...lines] = text.slice(0, end).split('\r\n');
+      const headers: Record<string, string> = {};
+      for (const line of lines) {
+        const colon = line.indexOf(':');
+        headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim();
+      }
+      const length = Number(headers['content-length'] ?? NaN);
+      const body = data.subarray(end + 4);
+      if (!closed && !(body.length >= length)) return;
+      done = true;
+      socket.destroy();
+      resolve({
+        status: Number(statusLine.split(' ')[1]),
+        headers,
+        body: body.toString('utf8'),
+        closed,
+      });
+    };
+    socket.on('data', (chunk: Buffer) => {
+      data = Buffer.concat([data, chunk]);
+      finish(false);
+    });
+    socket.on('error', () => undefined);
+    socket.once('close', () => {
+      finish(true);
+    });
+    socket.once('connect', () => {
+      socket.write(bytes);
+    });
+    setTimeout(() => {
+      if (!done) reject(new Error('no answer in 5 s'));
+      socket.destroy();
+    }, 5_000).unref();
+  });
+}
+
+/** Every 4xx: the API's error shape (strict: nothing else in it), JSON, no stack, our headers. */
+function expectApiError(res: RawResponse, status: number, code: string): void {
+  expect({ status: res.status, body: res.body }).toMatchObject({ status });
+  expect(res.headers['content-type']).toBe('application/json; charset=utf-8');
+  expect(res.headers['x-content-type-options']).toBe('nosniff');
+  expect(res.headers['cache-control']).toBe('no-store');
+  const parsed = errorBody.safeParse(JSON.parse(res.body));
+  expect(parsed.success, res.body).toBe(true);
+  expect(parsed.data?.error.code).toBe(code);
+  // One line ending in a full stop (a field-naming INVALID_REQUEST starts with the field).
+  expect(parsed.data?.error.message).toMatch(/^[^\n]+[.!?]$/);
+  expect(res.body).not.toMatch(/statusCode|FST_|HPE_|\bat .*:\d+|Error:/);
+}
+
+function listening(limits: Partial<Limits> = {}) {
+  let dir = '';
+  let app: FastifyInstance | undefined;
+  const state = { socketPath: '', fake: undefined as FakeEndpoint | undefined };
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'gateway-errors-'));
+    state.socketPath = join(dir, 'gw.sock');
+    state.fake = fakeEndpoint();
+    app = buildGateway({ endpoint: state.fake.client, limits });
+    await listenGateway(app, { socket: state.socketPath });
+  });
+  afterAll(async () => {
+    await app?.close();
+    state.fake?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return state;
+}
+
+const H = 'Host: gateway\r\n';
+const auth = `Authorization: Bearer ${TOKEN}\r\n`;
+
+describe('gateway: framework-level 4xx have the API error shape (over a real socket)', () => {
+  const gw = listening({ headersTimeoutMs: 300, requestTimeoutMs: 600 });
+  const json = (body: string) =>
+    `POST /v1/rooms/!r:x/messages HTTP/1.1\r\n${H}${auth}Content-Type: application/json\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+
+  const cases: [string, () => string | Buffer, number, string][] = [
+    ['bad JSON', () => json('{"body": '), 400, 'INVALID_JSON'],
+    ['an empty JSON body where one is needed', () => json(''), 400, 'INVALID_REQUEST'],
+    [
+      'a malformed percent-encoding in the path',
+      () => `GET /v1/rooms/%E0%A4%A/timeline HTTP/1.1\r\n${H}${auth}Connection: close\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'a path parameter over maxParamLength',
+      () => `GET /v1/contacts/${'a'.repeat(2000)} HTTP/1.1\r\n${H}${auth}Connection: close\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'an unknown route',
+      () => `GET /v2/nothing HTTP/1.1\r\n${H}Connection: close\r\n\r\n`,
+      404,
+      'NOT_FOUND',
+    ],
+    ['OPTIONS *', () => `OPTIONS * HTTP/1.1\r\n${H}Connection: close\r\n\r\n`, 404, 'NOT_FOUND'],
+    [
+      'a wrong method',
+      () => `DELETE /v1/status HTTP/1.1\r\n${H}${auth}Connection: close\r\n\r\n`,
+      405,
+      'METHOD_NOT_ALLOWED',
+    ],
+    [
+      'a method fastify does not route',
+      () => `PROPFIND /v1/status HTTP/1.1\r\n${H}${auth}Connection: close\r\n\r\n`,
+      404,
+      'NOT_FOUND',
+    ],
+    [
+      'a body over the limit',
+      () => json(JSON.stringify({ body: 'x'.repeat(200 * 1024) })),
+      413,
+      'BODY_TOO_LARGE',
+    ],
+    [
+      'a non-JSON content type',
+      () =>
+        `POST /v1/rooms/!r:x/messages HTTP/1.1\r\n${H}${auth}Content-Type: text/plain\r\n` +
+        `Content-Length: 2\r\nConnection: close\r\n\r\nhi`,
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+    ],
+    [
+      'a JSON body in another charset',
+      () =>
+        `POST /v1/rooms/!r:x/messages HTTP/1.1\r\n${H}${auth}` +
+        `Content-Type: application/json; charset=latin1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`,
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+    ],
+    [
+      'no Host header',
+      () => `GET /v1/openapi.json HTTP/1.1\r\nConnection: close\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'two Host headers',
+      () => `GET /v1/openapi.json HTTP/1.1\r\n${H}Host: other\r\nConnection: close\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'two Content-Type headers',
+      () =>
+        `POST /v1/rooms/!r:x/messages HTTP/1.1\r\n${H}${auth}Content-Type: application/json\r\n` +
+        `Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'a header with a control character',
+      () => `GET /v1/status HTTP/1.1\r\n${H}X-Bad: a\x01b\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'a header line without a colon',
+      () => `GET /v1/status HTTP/1.1\r\n${H}nocolon\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'Content-Length and Transfer-Encoding together',
+      () =>
+        `POST /v1/rooms/!r:x/messages HTTP/1.1\r\n${H}${auth}Content-Type: application/json\r\n` +
+        `Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'broken chunked framing',
+      () =>
+        `POST /v1/rooms/!r:x/messages HTTP/1.1\r\n${H}${auth}Content-Type: application/json\r\n` +
+        `Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n`,
+      400,
+      'INVALID_REQUEST',
+    ],
+    [
+      'headers over 16 KiB',
+      () => `GET /v1/status HTTP/1.1\r\n${H}X-Big: ${'a'.repeat(20_000)}\r\n\r\n`,
+      431,
+      'HEADERS_TOO_LARGE',
+    ],
+    ['not HTTP at all', () => 'HELLO THERE\r\n\r\n', 400, 'INVALID_REQUEST'],
+    ['an HTTP/2 preface', () => 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 400, 'INVALID_REQUEST'],
+    [
+      'an Expect other than 100-continue',
+      () => `GET /v1/status HTTP/1.1\r\n${H}${auth}Expect: magic\r\nConnection: close\r\n\r\n`,
+      417,
+      'EXPECTATION_FAILED',
+    ],
+    [
+      'headers that stop coming (the cut-off)',
+      () => `GET /v1/status HTTP/1.1\r\n${H}`,
+      408,
+      'REQUEST_TIMEOUT',
+    ],
+    ['a connection that sends nothing (the cut-off)', () => '', 408, 'REQUEST_TIMEOUT'],
+    [
+      'a body that stops coming (the request cut-off)',
+      () =>
+        `POST /v1/rooms/!r:x/messages HTTP/1.1\r\n${H}${auth}Content-Type: application/json\r\n` +
+        `Content-Length: 100\r\n\r\n{"body":`,
+      408,
+      'REQUEST_TIMEOUT',
+    ],
+  ];
+  for (const [what, bytes, status, code] of cases) {
+    it(`${what}: ${status} ${code}`, async () => {
+      expectApiError(await raw(gw.socketPath, bytes()), status, code);
+    });
+  }
+
+  it('the parser errors and cut-offs close the connection', async () => {
+    for (const bytes of ['HELLO\r\n\r\n', `GET /v1/status HTTP/1.1\r\n${H}`]) {
+      const res = await raw(gw.socketPath, bytes);
+      expect(res.headers.connection).toBe('close');
+    }
+  });
+});
+
+describe('gateway: two sets of credentials are refused, not "first one wins"', () => {
+  const gw = listening();
+  const other = 'other-token_0123456789abcdefghijklmnopqrstu';
+  const request = (path: string, authorization: string[], method = 'GET') =>
+    `${method} ${path} HTTP/1.1\r\n${H}${authorization.map((a) => `Authorization: ${a}\r\n`).join('')}` +
+    (method === 'POST' ? 'Content-Type: application/json\r\nContent-Length: 2\r\n' : '') +
+    `Connection: close\r\n\r\n${method === 'POST' ? '{}' : ''}`;
+
+  const ambiguous: [string, string[]][] = [
+    ['two Authorization headers, the good one first', [`Bearer ${TOKEN}`, `Bearer ${other}`]],
+    ['two Authorization headers, the good one second', [`Bearer ${other}`, `Bearer ${TOKEN}`]],
+    ['the same Authorization header twice', [`Bearer ${TOKEN}`, `Bearer ${TOKEN}`]],
+    ['an empty Authorization header and a good one', ['', `Bearer ${TOKEN}`]],
+    ['two tokens joined by a comma', [`Bearer ${TOKEN}, Bearer ${other}`]],
+    ['a token and a trailing comma', [`Bearer ${TOKEN},`]],
+    ['two Bearer values without a comma', [`Bearer ${TOKEN} Bearer ${other}`]],
+  ];
+  for (const [what, authorization] of ambiguous) {
+    it(`${what}: 400 INVALID_REQUEST on every route, the endpoint not called`, async () => {
+      const before = gw.fake?.calls.length ?? 0;
+      for (const [method, path] of [
+        ['GET', '/v1/status'],
+        ['GET', '/v1/rooms'],
+        ['POST', '/v1/rooms/!r:x/join'],
+        ['GET', '/v1/events'],
+        ['GET', '/v1/rooms/!r:x/events/$e/attachment'],
+        ['GET', '/v1/openapi.json'],
+        ['GET', '/v1/nothing'],
+        ['DELETE', '/v1/status'],
+      ] as const) {
+        const res = await raw(gw.socketPath, request(path, authorization, method));
+        expectApiError(res, 400, 'INVALID_REQUEST');
+        expect(JSON.parse(res.body)).toEqual({
+          error: {
+            code: 'INVALID_REQUEST',
+            message: 'Give one Authorization header with one bearer token.',
+          },
+        });
+        expect(res.body).not.toContain(TOKEN);
+      }
+      expect(gw.fake?.calls.length).toBe(before);
+    });
+  }
+
+  it('one good Authorization header still works, and a token merely containing "bearer" too', async () => {
+    const ok = await raw(gw.socketPath, request('/v1/status', [`Bearer ${TOKEN}`]));
+    expect(ok.status).toBe(200);
+    const odd = await raw(gw.socketPath, request('/v1/status', ['Bearer abc-bearer-def']));
+    expectApiError(odd, 401, 'UNAUTHENTICATED'); // unknown to the fake, but forwarded
+    expect(gw.fake?.calls.at(-1)).toEqual({
+      method: 'status',
+      params: { auth: { token: 'abc-bearer-def' } },
+    });
+  });
+
+  it('inject() with an array of Authorization values is refused the same way', async () => {
+    fake = fakeEndpoint();
+    const app = buildGateway({ endpoint: fake.client });
+    const res = await app.inject({
+      url: '/v1/status',
+      headers: { authorization: [`Bearer ${TOKEN}`, `Bearer ${TOKEN}`] as unknown as string },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json<{ error: { code: string } }>().error.code).toBe('INVALID_REQUEST');
+    expect(fake.calls).toEqual([]);
     await app.close();
   });
 });

@@ -1,17 +1,21 @@
 import { execFile } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { Agent, request } from 'node:http';
+import { type Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   ConfigError,
+  type Limits,
   ListenError,
   buildGateway,
   listenGateway,
   loadGatewayConfig,
 } from '../../endpoint/untrusted/gateway/index.ts';
+import { checkingIntervalMs } from '../../endpoint/untrusted/gateway/connections.ts';
 import { gatewayRequest } from '../fixtures/gateway-client.ts';
 import { type FakeEndpoint, TOKEN, fakeEndpoint } from './gateway-helpers.ts';
 
@@ -95,6 +99,133 @@ describe('listenGateway: Unix socket', () => {
     const app = buildGateway({ endpoint: fake.client });
     await listenGateway(app, { socket: path });
     expect((await gatewayRequest({ socketPath: path }, '/v1/openapi.json')).status).toBe(200);
+    await app.close();
+  });
+});
+
+describe('connections: the cap sheds connections without a request, the cut-offs hold', () => {
+  interface Held {
+    socket: Socket;
+    openedAt: number;
+    closedAt: number | undefined;
+    received: string;
+  }
+  const path = () => join(dir, 'gw.sock');
+  const hold = (): Promise<Held> =>
+    new Promise((resolve) => {
+      const socket = connect(path());
+      const h: Held = { socket, openedAt: 0, closedAt: undefined, received: '' };
+      socket.setEncoding('latin1');
+      socket.on('data', (c: string) => (h.received += c));
+      socket.on('error', () => undefined);
+      socket.once('close', () => (h.closedAt = performance.now()));
+      socket.once('connect', () => {
+        h.openedAt = performance.now();
+        resolve(h);
+      });
+    });
+  const get = (url: string, agent: Agent | false = false) =>
+    new Promise<{ status: number; reused: boolean }>((resolve, reject) => {
+      const req = request(
+        { socketPath: path(), path: url, agent, headers: { authorization: `Bearer ${TOKEN}` } },
+        (res) => {
+          res.resume();
+          res.once('end', () => {
+            resolve({ status: res.statusCode ?? 0, reused: req.reusedSocket });
+          });
+        },
+      );
+      req.once('error', reject);
+      req.end();
+    });
+  const serve = async (limits: Partial<Limits>) => {
+    const app = buildGateway({ endpoint: fake.client, limits });
+    await listenGateway(app, { socket: path() });
+    return app;
+  };
+
+  it('checks the cut-offs every twentieth of the header cut-off, 25 ms to 250 ms', () => {
+    expect(checkingIntervalMs(5_000)).toBe(250);
+    expect(checkingIntervalMs(60_000)).toBe(250);
+    expect(checkingIntervalMs(1_000)).toBe(50);
+    expect(checkingIntervalMs(100)).toBe(25);
+  });
+
+  it('at the cap, a new client is served and the oldest idle connection is the one closed', async () => {
+    const app = await serve({ maxConnections: 4 });
+    const idle = [await hold(), await hold(), await hold(), await hold()];
+    expect((await get('/v1/status')).status).toBe(200);
+    await sleep(50);
+    expect(idle.map((h) => h.closedAt !== undefined)).toEqual([true, false, false, false]);
+    // A shed connection is just closed: it had no answer coming.
+    expect(idle[0]?.received).toBe('');
+    await app.close();
+  });
+
+  it('never sheds a request in progress: with every connection busy the new one is refused', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    fake.close();
+    fake = fakeEndpoint({
+      rooms: async () => {
+        await gate;
+        return { rooms: [] };
+      },
+    });
+    const app = await serve({ maxConnections: 3 });
+    const busy = [get('/v1/rooms'), get('/v1/rooms'), get('/v1/rooms')];
+    await sleep(100);
+    await expect(get('/v1/status')).rejects.toThrow(/ECONNRESET|socket hang up|EPIPE/);
+    release();
+    expect((await Promise.all(busy)).map((r) => r.status)).toEqual([200, 200, 200]);
+    await app.close();
+  });
+
+  it('sheds an idle keep-alive connection only once no connection is still without a request', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    fake.close();
+    fake = fakeEndpoint({
+      rooms: async () => {
+        await gate;
+        return { rooms: [] };
+      },
+    });
+    const app = await serve({ maxConnections: 3 });
+    const keepAlive = new Agent({ keepAlive: true, maxSockets: 1 });
+    expect(await get('/v1/status', keepAlive)).toEqual({ status: 200, reused: false });
+    // Full: the keep-alive connection (older) and two that never sent anything.
+    const idle = [await hold(), await hold()];
+    expect((await get('/v1/status')).status).toBe(200);
+    await sleep(50);
+    expect(idle.map((h) => h.closedAt !== undefined)).toEqual([true, false]);
+    expect(await get('/v1/status', keepAlive)).toEqual({ status: 200, reused: true });
+    // Now full with two requests in progress and the idle keep-alive one: that one goes.
+    idle[1]?.socket.destroy();
+    await sleep(50);
+    const busy = [get('/v1/rooms'), get('/v1/rooms')];
+    await sleep(100);
+    expect((await get('/v1/status')).status).toBe(200);
+    await sleep(50);
+    expect(await get('/v1/status', keepAlive)).toEqual({ status: 200, reused: false });
+    release();
+    expect((await Promise.all(busy)).map((r) => r.status)).toEqual([200, 200]);
+    keepAlive.destroy();
+    await app.close();
+  });
+
+  it('closes a connection that sends nothing at the header cut-off, with a 408 in the API shape', async () => {
+    const app = await serve({ headersTimeoutMs: 400 });
+    const h = await hold();
+    while (h.closedAt === undefined) await sleep(10);
+    const lifetime = h.closedAt - h.openedAt;
+    expect(lifetime).toBeGreaterThanOrEqual(380);
+    expect(lifetime).toBeLessThan(400 + checkingIntervalMs(400) + 150);
+    expect(h.received).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/);
+    expect(h.received).toMatch(/\r\nconnection: close\r\n/);
+    expect(JSON.parse(h.received.slice(h.received.indexOf('\r\n\r\n') + 4))).toEqual({
+      error: { code: 'REQUEST_TIMEOUT', message: 'The request did not arrive in time.' },
+    });
     await app.close();
   });
 });

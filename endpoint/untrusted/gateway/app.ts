@@ -1,11 +1,18 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { RpcClient } from '../../../keyvault/common/rpc/index.ts';
 import type { EndpointContract } from '../../contract.ts';
-import { GatewayError } from './errors.ts';
+import { singleCredentialsPlugin } from './auth.ts';
+import { checkingIntervalMs, shedConnections } from './connections.ts';
 import { endpointCalls } from './forward.ts';
 import { type Limits, resolveLimits } from './limits.ts';
 import { buildOpenApiDocument } from './openapi.ts';
-import { errorsPlugin, methodNotAllowed, sendError } from './plugins/errors.ts';
+import {
+  clientErrorHandler,
+  errorsPlugin,
+  frameworkErrors,
+  methodNotAllowed,
+  refuseExpectation,
+} from './plugins/errors.ts';
 import { headersPlugin } from './plugins/headers.ts';
 import { jsonBodyPlugin } from './plugins/json-body.ts';
 import type { GatewayContext } from './route.ts';
@@ -39,31 +46,41 @@ export function openApiDocument(): Record<string, unknown> {
  */
 export function buildGateway(options: GatewayOptions): FastifyInstance {
   const limits = resolveLimits(options.limits);
+  const headersTimeout = Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs);
   const app = Fastify({
     // No logger at all: a request log would hold tokens (headers) or messages (bodies).
     logger: false,
+    http: {
+      // The cut-offs hold at the stated time, not at Node's next 30 s sweep (connections.ts).
+      connectionsCheckingInterval: checkingIntervalMs(headersTimeout),
+      headersTimeout,
+      // Refused in plugins/headers.ts instead, with the API's error body (Node's is empty).
+      requireHostHeader: false,
+    },
     bodyLimit: limits.bodyLimitBytes,
     routerOptions: { maxParamLength: limits.maxParamLength },
     connectionTimeout: limits.idleTimeoutMs,
     keepAliveTimeout: limits.keepAliveTimeoutMs,
     requestTimeout: limits.requestTimeoutMs,
     exposeHeadRoutes: false,
-    return503OnClosing: true,
+    // plugins/errors.ts answers those 503s, in the API's error shape.
+    return503OnClosing: false,
     forceCloseConnections: true,
     // Ids are not a secret, but neither is there any need to trust client-chosen ones.
     requestIdHeader: false,
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
-    frameworkErrors: (_error, _request, reply) => {
-      void sendError(reply, new GatewayError(400, 'INVALID_REQUEST', 'The request is malformed.'));
-    },
+    frameworkErrors,
+    // Malformed HTTP and the cut-offs, below fastify: the same error shape as everything else.
+    clientErrorHandler,
   });
-  app.server.maxConnections = limits.maxConnections;
-  app.server.headersTimeout = Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs);
+  shedConnections(app.server, limits.maxConnections);
+  app.server.on('checkExpectation', refuseExpectation);
 
   const ctx: GatewayContext = { calls: endpointCalls(options.endpoint, limits), limits };
   void app.register(errorsPlugin);
   void app.register(headersPlugin);
+  void app.register(singleCredentialsPlugin);
   void app.register(jsonBodyPlugin, { bodyLimit: limits.bodyLimitBytes });
   void app.register(jsonRoutesPlugin, { ctx, routes: statusRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: roomRoutes });

@@ -13,11 +13,19 @@ export interface Limits {
    * message and nothing much bigger, so a valid message is never refused as too large.
    */
   bodyLimitBytes: number;
-  /** Open connections at once (server.maxConnections): SSE streams plus a few UIs' requests. */
+  /**
+   * Open connections at once: SSE streams plus a few UIs' requests. At the cap a new
+   * connection closes one that has not sent a request yet, rather than being refused itself
+   * (connections.ts), so idle sockets cannot lock real clients out.
+   */
   maxConnections: number;
   /** The whole request (headers and body) must arrive within this (Node's requestTimeout). */
   requestTimeoutMs: number;
-  /** The headers must arrive within this: a slowloris client is cut off early. */
+  /**
+   * The headers must arrive within this, counted from the accept (a connection that sends
+   * nothing) or from a request's first byte: a slowloris client is cut off early. Checked
+   * every twentieth of it (at most 250 ms), so it holds to within 5%.
+   */
   headersTimeoutMs: number;
   /** An idle keep-alive connection is closed after this. */
   keepAliveTimeoutMs: number;
