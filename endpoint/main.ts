@@ -2,20 +2,23 @@
  * The endpoint compartment: `node endpoint/main.ts serve --config FILE`. It launches its vault
  * compartment (keyvault/main.ts serve, over a socketpair), opens the sealed store with the
  * vault's key, runs the Matrix device, and serves the endpoint contract on file descriptor 3
- * for its launcher (the gateway, or a test). It listens on nothing. Every call is authorised
+ * for its launcher (the gateway, or a test). It listens on nothing but, with --gateway-socket,
+ * a private Unix socket where a restarted gateway is connected. Every call is authorised
  * against the policy file and recorded in the audit log.
  */
 import { unwatchFile, watchFile } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
+import { isAbsolute } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { readSecret } from '../keyvault/common/secret.ts';
 import { vaultClient } from '../keyvault/client.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
-import { serve, socketChannel } from '../keyvault/common/rpc/index.ts';
-import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../policy/index.ts';
+import { serve, serveOneAtATime, socketChannel } from '../keyvault/common/rpc/index.ts';
+import { onParentExit, refuseInspector } from '../keyvault/common/spawn.ts';
+import { AuditLog, Authorizer, PolicyHolder, auditLogOptions, roomTrust } from '../policy/index.ts';
 import { MAX_EVENT_LOG_BYTES, loadVerifierPolicy } from '../attestation/index.ts';
 import {
   EventHub,
@@ -24,6 +27,7 @@ import {
   failedSendWire,
   streamInput,
 } from './api/index.ts';
+import { liveStreamOwners } from './api/events.ts';
 import { Transfers } from './messages/index.ts';
 import { AttestationService } from './attestation/service.ts';
 import { endpointContract } from './contract.ts';
@@ -34,14 +38,21 @@ import { RESET_STORE_USAGE, resetStoreCommand } from './reset-store.ts';
 import { EndpointService } from './service.ts';
 import { type VaultConnection, VaultLink } from './vault-link.ts';
 
-const usage = `Usage: node endpoint/main.ts serve --config FILE [--vault-fd N]
+const usage = `Usage: node endpoint/main.ts serve --config FILE [--vault-fd N] [--gateway-socket PATH]
        node endpoint/main.ts reset-store --config FILE --reason TEXT [--json] [--vault-fd N]
 
 Runs the endpoint compartment: launches the vault (or, with --vault-fd, uses the vault channel
 the launcher passed on that descriptor), opens the sealed store, syncs with the
-homeserver, and serves the endpoint contract on file descriptor 3. The password comes from the
-file or environment variable the config names, never from argv. The policy file is reloaded
-when it changes (or on SIGHUP); an invalid edit is refused and the last valid policy stays.
+homeserver, and serves the endpoint contract to its gateway on file descriptor 3. The password
+comes from the file or environment variable the config names, never from argv. The policy file
+is reloaded when it changes (or on SIGHUP); an invalid edit is refused and the last valid policy
+stays.
+
+A bad frame from the gateway (oversize, torn, not JSON) or a hang-up ends that channel only.
+Without --gateway-socket the endpoint then stops cleanly. With it, it keeps running and serves
+the next gateway that connects on PATH (a Unix socket, mode 0600, in a 0700 directory: for the
+launcher or the gateway's parent), one at a time; it stops on SIGTERM, SIGINT, or when the
+process that started it exits.
 
 reset-store starts a new device on purpose (see reset-store --help).`;
 
@@ -59,6 +70,7 @@ async function main(argv: string[]): Promise<number> {
     options: {
       config: { type: 'string' },
       'vault-fd': { type: 'string' },
+      'gateway-socket': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     allowPositionals: true,
@@ -71,8 +83,12 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${usage}\n`);
     return 2;
   }
-  if (!isSocketFd(3))
-    throw new Error('serve needs its channel on file descriptor 3; it listens on nothing itself');
+  refuseInspector();
+  if (!isSocketFd(3)) throw new Error('serve needs its first gateway channel on file descriptor 3');
+  const gatewaySocket = values['gateway-socket'];
+  if (gatewaySocket !== undefined && !isAbsolute(gatewaySocket)) {
+    throw new Error('--gateway-socket: give an absolute path (inside a directory of mode 0700)');
+  }
   const vaultFd = values['vault-fd'] === undefined ? undefined : Number(values['vault-fd']);
   if (vaultFd !== undefined && !(Number.isInteger(vaultFd) && vaultFd > 3 && isSocketFd(vaultFd))) {
     throw new Error(`--vault-fd ${values['vault-fd'] ?? ''}: not a socket passed by the launcher`);
@@ -85,7 +101,8 @@ async function main(argv: string[]): Promise<number> {
   };
   // Policy and audit log first: no point starting a device nobody may use, or unaudited.
   const policy = await PolicyHolder.open(config.policy);
-  const audit = await AuditLog.open(config.auditLog);
+  // Its segments, size bound and refusal counting are the policy's, as it was at start-up.
+  const audit = await AuditLog.open(config.auditLog, auditLogOptions(policy.current.audit));
   try {
     await audit.append({
       client: null,
@@ -190,7 +207,9 @@ async function main(argv: string[]): Promise<number> {
     const result = await policy.reload();
     if (result.ok && !result.changed) return;
     if (result.ok) {
-      hub.dropClientsExcept(new Set(policy.current.clients.map((c) => c.name)));
+      // Streams of revoked clients, replaced tokens and lost events.stream end now; the rest
+      // are woken to be authorised against the new policy (rooms may have narrowed).
+      hub.dropClientsExcept(liveStreamOwners(policy.current.clients));
     } else {
       log.warn(`policy reload refused, keeping the last valid policy: ${result.error}`);
     }
@@ -210,34 +229,83 @@ async function main(argv: string[]): Promise<number> {
   const onHup = (): void => void reload();
   process.on('SIGHUP', onHup);
 
-  const connection = serve(
-    socketChannel(new Socket({ fd: 3, readable: true, writable: true })),
-    endpointContract,
-    apiHandlers({
-      endpoint,
-      outbox,
-      authorizer: new Authorizer(policy),
-      audit,
-      policy: () => policy.current,
-      hub,
-      health,
-      attestation,
-      transfers,
-    }),
-    {
-      maxInFlight: MAX_IN_FLIGHT,
-      onError: (e, { method }) =>
-        log.warn(
-          `internal error in ${method ?? 'a request'}: ${e instanceof Error ? e.message : 'error'}`,
-        ),
+  const handlers = apiHandlers({
+    endpoint,
+    outbox,
+    authorizer: new Authorizer(policy),
+    audit,
+    policy: () => policy.current,
+    hub,
+    health,
+    attestation,
+    transfers,
+  });
+  // The gateway parses untrusted input and may be compromised: what it sends can end its own
+  // channel (an oversize or torn frame, a hang-up mid-request), never this process. With
+  // --gateway-socket a restarted gateway is connected there (by the launcher, or the
+  // gateway's parent) while the vault, the store, the sync loop and the outbox run on.
+  const first = new Socket({ fd: 3, readable: true, writable: true });
+  const serving = serveOneAtATime({
+    first,
+    ...(gatewaySocket === undefined ? {} : { listenPath: gatewaySocket }),
+    serve: (channel) => {
+      let malformed = false;
+      return serve(channel, endpointContract, handlers, {
+        maxInFlight: MAX_IN_FLIGHT,
+        onError: (e, { method }) =>
+          log.warn(
+            `internal error in ${method ?? 'a request'}: ${e instanceof Error ? e.message : 'error'}`,
+          ),
+        onProtocolError: (e, { fatal }) => {
+          // The fatal one is told with the channel's end; of the others, the first per channel
+          // (each was answered), so a flood of them cannot fill the log.
+          if (fatal || malformed) return;
+          malformed = true;
+          log.warn(
+            `a malformed frame from the gateway, answered ${e.code} (${e.message}); further ones on this channel are answered unlogged`,
+          );
+        },
+      });
     },
-  );
-  const stop = (): void => {
-    connection.close();
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
-  await connection.closed;
+    onEnd: ({ reason, replaced, stopping }) => {
+      if (stopping) return;
+      const why = replaced
+        ? 'a new gateway connection took its place'
+        : reason
+          ? `${reason.code}: ${reason.message}`
+          : 'the gateway hung up';
+      log.warn(
+        `the gateway channel closed (${why}); ${gatewaySocket === undefined ? 'no other can connect: stopping' : `the next gateway may connect on ${gatewaySocket}`}`,
+      );
+    },
+  });
+  let exitCode = 0;
+  const gateways = await serving.catch((e: unknown) => {
+    // Stopped like any other stop below, so the store and the outbox are closed cleanly.
+    log.warn(
+      `cannot listen for the gateway on ${gatewaySocket ?? ''}: ${e instanceof Error ? e.message : 'error'}`,
+    );
+    first.destroy();
+    exitCode = 1;
+    return undefined;
+  });
+  if (gateways) {
+    if (gatewaySocket !== undefined) {
+      process.stderr.write(`endpoint: accepting a restarted gateway on ${gatewaySocket}\n`);
+    }
+    const stop = (): void => {
+      void gateways.close();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    // Its channel no longer ends it when it listens: a parent that died must still stop it.
+    const offParent = onParentExit(() => {
+      log.warn('the process that started the endpoint exited; stopping');
+      stop();
+    });
+    await gateways.done;
+    offParent();
+  }
   unwatchFile(config.policy);
   process.off('SIGHUP', onHup);
   offChanges();
@@ -253,7 +321,7 @@ async function main(argv: string[]): Promise<number> {
   await service.stop();
   await vault.close();
   await audit.close();
-  return 0;
+  return exitCode;
 }
 
 /** The firmware's event log, bounded as evidence v1 carries it (attestation/evidence.ts). */

@@ -1,6 +1,12 @@
 import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { type RpcClient, createClient, socketChannel } from '../keyvault/common/rpc/index.ts';
+import {
+  type ClientOptions,
+  type RpcClient,
+  connectUnix,
+  createClient,
+  socketChannel,
+} from '../keyvault/common/rpc/index.ts';
 import { spawnProcess } from '../keyvault/common/spawn.ts';
 import { type EndpointContract, endpointContract } from './contract.ts';
 
@@ -10,8 +16,16 @@ export interface SpawnedEndpoint {
   client: RpcClient<EndpointContract>;
   process: ChildProcess;
   exited: Promise<number | string>;
-  /** Closes the channel and waits for a clean exit (SIGKILL after graceMs). */
+  /**
+   * Stops it cleanly and waits (SIGKILL after graceMs): closes the channel, which ends it; with
+   * `gatewaySocket`, which it outlives, by SIGTERM.
+   */
   stop(graceMs?: number): Promise<void>;
+  /**
+   * With `gatewaySocket`: a new channel to the same endpoint, as a restarted gateway gets. It
+   * takes the place of the current one (that one closes).
+   */
+  connect(options?: ClientOptions): Promise<RpcClient<EndpointContract>>;
 }
 
 /**
@@ -25,10 +39,22 @@ export async function spawnEndpoint(
     env?: NodeJS.ProcessEnv;
     readyTimeoutMs?: number;
     onStderr?: (line: string) => void;
+    /**
+     * Where the endpoint accepts a restarted gateway (`--gateway-socket`): absolute, in a
+     * directory of mode 0700. Without it, the endpoint stops when its channel closes.
+     */
+    gatewaySocket?: string;
   } = {},
 ): Promise<SpawnedEndpoint> {
+  const { gatewaySocket } = options;
   const child = spawnProcess({
-    argv: [MAIN, 'serve', '--config', configPath],
+    argv: [
+      MAIN,
+      'serve',
+      '--config',
+      configPath,
+      ...(gatewaySocket === undefined ? [] : ['--gateway-socket', gatewaySocket]),
+    ],
     fds: ['pipe'],
     onStderr: options.onStderr ?? (() => undefined),
     ...(options.env ? { env: options.env } : {}),
@@ -38,10 +64,22 @@ export async function spawnEndpoint(
   const client = createClient(socketChannel(fd3), endpointContract, { timeoutMs: 60_000 });
   const stop = (graceMs = 10_000): Promise<void> => {
     client.close();
-    return child.stop({ graceMs, first: 'close' });
+    return child.stop({ graceMs, first: gatewaySocket === undefined ? 'close' : 'SIGTERM' });
+  };
+  const connect = async (
+    clientOptions: ClientOptions = {},
+  ): Promise<RpcClient<EndpointContract>> => {
+    if (gatewaySocket === undefined) {
+      throw new Error('spawnEndpoint: connect() needs the gatewaySocket option');
+    }
+    const socket = await connectUnix(gatewaySocket);
+    return createClient(socketChannel(socket), endpointContract, {
+      timeoutMs: 60_000,
+      ...clientOptions,
+    });
   };
   await waitReady(client, child.exited, stop, () => child.lastLine(), options.readyTimeoutMs);
-  return { client, process: child.process, exited: child.exited, stop };
+  return { client, process: child.process, exited: child.exited, stop, connect };
 }
 
 /**

@@ -9,6 +9,7 @@ import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { loadVaultConfig, openVault } from './open.ts';
 import { socketChannel } from './common/rpc/index.ts';
+import { refuseInspector } from './common/spawn.ts';
 import { serveVault } from './server.ts';
 import {
   type BackendName,
@@ -201,6 +202,7 @@ function report(checks: DoctorCheck[], json: boolean): number {
  * (spawned or launched) learns the typed reason, e.g. VAULT_WRONG_PIN, from its first call.
  */
 async function serve(configPath: string): Promise<number> {
+  refuseInspector();
   let isSocket = false;
   try {
     isSocket = fstatSync(3).isSocket();

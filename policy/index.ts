@@ -8,23 +8,31 @@ export {
   AUDIT_DECISIONS,
   AuditError,
   AuditLog,
+  DEFAULT_REFUSALS,
   GENESIS_HASH,
+  LOG_ACTIONS,
   auditEntrySchema,
+  auditLogOptions,
   auditRecordFor,
   auditRecordSchema,
   canonicalJson,
   describeBroken,
   entryHash,
+  refusalKey,
+  segmentPath,
   verifyAuditLog,
 } from './audit.ts';
 export type {
   AuditAction,
+  AuditBounds,
   AuditDecision,
   AuditEntry,
+  AuditErrorCode,
   AuditLogOptions,
   AuditProblem,
   AuditRecord,
   BrokenEntry,
+  RefusalOptions,
   VerifyResult,
 } from './audit.ts';
 export {
@@ -51,6 +59,7 @@ export type { ParseResult, PolicyProblem, ReloadResult } from './load.ts';
 export { LockError } from '../keyvault/common/lock.ts';
 export {
   CAPABILITIES,
+  DEFAULT_AUDIT,
   DEFAULT_RATE_LIMIT,
   DEFAULT_ROOM_RULES,
   EXAMPLE_POLICY,
@@ -59,6 +68,7 @@ export {
   policySchema,
 } from './schema.ts';
 export type {
+  AuditSettings,
   Capability,
   Policy,
   PolicyClient,

@@ -25,7 +25,7 @@ Commands:
   token revoke --policy FILE --name NAME
                  remove a client; its token fails from the endpoint's next policy reload
   check        --policy FILE           validate a policy file; print every problem
-  audit verify --log FILE              verify the audit log's hash chain
+  audit verify --log FILE              verify the audit log's hash chain, every segment
 
 Options:
   --json         machine-readable output
@@ -70,11 +70,14 @@ Validates the policy file and prints every problem with its JSON path. Exit 1 if
 `,
   'audit verify': `Usage: node policy/main.ts audit verify --log FILE [--json]
 
-Verifies the audit log: every entry's hash, its seq (one more than the last) and its prevHash
-(the last entry's hash). Prints OK with the number of entries, or the first broken entry
-(seq, line, and why: unparsable, invalid entry, hash mismatch, seq gap, prevHash mismatch, torn
-last line) and exits 1. Entries cut off the end leave no trace in the file itself: compare the
-head printed here with one recorded elsewhere.
+Verifies the audit log FILE with its sealed segments (FILE.000001, FILE.000002, ...), oldest
+first, as one chain: every entry's hash, its seq (one more than the last) and its prevHash (the
+last entry's hash), across segments too. Prints OK with the number of entries and segments, and
+how many older entries were pruned (deleted for the size bound, as an audit.prune entry
+records), or the first problem (file, line, seq, and why: unparsable, invalid entry, hash
+mismatch, seq gap, prevHash mismatch, torn tail; segment missing, truncated or reordered; prune
+mismatch) and exits 1. Entries cut off the end leave no trace in the files themselves: compare
+the head printed here with one recorded elsewhere.
 `,
 } as const;
 type Command = keyof typeof COMMAND_HELP;
@@ -261,9 +264,15 @@ async function run(argv: string[]): Promise<number> {
       }
       if (json) print(JSON.stringify(result));
       else if (result.ok) {
+        const segments = result.segments > 1 ? ` across ${result.segments} segments` : '';
+        const pruned =
+          result.pruned > 0
+            ? `; it starts after ${result.pruned} earlier entries were pruned, as recorded`
+            : '';
         print(
-          `OK: ${result.count} entries, chain intact` +
-            (result.count > 0 ? ` (head seq ${result.head.seq}, hash ${result.head.hash})` : ''),
+          `OK: ${result.count} entries, chain intact${segments}` +
+            (result.count > 0 ? ` (head seq ${result.head.seq}, hash ${result.head.hash})` : '') +
+            pruned,
         );
       } else {
         print(

@@ -152,6 +152,65 @@ const roomOverride = z
   })
   .strict();
 
+/**
+ * The audit log's bounds (policy/README.md "The audit log"). The defaults keep months of
+ * ordinary use and cannot fill a disk: 256 MiB in 8 MiB segments, and floods of refusals
+ * counted per 60 s window after the first 5 written.
+ */
+export const DEFAULT_AUDIT = {
+  maxBytes: 256 * 1024 * 1024,
+  segmentBytes: 8 * 1024 * 1024,
+  refusals: { windowSeconds: 60, individualPerWindow: 5 },
+} as const;
+
+const MIB = 1024 * 1024;
+
+const auditRefusals = z
+  .object({
+    /** How long one window of counted refusals lasts (one summary entry each). */
+    windowSeconds: z.number().int().min(1).max(3600).default(60),
+    /** How many of a window's refusals are still written one by one. */
+    individualPerWindow: z.number().int().min(0).max(1000).default(5),
+  })
+  .strict();
+
+const auditSection = z
+  .object({
+    /** All segments together; the oldest are deleted (and that recorded) beyond it. */
+    maxBytes: z
+      .number()
+      .int()
+      .min(2 * 64 * 1024)
+      .max(1024 * 1024 * MIB)
+      .default(DEFAULT_AUDIT.maxBytes),
+    /** A segment is sealed and a new one begun before it would pass this. */
+    segmentBytes: z
+      .number()
+      .int()
+      .min(64 * 1024)
+      .max(1024 * MIB)
+      .default(DEFAULT_AUDIT.segmentBytes),
+    refusals: auditRefusals.default(DEFAULT_AUDIT.refusals),
+  })
+  .strict()
+  .superRefine((audit, ctx) => {
+    if (audit.maxBytes < 2 * audit.segmentBytes) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['maxBytes'],
+        message: `must be at least twice segmentBytes (${audit.segmentBytes}): the segment being written and one sealed`,
+      });
+    } else if (audit.maxBytes / audit.segmentBytes > 4096) {
+      // Each segment is a file the verifier opens and the writer lists: keep them few.
+      ctx.addIssue({
+        code: 'custom',
+        path: ['segmentBytes'],
+        message: `at most 4096 segments: segmentBytes must be at least maxBytes / 4096 (${Math.ceil(audit.maxBytes / 4096)})`,
+      });
+    }
+  });
+export type AuditSettings = z.output<typeof auditSection>;
+
 export const policySchema = z
   .object({
     version: z.literal(1, { error: () => 'expected 1 (the only policy version there is)' }),
@@ -166,6 +225,7 @@ export const policySchema = z
       .strict()
       .default({ default: DEFAULT_ROOM_RULES, overrides: {} }),
     clients: z.array(policyClient).max(256).default([]),
+    audit: auditSection.default(DEFAULT_AUDIT),
   })
   .strict()
   .superRefine((policy, ctx) => {
@@ -231,4 +291,5 @@ export const EXAMPLE_POLICY = {
       rateLimit: { requestsPerMinute: 30 },
     },
   ],
+  audit: { maxBytes: 268435456, segmentBytes: 8388608 },
 } as const satisfies PolicyInput;

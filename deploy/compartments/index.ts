@@ -12,7 +12,9 @@ export {
   expand,
   loadManifest,
   manifestSchema,
+  outlivesCallers,
   parseManifest,
+  restartableAlone,
 } from './manifest.ts';
 export {
   type HomeserverAccess,

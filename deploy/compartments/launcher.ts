@@ -1,21 +1,33 @@
 /**
  * The launcher: starts every compartment of the manifest in its sandbox (sandbox.ts), wires
  * the socketpair channels between them (it makes each pair, hands one end to each side and
- * keeps neither), waits until the UI socket serves, and restarts the stack when a compartment
- * dies. A compartment's death closes its channels, which ends its neighbours too; so a crash
- * restarts the whole stack in order. Nothing accepted is lost by that: the outbox and the
- * store are durable (the crash tests show it under kill -9).
+ * keeps neither), waits until the UI socket serves, and restarts what died. A compartment's
+ * death closes its channels, which ends its neighbours too; so a crash restarts the whole stack
+ * in order, with one exception: a compartment whose every channel's other end listens for a
+ * reconnection (the manifest's `reconnect`: the gateway, whose endpoint outlives it) is
+ * restarted alone and connected there, so a crashed or misbehaving gateway cannot stop the
+ * trusted side. Nothing accepted is lost either way: the outbox and the store are durable (the
+ * crash tests show it under kill -9).
  */
 import { readFileSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir } from 'node:fs/promises';
 import type { Socket } from 'node:net';
+import { connectUnix } from '../../keyvault/common/rpc/index.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type SpawnedProcess, spawnProcess } from '../../keyvault/common/spawn.ts';
 import {
   type SpawnedGateway,
   startGatewayProcess,
 } from '../../endpoint/untrusted/gateway/spawn.ts';
-import { type Compartment, type Manifest, type Placeholders, channelEnds } from './manifest.ts';
+import {
+  type Compartment,
+  type Manifest,
+  type Placeholders,
+  channelEnds,
+  expand,
+  outlivesCallers,
+  restartableAlone,
+} from './manifest.ts';
 import {
   type Host,
   type Protection,
@@ -70,7 +82,7 @@ export interface Stack {
   protections: Map<string, Protection[]>;
   /** The pid of a compartment's process (bwrap's, its sandbox's outermost one). */
   pid(compartment: string): number | undefined;
-  /** How often the stack was restarted after a crash. */
+  /** How often the stack (or a compartment alone, the gateway) was restarted after a crash. */
   readonly restarts: number;
   /** Resolves after the next restart completed (the gateway serves again). */
   nextStart(): Promise<void>;
@@ -162,6 +174,42 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
   await prepareCompartmentDirs(m, where, host);
   const uiName = uiCompartment(m);
 
+  const alone = restartableAlone(m);
+  const outliving = outlivesCallers(m);
+  const readyTimeoutMs = options.readyTimeoutMs ?? 180_000;
+
+  /** Starts one compartment with `fds` on 3, 4, ...; the UI one is awaited until it serves. */
+  const startCompartment = async (
+    c: Compartment,
+    fds: ('pipe' | 'ignore' | Socket)[],
+    handed: Socket[],
+  ): Promise<{
+    spawned: SpawnedProcess;
+    gateway?: SpawnedGateway & { spawned: SpawnedProcess };
+  }> => {
+    const cmd = plan.get(c.name);
+    if (!cmd) throw new LaunchError(`no plan for ${c.name}`);
+    const spawnOptions = {
+      command: cmd.command,
+      argv: cmd.argv,
+      env: cmd.env,
+      fds,
+      onStderr: (line: string) => {
+        (options.onLine ?? ((_c, l) => process.stderr.write(`[${c.name}] ${l}\n`)))(c.name, line);
+      },
+    };
+    if (c.name === uiName) {
+      const started = startGatewayProcess(spawnOptions, { readyTimeoutMs });
+      // The launcher keeps no channel end: each belongs to the two compartments only.
+      for (const s of handed) s.destroy();
+      const gateway = await started;
+      return { spawned: gateway.spawned, gateway };
+    }
+    const spawned = spawnProcess(spawnOptions);
+    for (const s of handed) s.destroy();
+    return { spawned };
+  };
+
   const startOnce = async (): Promise<Running> => {
     const processes = new Map<string, SpawnedProcess>();
     /** Parent ends of pairs whose first side started, waiting for the second side. */
@@ -169,8 +217,6 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
     let gateway: (SpawnedGateway & { spawned: SpawnedProcess }) | undefined;
     try {
       for (const c of m.compartments) {
-        const cmd = plan.get(c.name);
-        if (!cmd) throw new LaunchError(`no plan for ${c.name}`);
         const ends = channelEnds(m, c.name);
         const maxFd = Math.max(2, ...ends.map((e) => e.fd));
         const fds: ('pipe' | 'ignore' | Socket)[] = Array.from(
@@ -188,31 +234,9 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
             fds[end.fd - 3] = 'pipe';
           }
         }
-        const spawnOptions = {
-          command: cmd.command,
-          argv: cmd.argv,
-          env: cmd.env,
-          fds,
-          onStderr: (line: string) => {
-            (options.onLine ?? ((_c, l) => process.stderr.write(`[${c.name}] ${l}\n`)))(
-              c.name,
-              line,
-            );
-          },
-        };
-        let spawned: SpawnedProcess;
-        if (c.name === uiName) {
-          const started = startGatewayProcess(spawnOptions, {
-            readyTimeoutMs: options.readyTimeoutMs ?? 180_000,
-          });
-          // The launcher keeps no channel end: each belongs to the two compartments only.
-          for (const s of handed) s.destroy();
-          gateway = await started;
-          spawned = gateway.spawned;
-        } else {
-          spawned = spawnProcess(spawnOptions);
-          for (const s of handed) s.destroy();
-        }
+        const started = await startCompartment(c, fds, handed);
+        const spawned = started.spawned;
+        if (started.gateway) gateway = started.gateway;
         processes.set(c.name, spawned);
         for (const end of ends) {
           const mine = spawned.channels[end.fd - 3];
@@ -223,7 +247,46 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
       return { processes, gateway };
     } catch (e) {
       for (const s of waiting.values()) s.destroy();
-      await stopAll(processes);
+      await stopAll(processes, outliving);
+      throw e;
+    }
+  };
+
+  /**
+   * Restarts one compartment of `alone` while the others run: each of its channels is a new
+   * connection to the other end's `reconnect` socket (made by us, as root: the directory is
+   * its owner's alone), handed over like a socketpair end and not kept.
+   */
+  const restartAloneIn = async (current: Running, name: string): Promise<Running> => {
+    const c = m.compartments.find((x) => x.name === name);
+    if (!c) throw new LaunchError(`no compartment ${name}`);
+    const ends = channelEnds(m, name);
+    const fds: ('pipe' | 'ignore' | Socket)[] = Array.from(
+      { length: Math.max(2, ...ends.map((e) => e.fd)) - 2 },
+      () => 'ignore' as const,
+    );
+    const handed: Socket[] = [];
+    try {
+      for (const end of ends) {
+        const ch = m.channels.find((x) => x.name === end.channel);
+        if (ch?.kind !== 'socketpair' || ch.reconnect === undefined) {
+          throw new LaunchError(`${end.channel} cannot be reconnected`);
+        }
+        const peer = current.processes.get(end.peer);
+        const socket = await connectWhileRunning(
+          expand(ch.reconnect, where),
+          () => peer?.running() === true,
+          readyTimeoutMs,
+        );
+        fds[end.fd - 3] = socket;
+        handed.push(socket);
+      }
+      const started = await startCompartment(c, fds, handed);
+      const processes = new Map(current.processes);
+      processes.set(name, started.spawned);
+      return { processes, gateway: started.gateway ?? current.gateway };
+    } catch (e) {
+      for (const s of handed) s.destroy();
       throw e;
     }
   };
@@ -248,26 +311,31 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
       // One death takes its channel partners with it (a vault exits 0 when its endpoint's
       // channel closes): after a moment, blame the one that failed, not the first to notice.
       await sleep(200);
-      const exited = await Promise.all(
-        [...current.processes].map(async ([n, p]) =>
-          p.running() ? undefined : ([n, await p.exited] as const),
-        ),
-      );
-      const [name, code] =
-        exited.find(
-          (e): e is readonly [string, number | string] => e !== undefined && e[1] !== 0,
-        ) ?? first;
+      const exited = (
+        await Promise.all(
+          [...current.processes].map(async ([n, p]) =>
+            p.running() ? undefined : ([n, await p.exited] as const),
+          ),
+        )
+      ).filter((e): e is readonly [string, number | string] => e !== undefined);
+      const [name, code] = exited.find((e) => e[1] !== 0) ?? first;
       const last = current.processes.get(name)?.lastLine() ?? '';
       const refusal = NO_RESTART.find((c) => last.includes(c));
       if (refusal) {
         // Restarting cannot fix these, and with a PIN each start would spend one of the
         // token's tries until it locks: stop and let the operator fix it.
         say(`${name} exited (${String(code)}) with ${refusal}; not restarting: ${last}`);
-        await stopAll(current.processes);
+        await stopAll(current.processes, outliving);
         return;
       }
-      say(`${name} exited (${String(code)}); restarting the stack`);
-      await stopAll(current.processes);
+      // Only it died, and its peers wait for it to reconnect: they keep running.
+      const only = exited.length === 1 && exited[0]?.[0] === name && alone.has(name);
+      if (only) {
+        say(`${name} exited (${String(code)}); restarting it alone, the others keep running`);
+      } else {
+        say(`${name} exited (${String(code)}); restarting the stack`);
+        await stopAll(current.processes, outliving);
+      }
       const now = Date.now();
       recent.push(now);
       while (recent.length > 0 && (recent[0] ?? now) < now - (options.windowMs ?? 120_000))
@@ -276,14 +344,27 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
         say(
           `giving up: ${recent.length} restarts within ${Math.round((options.windowMs ?? 120_000) / 1000)} s`,
         );
+        if (only) await stopAll(current.processes, outliving);
         return;
       }
       await sleep(Math.min(30_000, 500 * 2 ** (recent.length - 1)));
       if (stopping()) return;
       try {
-        running = await startOnce();
+        if (only) {
+          try {
+            running = await restartAloneIn(current, name);
+          } catch (e) {
+            say(
+              `restarting ${name} alone failed (${e instanceof Error ? e.message : 'error'}); restarting the stack`,
+            );
+            await stopAll(current.processes, outliving);
+            running = await startOnce();
+          }
+        } else {
+          running = await startOnce();
+        }
         restarts++;
-        say(`stack restarted (${restarts})`);
+        say(only ? `${name} restarted (${restarts})` : `stack restarted (${restarts})`);
         const waiters = startedWaiters;
         startedWaiters = [];
         for (const w of waiters) w();
@@ -308,7 +389,7 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
     done,
     stop: async () => {
       state.stopping = true;
-      await stopAll(running.processes);
+      await stopAll(running.processes, outliving);
       resolveDone();
     },
   };
@@ -318,12 +399,54 @@ export async function launch(options: LaunchOptions): Promise<Stack> {
  * The last started (the UI side) first, by signal; the others then see their channel close and
  * stop by themselves (the endpoint closes its store and its vault channel), SIGKILL after a
  * grace period. bwrap does not pass signals on, so a signal would kill a compartment at once.
+ * A compartment in `outliving` does not stop when its caller's channel closes (it waits for
+ * the caller to reconnect): it gets SIGTERM itself, at its innermost process (the node inside
+ * the sandbox), so it still stops cleanly.
  */
-async function stopAll(processes: Map<string, SpawnedProcess>): Promise<void> {
-  const order = [...processes.values()].reverse();
+async function stopAll(
+  processes: Map<string, SpawnedProcess>,
+  outliving: ReadonlySet<string> = new Set(),
+): Promise<void> {
+  const order = [...processes].reverse();
   const [first, ...rest] = order;
-  if (first) await first.stop({ graceMs: 5_000 });
-  for (const p of rest) await p.stop({ graceMs: 15_000, first: 'close' });
+  if (first) await first[1].stop({ graceMs: 5_000 });
+  for (const [name, p] of rest) {
+    const pid = p.process.pid;
+    if (outliving.has(name) && pid !== undefined && p.running()) {
+      try {
+        process.kill(innermostPid(pid), 'SIGTERM');
+      } catch {
+        // Gone already: the stop below only waits.
+      }
+    }
+    await p.stop({ graceMs: 15_000, first: 'close' });
+  }
+}
+
+/**
+ * Connects to a compartment's reconnect socket, retrying while it is not there yet (it listens
+ * once its start-up is done) and its process still runs.
+ */
+async function connectWhileRunning(
+  path: string,
+  running: () => boolean,
+  timeoutMs: number,
+): Promise<Socket> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await connectUnix(path);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const retry = code === 'ENOENT' || code === 'ECONNREFUSED';
+      if (!retry || !running() || Date.now() > deadline) {
+        throw new LaunchError(
+          `cannot connect to ${path} (${code ?? 'error'}${running() ? '' : ', its compartment is not running'})`,
+        );
+      }
+    }
+    await sleep(200);
+  }
 }
 
 /** The innermost descendant of `pid` (the compartment's node under bwrap and its wrappers). */

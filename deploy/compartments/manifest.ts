@@ -63,9 +63,20 @@ export type Compartment = z.infer<typeof compartment>;
 const channelEnd = z.object({ compartment: NAME, fd: z.number().int().min(3).max(9) }).strict();
 
 const channel = z.discriminatedUnion('kind', [
-  /** A socketpair made by the launcher; each end is inherited on the given fd. */
+  /**
+   * A socketpair made by the launcher; each end is inherited on the given fd. The first end
+   * calls, the second answers. `reconnect`: the second end also listens on this path (inside
+   * its own write directory, so only its user and root can connect), and outlives the first:
+   * when the first end's compartment dies alone, the launcher restarts just that one and
+   * connects it there, instead of restarting the stack.
+   */
   z
-    .object({ name: NAME, kind: z.literal('socketpair'), ends: z.tuple([channelEnd, channelEnd]) })
+    .object({
+      name: NAME,
+      kind: z.literal('socketpair'),
+      ends: z.tuple([channelEnd, channelEnd]),
+      reconnect: PATH.optional(),
+    })
     .strict(),
   /** A Unix socket the compartment listens on, for clients outside the stack. */
   z.object({ name: NAME, kind: z.literal('unix-socket'), compartment: NAME, path: PATH }).strict(),
@@ -122,6 +133,17 @@ export const manifestSchema = z
         used.add(end.fd);
         fds.set(end.c, used);
       }
+      if (ch.kind === 'socketpair' && ch.reconnect !== undefined) {
+        const callee = m.compartments.find((c) => c.name === ch.ends[1].compartment);
+        const path = ch.reconnect;
+        if (callee && !callee.write.some((w) => path.startsWith(`${w}/`))) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['channels', i, 'reconnect'],
+            message: `must lie inside a write path of "${callee.name}" (the end that listens)`,
+          });
+        }
+      }
       if (ch.kind === 'socketpair' && ch.ends[0].compartment === ch.ends[1].compartment) {
         ctx.addIssue({
           code: 'custom',
@@ -162,6 +184,40 @@ export async function loadManifest(path: string): Promise<Manifest> {
     );
   }
   return parseManifest(json, path);
+}
+
+/**
+ * Compartments that may be restarted alone: every channel they have, they call, and its
+ * callee listens for a reconnection. (The others' deaths restart the stack.)
+ */
+export function restartableAlone(m: Manifest): Set<string> {
+  const out = new Set<string>();
+  for (const c of m.compartments) {
+    const mine = m.channels.filter(
+      (ch) => ch.kind === 'socketpair' && ch.ends.some((e) => e.compartment === c.name),
+    );
+    if (
+      mine.length > 0 &&
+      mine.every(
+        (ch) =>
+          ch.kind === 'socketpair' &&
+          ch.reconnect !== undefined &&
+          ch.ends[0].compartment === c.name,
+      )
+    ) {
+      out.add(c.name);
+    }
+  }
+  return out;
+}
+
+/** Compartments that listen for a reconnection, so do not stop when a caller's channel closes. */
+export function outlivesCallers(m: Manifest): Set<string> {
+  const out = new Set<string>();
+  for (const ch of m.channels) {
+    if (ch.kind === 'socketpair' && ch.reconnect !== undefined) out.add(ch.ends[1].compartment);
+  }
+  return out;
 }
 
 /** The socketpair ends a compartment inherits, by fd. */

@@ -10,7 +10,8 @@
  *             (inheritable and bounding sets cleared), no new privileges
  *   prlimit   open files, processes, no core dumps
  *   node      Node's permission model: fs reads and writes only on the manifest's allow-lists,
- *             no child processes, no workers, native addons only where the manifest says
+ *             no child processes, no workers, native addons only where the manifest says;
+ *             --disable-sigusr1 and no NODE_OPTIONS, so no inspector can be opened in it
  *
  * bwrap runs as root and drops to the user through setpriv inside (not bwrap as the user):
  * bind mounts are then made by root, so the code may live in a directory the compartment's
@@ -21,6 +22,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { NODE_HARDENING_FLAGS, compartmentEnv } from '../../keyvault/common/spawn.ts';
 import { type Compartment, type Placeholders, expand } from './manifest.ts';
 
 /** One protection and whether this machine gives it. */
@@ -120,6 +122,8 @@ export function sandboxCommand(c: Compartment, ctx: SandboxContext): SandboxComm
   // Node's permission model: always available on Node 24.
   const permission = ctx.nodePermission !== false;
   const nodeArgs = [
+    // First, and never left out (the probe's --os-only drops the permission model only).
+    ...NODE_HARDENING_FLAGS,
     ...(permission
       ? [
           '--permission',
@@ -265,12 +269,12 @@ export function sandboxCommand(c: Compartment, ctx: SandboxContext): SandboxComm
   }
 
   const [command, ...rest] = argv;
-  const env: NodeJS.ProcessEnv = {
+  const env = compartmentEnv({
     PATH: '/usr/bin:/bin',
     LANG: 'C.UTF-8',
     HOME: paths.write[0] ?? '/tmp',
     ...ctx.env,
-  };
+  });
   return { command: command ?? ctx.node, argv: rest, env, protections };
 }
 

@@ -11,6 +11,7 @@
  */
 import { isIP } from 'node:net';
 import { ConfigError } from '../../keyvault/common/config-error.ts';
+import { NODE_HARDENING_FLAGS } from '../../keyvault/common/spawn.ts';
 import {
   type Compartment,
   type Manifest,
@@ -166,7 +167,7 @@ function directories(r: Resolved): { lines: string[]; manual: string[] } {
 function nodeCommand(r: Resolved, where: SystemdWhere): string[][] {
   const devices = r.c.devices;
   return [
-    [where.node, '--permission'],
+    [where.node, ...NODE_HARDENING_FLAGS, '--permission'],
     ...[r.code, ...r.reads, ...r.writes, ...devices].map((p) => [`--allow-fs-read=${p}`]),
     ...[...r.writes, ...devices].map((p) => [`--allow-fs-write=${p}`]),
     ...(r.c.nativeAddons ? [['--allow-addons']] : []),
@@ -299,6 +300,8 @@ function compartmentUnit(m: Manifest, r: Resolved, all: Resolved[], where: Syste
     `User=${c.user}`,
     `Group=${c.user}`,
     execStart(nodeCommand(r, where)),
+    '# No inspector: --disable-sigusr1 above, and no NODE_OPTIONS (--inspect, --require) from a drop-in.',
+    'UnsetEnvironment=NODE_OPTIONS',
     'Restart=on-failure',
     'RestartSec=2s',
     '',
@@ -418,6 +421,8 @@ function stackUnit(m: Manifest, all: Resolved[], where: SystemdWhere): string {
     'Type=exec',
     "# User= unset: the launcher runs as root, to switch to each compartment's user.",
     execStart(launcher),
+    '# The compartments get none of its environment; nor does it take NODE_OPTIONS from a drop-in.',
+    'UnsetEnvironment=NODE_OPTIONS',
     'Restart=on-failure',
     'RestartSec=2s',
     '',

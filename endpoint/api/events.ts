@@ -35,6 +35,26 @@ interface Subscription {
   lastPoll: number;
 }
 
+/**
+ * Who owns a subscription: the client's name and its token's SHA-256 (hex), so a policy edit
+ * that gives a client a new token ends the streams opened with the old one, as removing the
+ * client does.
+ */
+export function streamOwner(name: string, tokenSha256: string): string {
+  return `${name}\u0000${tokenSha256}`;
+}
+
+/** The owners whose streams a policy lets live: every client that may use events.stream. */
+export function liveStreamOwners(
+  clients: readonly { name: string; tokenSha256: string; capabilities: readonly string[] }[],
+): Set<string> {
+  return new Set(
+    clients
+      .filter((c) => c.capabilities.includes('events.stream'))
+      .map((c) => streamOwner(c.name, c.tokenSha256)),
+  );
+}
+
 export type SubscribeResult =
   { ok: true; subscription: string; cursor: number } | { ok: false; reason: string };
 
@@ -60,6 +80,8 @@ export class EventHub {
   readonly #subscriptions = new Map<string, Subscription>();
   readonly #waiters = new Set<() => void>();
   #head: number;
+  /** Bumped when the policy changes: a waiting poll ends, so the next is authorised afresh. */
+  #epoch = 0;
 
   constructor(limits: Partial<HubLimits> = {}, start = Date.now()) {
     this.#limits = { ...DEFAULT_HUB_LIMITS, ...limits };
@@ -121,10 +143,18 @@ export class EventHub {
     return this.#subscriptions.has(id);
   }
 
-  /** Closes every subscription of a client that no longer exists (revoked). */
+  /**
+   * After a policy change: closes every subscription whose owner (streamOwner) is not in
+   * `live` (revoked, new token, or no longer allowed events.stream), and ends every waiting
+   * poll at once, closed or not. A poll checked its client's rooms and capabilities when it
+   * began; the one that follows is checked against the new policy, so a revocation or a
+   * narrowed room list takes effect within the policy watcher's interval, not a poll's wait.
+   */
   dropClientsExcept(live: ReadonlySet<string>): void {
     for (const [id, s] of this.#subscriptions)
       if (!live.has(s.client)) this.#subscriptions.delete(id);
+    this.#epoch++;
+    for (const wake of [...this.#waiters]) wake();
   }
 
   /**
@@ -144,9 +174,12 @@ export class EventHub {
     },
   ): Promise<PollResult> {
     const deadline = Date.now() + options.waitMs;
+    const epoch = this.#epoch;
     let cursor = after;
     let gap = false;
     for (;;) {
+      // `visible` was made under the old policy: pass nothing more through it.
+      if (this.#epoch !== epoch) return { events: [], cursor, gap };
       const page = this.#since(cursor, visible, options.max, options.maxBytes ?? Infinity);
       gap ||= page.gap;
       cursor = page.cursor;

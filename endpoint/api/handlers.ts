@@ -7,6 +7,7 @@ import {
   type Authorizer,
   type Policy,
   auditRecordFor,
+  hashToken,
   roomTrust,
 } from '../../policy/index.ts';
 import {
@@ -35,7 +36,7 @@ import {
   tooLarge,
 } from '../messages/index.ts';
 import type { EnqueueOptions, Outbox } from '../outbox.ts';
-import type { EventHub } from './events.ts';
+import { type EventHub, streamOwner } from './events.ts';
 import { HealthState } from '../health.ts';
 import type { AttestationView } from '../attestation/service.ts';
 import { StoreCode, isStoreError } from '../store/index.ts';
@@ -59,8 +60,15 @@ export interface ApiDependencies {
   endpoint: Endpoint;
   outbox: Outbox;
   authorizer: Authorizer;
-  /** Resolves once the record is durable; rejects if the log cannot be written. */
-  audit: { append(record: AuditRecord): Promise<unknown> };
+  /**
+   * Resolves once the record is durable; rejects if the log cannot be written. With
+   * `appendRefusal` (AuditLog), refusals go there: it counts those a caller can repeat without
+   * limit (unknown tokens, rate limits) instead of writing each, so they cannot fill the disk.
+   */
+  audit: {
+    append(record: AuditRecord): Promise<unknown>;
+    appendRefusal?(record: AuditRecord): Promise<unknown>;
+  };
   policy: () => Policy;
   hub: EventHub;
   /** The vault's and the disk's condition (status, `health` events, refused sends). */
@@ -138,12 +146,16 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     });
     if (scope.audit !== false || !decision.allowed) {
       const record = auditRecordFor({ action, roomId: scope.roomId }, decision);
+      const entry: AuditRecord = {
+        ...record,
+        ...(scope.target === undefined ? {} : { target: scope.target }),
+        ...(scope.operation === undefined ? {} : { action: scope.operation }),
+      };
       try {
-        await deps.audit.append({
-          ...record,
-          ...(scope.target === undefined ? {} : { target: scope.target }),
-          ...(scope.operation === undefined ? {} : { action: scope.operation }),
-        });
+        // Allowed calls are always written, durably, before anything is done.
+        await (!decision.allowed && deps.audit.appendRefusal
+          ? deps.audit.appendRefusal(entry)
+          : deps.audit.append(entry));
       } catch {
         throw new RpcError(
           'AUDIT_UNAVAILABLE',
@@ -670,7 +682,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
 
     subscribe: async ({ auth }) => {
       const client = await guard(auth.token, 'events.stream');
-      const result = hub.subscribe(client.name);
+      const result = hub.subscribe(ownerOf(client, auth.token));
       if (!result.ok) throw new RpcError('RATE_LIMITED', result.reason, { retryAfterMs: 1000 });
       return { subscription: result.subscription, cursor: result.cursor };
     },
@@ -678,7 +690,9 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     events: async ({ auth, subscription, after, waitMs }, ctx) => {
       // Paid for at subscribe; still checked on every poll, so a revoked token stops the stream.
       const client = await guard(auth.token, 'events.stream', { charge: false, audit: false });
-      if (!hub.owns(client.name, subscription)) {
+      if (!hub.owns(ownerOf(client, auth.token), subscription)) {
+        // A reload may have closed it since we authorised: then say why (revoked), not "gone".
+        await guard(auth.token, 'events.stream', { charge: false, audit: false });
         throw new RpcError('NOT_FOUND', 'no such event stream (closed, or idle for too long)');
       }
       const mayRead = client.capabilities.has('messages.read');
@@ -711,18 +725,25 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
             return client.mayAccessRoom(event.roomId);
         }
       };
-      return hub.poll(after, visible, {
+      const page = await hub.poll(after, visible, {
         waitMs,
         max: 100,
         maxBytes: PAGE_BUDGET_BYTES,
         signal: ctx.signal,
         isOpen: () => hub.isOpen(subscription),
       });
+      // Closed while we waited: by a policy reload that revoked the token (or took away
+      // events.stream), then the stream ends with that refusal now, not at the next poll; or
+      // by unsubscribe or idleness, then the next poll says NOT_FOUND.
+      if (!hub.isOpen(subscription)) {
+        await guard(auth.token, 'events.stream', { charge: false, audit: false });
+      }
+      return page;
     },
 
     unsubscribe: async ({ auth, subscription }) => {
       const client = await guard(auth.token, 'events.stream', { charge: false, audit: false });
-      if (!hub.unsubscribe(client.name, subscription)) {
+      if (!hub.unsubscribe(ownerOf(client, auth.token), subscription)) {
         throw new RpcError('NOT_FOUND', 'no such event stream');
       }
       return {};
@@ -948,4 +969,9 @@ function upstreamError(e: unknown): unknown {
     return new RpcError('INVALID_REQUEST', `the homeserver refused the request (${e.errcode})`);
   }
   return new RpcError('UPSTREAM_FAILED', `the homeserver failed (${e.errcode})`);
+}
+
+/** The hub's owner key for a client's streams: its name and the hash of the token it used. */
+function ownerOf(client: AuthorizedClient, token: string): string {
+  return streamOwner(client.name, hashToken(token).toString('hex'));
 }

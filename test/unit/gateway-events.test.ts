@@ -1,3 +1,4 @@
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -6,7 +7,10 @@ import {
   type Limits,
   buildGateway,
   listenGateway,
+  resolveLimits,
 } from '../../endpoint/untrusted/gateway/index.ts';
+import { endpointCalls } from '../../endpoint/untrusted/gateway/forward.ts';
+import { slowReaderMs } from '../../endpoint/untrusted/gateway/sse.ts';
 import { RpcError } from '../../keyvault/common/rpc/index.ts';
 import {
   type EventStream,
@@ -322,7 +326,9 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
       expect((await stream.next())?.id).toBe('11');
       const error = await stream.next();
       expect(error?.event).toBe('error');
-      expect(JSON.parse(error?.data ?? '')).toMatchObject({ error: { code } });
+      // It carries the last event's id, so a reconnect would resume exactly after it.
+      expect(error?.id).toBe('11');
+      expect(JSON.parse(error?.data ?? '')).toMatchObject({ error: { code }, lastEventId: 11 });
       expect(await stream.next()).toBeUndefined();
       await stream.ended;
       await waitUntil(
@@ -398,4 +404,252 @@ describe('gateway: GET /v1/events (Server-Sent Events)', () => {
     app = undefined;
     await stream.ended;
   });
+
+  it('a slow reader is cut off with a last frame (SLOW_READER, the last id) and resumes after it', async () => {
+    // An endpoint with an endless supply of large events: the socket fills at once.
+    const polls: number[] = [];
+    let head = 10;
+    const f = fakeEndpoint({
+      subscribe: () =>
+        Promise.resolve({ subscription: 'sub_0123456789abcdefghijkl', cursor: head }),
+      events: (p) => {
+        polls.push(p.after);
+        const events = Array.from({ length: 20 }, (_, i) =>
+          message(p.after + 1 + i, 'x'.repeat(30_000)),
+        );
+        head = Math.max(head, p.after + 20);
+        return Promise.resolve({ events, cursor: p.after + 20, gap: false });
+      },
+    });
+    const limits = { heartbeatMs: 100 };
+    const cutoff = slowReaderMs(resolveLimits(limits));
+    expect(cutoff).toBe(200);
+    // The default: two 15 s heartbeats, below half of the 60 s idle timeout.
+    expect(slowReaderMs(resolveLimits())).toBe(30_000);
+    const target = await start(f, limits);
+    const reader = await rawStream(target);
+    reader.res.pause();
+    const paused = Date.now();
+    await waitUntil(
+      'the gateway gives up on the reader',
+      () => f.calls.some((c) => c.method === 'unsubscribe'),
+      poll,
+    );
+    const cutAfter = Date.now() - paused;
+    expect(cutAfter).toBeGreaterThanOrEqual(cutoff);
+    expect(cutAfter).toBeLessThan(cutoff + 2_000);
+    // The reader wakes up and reads what was queued: events, then the closing frame.
+    const frames = await reader.readAll();
+    const last = frames.at(-1);
+    expect(last?.event).toBe('error');
+    const data = JSON.parse(last?.data ?? '') as { error: { code: string }; lastEventId: number };
+    expect(data.error.code).toBe('SLOW_READER');
+    const events = frames.filter((e) => e.event === 'message');
+    expect(events.length).toBeGreaterThan(0);
+    const lastSeen = Number(events.at(-1)?.id);
+    expect(data.lastEventId).toBe(lastSeen);
+    expect(last?.id).toBe(String(lastSeen));
+    // In order, none skipped: everything up to lastEventId arrived.
+    expect(events.map((e) => Number(e.id))).toEqual(events.map((_, i) => 11 + i));
+    // Resuming polls from exactly there.
+    const before = polls.length;
+    const resumed = await open(target, { lastEventId: String(lastSeen) });
+    expect((await resumed.next())?.id).toBe(String(lastSeen + 1));
+    expect(polls[before]).toBe(lastSeen);
+  });
+
+  it('a reader that keeps reading is not cut off, however much flows', async () => {
+    const f = fakeEndpoint({
+      events: (p) => {
+        const events = Array.from({ length: 20 }, (_, i) =>
+          message(p.after + 1 + i, 'y'.repeat(30_000)),
+        );
+        return Promise.resolve({ events, cursor: p.after + 20, gap: false });
+      },
+    });
+    const target = await start(f, { heartbeatMs: 100 });
+    const stream = await open(target);
+    const deadline = Date.now() + 1_500;
+    let seen = 0;
+    while (Date.now() < deadline) {
+      const event = await stream.next();
+      expect(event?.event).toBe('message');
+      seen++;
+    }
+    expect(seen).toBeGreaterThan(100);
+  });
+
+  it('an idle stream whose reader takes nothing is not cut off by heartbeats alone', async () => {
+    const { fake: f } = scripted([]);
+    const target = await start(f, { heartbeatMs: 50 });
+    const reader = await rawStream(target);
+    reader.res.pause();
+    await new Promise((r) => setTimeout(r, 600));
+    expect(f.calls.some((c) => c.method === 'unsubscribe')).toBe(false);
+    reader.res.destroy();
+  });
 });
+
+describe('gateway: calls in flight are shared between tokens', () => {
+  /** A fake endpoint whose `rooms` answers any token, once `open()` is called. */
+  function gated() {
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (open = r));
+    const f = fakeEndpoint({
+      rooms: async () => {
+        await gate;
+        return { rooms: [] };
+      },
+    });
+    return { f, open };
+  }
+  const outcome = (p: Promise<unknown>) =>
+    p.then(
+      () => 'ok',
+      (e: unknown) => (e instanceof Error && 'code' in e ? String(e.code) : 'error'),
+    );
+  const count = (results: string[], what: string) => results.filter((r) => r === what).length;
+
+  it("one token flooding 1,000 calls: 503 for its surplus only; another token's 50 all succeed", async () => {
+    const { f, open } = gated();
+    fake = f;
+    const limits = resolveLimits({ queueTimeoutMs: 5_000 });
+    const calls = endpointCalls(f.client, limits);
+    const flood = Array.from({ length: 1_000 }, () =>
+      outcome(calls.call('rooms', { auth: { token: 'flooding-token' } })),
+    );
+    await new Promise((r) => setTimeout(r, 20));
+    // Its share of the slots and the whole (otherwise idle) queue; the rest refused at once.
+    expect(calls.inFlight).toBe(limits.maxInFlight / 2);
+    expect(calls.queued).toBe(limits.maxQueued);
+    const other = Array.from({ length: 50 }, () =>
+      outcome(calls.call('rooms', { auth: { token: 'polite-token' } })),
+    );
+    await new Promise((r) => setTimeout(r, 20));
+    // The other token got the free half of the slots at once, and queued the rest in place of
+    // the flood's newest.
+    expect(calls.inFlight).toBe(limits.maxInFlight);
+    expect(calls.tokens).toBe(2);
+    open();
+    const theirs = await Promise.all(other);
+    expect(count(theirs, 'ok')).toBe(50);
+    const mine = await Promise.all(flood);
+    expect(count(mine, 'ok') + count(mine, 'BUSY')).toBe(1_000);
+    expect(count(mine, 'ok')).toBe(
+      limits.maxInFlight / 2 + limits.maxQueued - (50 - limits.maxInFlight / 2),
+    );
+    expect(calls.inFlight).toBe(0);
+    expect(calls.queued).toBe(0);
+    // Nothing is kept per token once its calls are done (and the key is a hash, not the token).
+    expect(calls.tokens).toBe(0);
+  });
+
+  it('freed slots go to the waiting tokens in turn', async () => {
+    const order: string[] = [];
+    const releases: (() => void)[] = [];
+    const f = fakeEndpoint({
+      rooms: async (p) => {
+        order.push(p.auth.token);
+        await new Promise<void>((r) => releases.push(r));
+        return { rooms: [] };
+      },
+    });
+    fake = f;
+    const calls = endpointCalls(f.client, resolveLimits({ maxInFlight: 2, maxQueued: 10 }));
+    const all = [
+      ...Array.from({ length: 4 }, () => calls.call('rooms', { auth: { token: 'a' } })),
+      ...Array.from({ length: 2 }, () => calls.call('rooms', { auth: { token: 'b' } })),
+      ...Array.from({ length: 2 }, () => calls.call('rooms', { auth: { token: 'c' } })),
+    ];
+    // The share is one slot each (half of 2): a and b run, a, b and c wait.
+    await waitUntil('two running', () => order.length === 2, poll);
+    for (let i = 0; i < 6; i++) {
+      releases.shift()?.();
+      await waitUntil(`call ${i + 3}`, () => order.length === i + 3, poll);
+    }
+    expect(order).toEqual(['a', 'b', 'a', 'b', 'c', 'a', 'c', 'a']);
+    for (const r of releases.splice(0)) r();
+    await Promise.all(all);
+  });
+
+  it('a full queue refuses the token with the longest queue, not a newcomer', async () => {
+    const { f, open } = gated();
+    fake = f;
+    const calls = endpointCalls(f.client, resolveLimits({ maxInFlight: 2, maxQueued: 3 }));
+    const a = Array.from({ length: 4 }, () =>
+      outcome(calls.call('rooms', { auth: { token: 'a' } })),
+    );
+    const b = Array.from({ length: 3 }, () =>
+      outcome(calls.call('rooms', { auth: { token: 'b' } })),
+    );
+    // b: one in flight, two queued, each displacing one of a's (a had 3 queued, then 2, then 1).
+    await new Promise((r) => setTimeout(r, 20));
+    // A fourth of b's while b now has the longest queue (2 against a's 1): refused itself.
+    const refused = await outcome(calls.call('rooms', { auth: { token: 'b' } }));
+    expect(refused).toBe('BUSY');
+    open();
+    expect(await Promise.all(b)).toEqual(['ok', 'ok', 'ok']);
+    expect(await Promise.all(a)).toEqual(['ok', 'ok', 'BUSY', 'BUSY']);
+  });
+});
+
+interface RawStream {
+  res: IncomingMessage;
+  /** Resumes reading and resolves with every frame once the server ends the stream. */
+  readAll(): Promise<{ id?: string; event: string; data: string }[]>;
+}
+
+/** GET /v1/events read by hand, so a test can stop reading (res.pause()) as a stuck UI would. */
+function rawStream(
+  target: GatewayTarget,
+  headers: Record<string, string> = {},
+): Promise<RawStream> {
+  if (!('host' in target)) throw new Error('TCP only');
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({
+      host: target.host,
+      port: target.port,
+      path: '/v1/events',
+      headers: { ...bearer(), accept: 'text/event-stream', ...headers },
+    });
+    req.on('error', reject);
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      const ended = new Promise<void>((r) => {
+        res.on('end', r);
+        res.on('close', r);
+      });
+      resolve({
+        res,
+        async readAll() {
+          res.resume();
+          await ended;
+          return parseFrames(Buffer.concat(chunks).toString('utf8'));
+        },
+      });
+    });
+    req.end();
+  });
+}
+
+function parseFrames(text: string): { id?: string; event: string; data: string }[] {
+  const frames: { id?: string; event: string; data: string }[] = [];
+  for (const block of text.split('\n\n')) {
+    const frame: { id?: string; event: string; data: string } = { event: 'message', data: '' };
+    let fields = 0;
+    for (const line of block.split('\n')) {
+      if (line.startsWith(':') || line === '') continue;
+      const colon = line.indexOf(':');
+      const field = line.slice(0, colon);
+      const value = line.slice(colon + 1).replace(/^ /, '');
+      if (field === 'id') frame.id = value;
+      else if (field === 'event') frame.event = value;
+      else if (field === 'data') frame.data = value;
+      else continue;
+      fields++;
+    }
+    if (fields > 0) frames.push(frame);
+  }
+  return frames;
+}

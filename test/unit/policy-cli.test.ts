@@ -1,10 +1,17 @@
 import { execFile } from 'node:child_process';
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Authorizer, PolicyHolder } from '../../policy/index.ts';
+import {
+  AuditLog,
+  Authorizer,
+  DEFAULT_AUDIT,
+  PolicyHolder,
+  segmentPath,
+  validatePolicy,
+} from '../../policy/index.ts';
 
 const MAIN = fileURLToPath(new URL('../../policy/main.ts', import.meta.url));
 
@@ -236,5 +243,72 @@ describe('policy CLI', { timeout: 30_000 }, () => {
     );
     expect(edit.code).toBe(1);
     expect(edit.stderr).toMatch(/fix the file first \(policy check\)/);
+  });
+
+  it('check validates the audit section (bounds, refusal windows) with its paths; defaults are safe', async () => {
+    const minimal = validatePolicy({ version: 1 });
+    expect(minimal.ok && minimal.policy.audit).toEqual(DEFAULT_AUDIT);
+    const bad = join(dir, 'bad-audit.json');
+    await writeFile(
+      bad,
+      JSON.stringify({
+        version: 1,
+        audit: { maxBytes: 100_000, segmentBytes: 65_536, refusals: { windowSeconds: 0 }, x: 1 },
+      }),
+      { mode: 0o600 },
+    );
+    const run = await cli('check', '--policy', bad);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/bad-audit\.json: audit: /);
+    expect(run.stdout).toMatch(/bad-audit\.json: audit\.maxBytes: /);
+    expect(run.stdout).toMatch(/bad-audit\.json: audit\.refusals\.windowSeconds: /);
+    const tooSmall = validatePolicy({
+      version: 1,
+      audit: { maxBytes: 1 << 20, segmentBytes: 1 << 20 },
+    });
+    expect(tooSmall.ok ? [] : tooSmall.problems).toEqual([
+      expect.objectContaining({
+        path: 'audit.maxBytes',
+        message: expect.stringMatching(/at least twice segmentBytes/) as unknown,
+      }),
+    ]);
+    const tooMany = validatePolicy({
+      version: 1,
+      audit: { maxBytes: 2 ** 40, segmentBytes: 65_536 },
+    });
+    expect(tooMany.ok ? [] : tooMany.problems.map((p) => p.path)).toEqual(['audit.segmentBytes']);
+  });
+
+  it('audit verify checks every segment: pruning as recorded is OK, a missing segment is named', async () => {
+    const log = join(dir, 'audit.log');
+    const audit = await AuditLog.open(log, { bounds: { segmentBytes: 2048, maxBytes: 8192 } });
+    for (let i = 0; i < 150; i++) {
+      await audit.append({
+        client: 'web-ui',
+        action: 'rooms.read',
+        target: null,
+        decision: 'allow',
+        reason: 'OK',
+      });
+    }
+    await audit.close();
+    const ok = await cli('audit', 'verify', '--log', log);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(
+      /^OK: \d+ entries, chain intact across 4 segments \(head seq \d+, hash [0-9a-f]{64}\); it starts after \d+ earlier entries were pruned, as recorded\n$/,
+    );
+    const json = await cli('audit', 'verify', '--log', log, '--json');
+    expect(JSON.parse(json.stdout)).toMatchObject({ ok: true, segments: 4 });
+
+    const sealed = (await readdir(dir)).filter((f) => /^audit\.log\.\d{6}$/.test(f)).sort();
+    const middle = Number(sealed[1]?.slice(-6));
+    await unlink(segmentPath(log, middle));
+    const broken = await cli('audit', 'verify', '--log', log);
+    expect(broken.code).toBe(1);
+    expect(broken.stdout).toMatch(
+      new RegExp(
+        `^${log}: broken at seq \\d+ \\(line 1 of audit\\.log\\.${String(middle + 1).padStart(6, '0')}\\): segment missing: segment ${middle} is missing`,
+      ),
+    );
   });
 });

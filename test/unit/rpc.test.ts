@@ -1,5 +1,5 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import type { Server, Socket } from 'node:net';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { type Server, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,9 +18,11 @@ import {
   listenUnix,
   noParams,
   serve,
+  serveOneAtATime,
   socketChannel,
 } from '../../keyvault/common/rpc/index.ts';
 import { WRITE_BUFFER_LIMIT } from '../../keyvault/common/rpc/channel.ts';
+import { FrameDecoder } from '../../keyvault/common/rpc/frame.ts';
 
 const SECRET = 'hunter2-this-must-never-cross-the-channel';
 const MAX_FRAME = 64 * 1024;
@@ -537,3 +539,225 @@ describe('RPC resource bounds against a hostile peer', () => {
     await expect(client.call('echo', { text: 'now' })).resolves.toEqual({ text: 'now' });
   });
 });
+
+describe('framing limits', () => {
+  const LIMIT = 1024;
+  const frameTooLarge = { code: RpcCode.FrameTooLarge };
+
+  it('refuses a 4 GiB or 64 MiB length on its 4 bytes alone, before any payload is held', () => {
+    for (const length of [0xffffffff, 64 * 1024 * 1024, LIMIT + 1]) {
+      const d = new FrameDecoder(LIMIT);
+      const head = Buffer.alloc(4);
+      head.writeUInt32BE(length);
+      // The header a byte at a time: nothing is decided until the fourth byte, then at once.
+      for (const byte of head.subarray(0, 3)) expect(d.push(Buffer.from([byte]))).toEqual([]);
+      expect(() => d.push(head.subarray(3))).toThrow(
+        expect.objectContaining({
+          ...frameTooLarge,
+          message: `frame of ${length} bytes exceeds the limit of ${LIMIT} bytes`,
+        }),
+      );
+      expect(d.pendingBytes).toBe(0);
+      // Afterwards the stream is dead: nothing more is read, and nothing more is thrown.
+      expect(d.push(Buffer.alloc(8192, 0x41))).toEqual([]);
+      expect(d.push(encodeFrame(Buffer.from('{}')))).toEqual([]);
+      expect(d.pendingBytes).toBe(0);
+    }
+  });
+
+  it('takes a frame of exactly the limit, and an empty one', () => {
+    const d = new FrameDecoder(LIMIT);
+    const full = Buffer.alloc(LIMIT, 0x7a);
+    const frames = d.push(Buffer.concat([encodeFrame(full), encodeFrame(Buffer.alloc(0))]));
+    expect(frames.map((f) => f.length)).toEqual([LIMIT, 0]);
+    expect(frames[0]?.equals(full)).toBe(true);
+  });
+
+  it('holds no more than the announced frame while it trickles in, a byte at a time', () => {
+    const d = new FrameDecoder(LIMIT);
+    const payload = Buffer.from(randomText(LIMIT));
+    const wire = Buffer.concat([encodeFrame(payload), encodeFrame(Buffer.from('next'))]);
+    const out: Buffer[] = [];
+    let most = 0;
+    for (const byte of wire) {
+      out.push(...d.push(Buffer.from([byte])));
+      most = Math.max(most, d.pendingBytes);
+    }
+    expect(out.map((f) => f.toString())).toEqual([payload.toString(), 'next']);
+    expect(most).toBeLessThanOrEqual(LIMIT);
+    expect(d.pendingBytes).toBe(0);
+  });
+
+  it('splits many frames and a partial one out of one chunk, each a copy of its own', () => {
+    const d = new FrameDecoder(LIMIT);
+    const a = encodeFrame(Buffer.from('one'));
+    const b = encodeFrame(Buffer.from('two'));
+    const c = encodeFrame(Buffer.from('three'));
+    const chunk = Buffer.concat([a, b, c.subarray(0, 6)]);
+    const frames = d.push(chunk);
+    chunk.fill(0); // the frames must not share the socket's buffer
+    expect(frames.map((f) => f.toString())).toEqual(['one', 'two']);
+    expect(d.pendingBytes).toBe(2);
+    expect(d.push(c.subarray(6)).map((f) => f.toString())).toEqual(['three']);
+  });
+
+  it('a socket channel reads nothing before it is attached, and loses nothing either', async () => {
+    const sockDir = await mkdtemp(join(tmpdir(), 'mte-early-'));
+    const path = join(sockDir, 's', 'early.sock');
+    let accepted: (s: Socket) => void = () => undefined;
+    const got = new Promise<Socket>((r) => (accepted = r));
+    const srv = await listenUnix(path, (s) => {
+      accepted(s);
+    });
+    const peer = await connectUnix(path);
+    peer.write(frameOf({ n: 1 }));
+    peer.end(frameOf({ n: 2 }));
+    const channel = socketChannel(await got, { maxFrameBytes: LIMIT });
+    await sleep(100); // the peer has written and hung up before we attach
+    const frames: unknown[] = [];
+    const closed = new Promise<void>((resolve) => {
+      channel.attach({
+        frame: (p) => frames.push(JSON.parse(p.toString())),
+        fatal: () => undefined,
+        close: resolve,
+      });
+    });
+    await closed;
+    expect(frames).toEqual([{ n: 1 }, { n: 2 }]);
+    await new Promise((r) => srv.close(r));
+    await rm(sockDir, { recursive: true, force: true });
+  });
+
+  it('the server reports malformed frames (kept) and an oversize one (fatal, the reason)', async () => {
+    const [clientEnd, serverEnd] = inProcessPair({ maxFrameBytes: LIMIT });
+    const reported: [string, boolean][] = [];
+    const conn = serve(serverEnd, contract, handlers, {
+      onProtocolError: (e, { fatal }) => reported.push([e.code, fatal]),
+    });
+    const answers: unknown[] = [];
+    clientEnd.attach({
+      frame: (p) => answers.push(JSON.parse(p.toString())),
+      fatal: () => undefined,
+      close: () => undefined,
+    });
+    clientEnd.send(Buffer.from('not json'));
+    clientEnd.send(Buffer.from('[]'));
+    await sleep(20);
+    expect(conn.reason).toBeUndefined();
+    clientEnd.send(Buffer.alloc(LIMIT + 1));
+    await conn.closed;
+    expect(reported).toEqual([
+      ['BAD_FRAME', false],
+      ['BAD_FRAME', false],
+      ['FRAME_TOO_LARGE', true],
+    ]);
+    expect(conn.reason?.code).toBe(RpcCode.FrameTooLarge);
+    expect(answers).toHaveLength(3);
+  });
+});
+
+describe('one peer at a time (a restarted gateway)', () => {
+  let sockDir: string;
+  beforeAll(async () => {
+    sockDir = await mkdtemp(join(tmpdir(), 'mte-one-'));
+  });
+  afterAll(async () => {
+    await rm(sockDir, { recursive: true, force: true });
+  });
+
+  /** A connected pair of sockets: ours for the server, theirs for a client. */
+  async function socketPair(): Promise<[Socket, Socket]> {
+    const path = join(sockDir, `pair-${Math.random().toString(36).slice(2)}.sock`);
+    let accepted: (s: Socket) => void = () => undefined;
+    const server = createServer((s) => {
+      accepted(s);
+    });
+    const ours = new Promise<Socket>((r) => (accepted = r));
+    await new Promise<void>((r) => server.listen(path, r));
+    const theirs = await connectUnix(path);
+    const mine = await ours;
+    server.close();
+    return [mine, theirs];
+  }
+
+  const start = (first: Socket, listenPath?: string) => {
+    const ends: { reason: string | undefined; replaced: boolean; stopping: boolean }[] = [];
+    const serving = serveOneAtATime({
+      first,
+      ...(listenPath ? { listenPath } : {}),
+      channel: { maxFrameBytes: MAX_FRAME },
+      serve: (channel) => serve(channel, contract, handlers),
+      onEnd: (e) =>
+        ends.push({ reason: e.reason?.code, replaced: e.replaced, stopping: e.stopping }),
+    });
+    return { serving, ends };
+  };
+
+  it('an oversize frame or a hang-up ends that peer only; the next is served; a newer replaces it', async () => {
+    const listenPath = join(sockDir, 'gw', 'gateway.sock');
+    const [mine, theirs] = await socketPair();
+    const { serving, ends } = start(mine, listenPath);
+    const one = await serving;
+    let done = false;
+    void one.done.then(() => (done = true));
+
+    // The first peer sends a 4 GiB length: its channel ends, with the reason.
+    const first = rawPeerOverSocket(theirs);
+    first.write(Buffer.from([0xff, 0xff, 0xff, 0xff]));
+    const [answer] = await first.responses(1);
+    expect(answer).toMatchObject({ id: null, error: { code: 'FRAME_TOO_LARGE' } });
+    await first.closed();
+
+    // The next connects on the socket (mode 0600) and is served.
+    expect(((await import('node:fs')).statSync(listenPath).mode & 0o777).toString(8)).toBe('600');
+    const second = createClient(socketChannel(await connectUnix(listenPath)), contract);
+    await expect(second.call('echo', { text: 'again' })).resolves.toEqual({ text: 'again' });
+
+    // One hanging up mid-request ends only itself.
+    const torn = rawPeerOverSocket(await connectUnix(listenPath));
+    torn.write(frameOf({ v: 1, kind: 'request', id: 1, method: 'hang', params: {} }));
+    await sleep(50);
+    torn.end();
+    await sleep(50);
+    expect(second.closed).toBe(true); // the torn one had taken its place
+
+    const third = createClient(socketChannel(await connectUnix(listenPath)), contract);
+    await expect(third.call('echo', { text: 'third' })).resolves.toEqual({ text: 'third' });
+    expect(done).toBe(false);
+    expect(ends.slice(0, 3)).toEqual([
+      { reason: 'FRAME_TOO_LARGE', replaced: false, stopping: false },
+      { reason: undefined, replaced: true, stopping: false }, // the second, by the torn one
+      { reason: undefined, replaced: false, stopping: false }, // the torn one hung up
+    ]);
+
+    await one.close();
+    expect(done).toBe(true);
+    expect(ends.at(-1)).toEqual({ reason: undefined, replaced: false, stopping: true });
+    await expect(connectUnix(listenPath)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('without a socket to listen on, it is done when its one peer leaves', async () => {
+    const [mine, theirs] = await socketPair();
+    const { serving, ends } = start(mine);
+    const one = await serving;
+    theirs.destroy();
+    await one.done;
+    expect(ends).toEqual([{ reason: undefined, replaced: false, stopping: false }]);
+  });
+
+  it('refuses to listen where something other than a socket is (and leaves it there)', async () => {
+    const path = join(sockDir, 'gw2', 'journal');
+    await (await import('node:fs/promises')).mkdir(join(sockDir, 'gw2'), { mode: 0o700 });
+    await writeFile(path, 'precious');
+    const [mine] = await socketPair();
+    await expect(start(mine, path).serving).rejects.toThrow(/something other than a socket/);
+    expect(await readFile(path, 'utf8')).toBe('precious');
+    mine.destroy();
+  });
+});
+
+function randomText(n: number): string {
+  let out = '';
+  while (out.length < n) out += Math.random().toString(36).slice(2);
+  return out.slice(0, n);
+}

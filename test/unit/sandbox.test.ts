@@ -6,8 +6,12 @@ import {
   LaunchError,
   launch,
   missingProtections,
+  outlivesCallers,
   parseManifest,
+  restartableAlone,
   sandboxCommand,
+  systemdUnits,
+  unitName,
 } from '../../deploy/compartments/index.ts';
 
 const SHIPPED = join(import.meta.dirname, '..', '..', 'deploy', 'compartments.json');
@@ -94,6 +98,76 @@ describe('the sandbox of each compartment (the command lines the launcher runs)'
     expect(node('vault')).toContain('--allow-addons');
     expect(node('endpoint')).not.toContain('--allow-addons');
     expect(node('gateway')).not.toContain('--allow-child-process');
+  });
+
+  it('no inspector: each node starts with --disable-sigusr1, no inspect flag, no NODE_OPTIONS', () => {
+    for (const c of manifest.compartments) {
+      for (const host of [full, { ...full, root: false, bwrap: false, prlimit: false }]) {
+        const { argv, env } = sandboxCommand(c, {
+          where,
+          host,
+          node: '/usr/bin/node',
+          // What a careless caller might pass on: it must not reach the compartment.
+          env: { NODE_OPTIONS: '--inspect=0.0.0.0:9229', TZ: 'UTC' },
+        });
+        const node = argv.indexOf('/usr/bin/node');
+        const flags = (node >= 0 ? argv.slice(node + 1) : argv).slice(0, 2);
+        expect(flags[0], c.name).toBe('--disable-sigusr1');
+        expect(
+          argv.filter((a) => /^--(inspect|debug)/.test(a)),
+          c.name,
+        ).toEqual([]);
+        expect(env.NODE_OPTIONS, c.name).toBeUndefined();
+        expect(env.TZ).toBe('UTC');
+      }
+      // Even the probe's --os-only run (no permission model) keeps it.
+      const probe = sandboxCommand(c, {
+        where,
+        host: full,
+        node: '/usr/bin/node',
+        nodePermission: false,
+        entryOverride: { entry: 'deploy/compartments/probe.ts', args: ['whoami'] },
+      }).argv;
+      expect(probe[probe.indexOf('/usr/bin/node') + 1], c.name).toBe('--disable-sigusr1');
+    }
+  });
+
+  it('the systemd units run each compartment with --disable-sigusr1 and unset NODE_OPTIONS', () => {
+    const units = systemdUnits(manifest, { ...where, node: '/usr/bin/node' });
+    for (const c of manifest.compartments) {
+      const unit = units.get(unitName(c.name)) ?? '';
+      expect(unit, c.name).toMatch(/^ExecStart=\/usr\/bin\/node --disable-sigusr1 --permission /m);
+      expect(unit, c.name).toMatch(/^UnsetEnvironment=NODE_OPTIONS$/m);
+      const settings = unit.split('\n').filter((l) => !l.startsWith('#'));
+      expect(
+        settings.filter((l) => /--(inspect|debug)/.test(l)),
+        c.name,
+      ).toEqual([]);
+    }
+  });
+
+  it('the gateway is restarted alone: the endpoint listens for it, in its own directory', () => {
+    expect([...restartableAlone(manifest)]).toEqual(['gateway']);
+    expect([...outlivesCallers(manifest)]).toEqual(['endpoint']);
+    const channel = manifest.channels.find((ch) => ch.name === 'endpoint-rpc');
+    const path = channel?.kind === 'socketpair' ? channel.reconnect : undefined;
+    expect(path).toBe('{state}/endpoint/gateway.sock');
+    // The endpoint's command line names the same socket, inside its one write directory.
+    const args = compartment('endpoint').args;
+    expect(args[args.indexOf('--gateway-socket') + 1]).toBe(path);
+    expect(compartment('endpoint').write).toEqual(['{state}/endpoint']);
+    // The gateway's sandbox does not even see it.
+    const a = cmd('gateway').argv;
+    expect(a.filter((x) => x.includes('/var/lib/mte/endpoint'))).toEqual([]);
+  });
+
+  it("a reconnect socket outside the listening end's own directory is refused", () => {
+    const bad = structuredClone(JSON.parse(JSON.stringify(manifest))) as {
+      channels: { name: string; reconnect?: string }[];
+    };
+    const ch = bad.channels.find((x) => x.name === 'endpoint-rpc');
+    if (ch) ch.reconnect = '{run}/gateway/endpoint.sock';
+    expect(() => parseManifest(bad)).toThrow(/must lie inside a write path of "endpoint"/);
   });
 
   it('not root, no bwrap: each missing protection is named', () => {

@@ -10,6 +10,7 @@ import { UsageError, parseCommandLine, runMain } from '../../../keyvault/common/
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { type RpcClient, createClient, socketChannel } from '../../../keyvault/common/rpc/index.ts';
+import { refuseInspector } from '../../../keyvault/common/spawn.ts';
 import { type EndpointContract, endpointContract } from '../../contract.ts';
 import { spawnEndpoint, waitReady } from '../../spawn.ts';
 import { buildGateway } from './app.ts';
@@ -94,6 +95,7 @@ interface Endpoint {
 }
 
 async function serve(configPath: string, endpointFd?: number): Promise<number> {
+  refuseInspector();
   const config = await loadGatewayConfig(configPath);
   // Fail before starting the endpoint (and its vault) when we could never listen.
   await checkListenConfig(config.listen);

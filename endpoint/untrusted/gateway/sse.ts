@@ -14,6 +14,26 @@ export function sseFrame(type: string, data: unknown, id?: number): string {
 export const SSE_HEARTBEAT = ': heartbeat\n\n';
 
 /**
+ * A reader that takes none of what we queued for this many heartbeat intervals is cut off as
+ * too slow (with a last frame saying so): two missed heartbeats is how long a proxy or an idle
+ * timer would wait too, and a UI that is merely busy drains its socket far sooner.
+ */
+export const SLOW_READER_HEARTBEATS = 2;
+
+/**
+ * How long a stream's writes may make no progress before it is cut off. Below half the idle
+ * timeout: a socket that moves no bytes is destroyed by the server at idleTimeoutMs, and the
+ * closing frame must be queued well before, for a reader that wakes up to find it. Defaults:
+ * min(2 x 15 s, 60 s / 2) = 30 s. Tests shorten it through heartbeatMs.
+ */
+export function slowReaderMs(limits: Pick<Limits, 'heartbeatMs' | 'idleTimeoutMs'>): number {
+  return Math.max(
+    1,
+    Math.min(SLOW_READER_HEARTBEATS * limits.heartbeatMs, Math.floor(limits.idleTimeoutMs / 2)),
+  );
+}
+
+/**
  * Counts open event streams, overall and per token, so no client (and not all of them
  * together) can hold more long polls at the endpoint than the limits allow. Tokens are kept
  * only as their SHA-256.

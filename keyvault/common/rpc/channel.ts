@@ -33,13 +33,10 @@ export function socketChannel(socket: Socket, options: ChannelOptions = {}): Fra
   const decoder = new FrameDecoder(maxFrameBytes);
   let listener: ChannelListener | undefined;
   let closed = false;
-  const early: Buffer[] = [];
+  let ended = false;
 
   const deliver = (chunk: Buffer): void => {
-    if (!listener) {
-      early.push(chunk);
-      return;
-    }
+    if (!listener) return;
     let frames: Buffer[];
     try {
       frames = decoder.push(chunk);
@@ -51,13 +48,13 @@ export function socketChannel(socket: Socket, options: ChannelOptions = {}): Fra
     for (const f of frames) listener.frame(f);
   };
 
-  socket.on('data', deliver);
   socket.on('error', () => {
     // Reported as a close: the peer went away or the socket broke; callers reject pending calls.
     socket.destroy();
   });
   socket.on('close', () => {
     closed = true;
+    ended = true;
     listener?.close();
   });
 
@@ -78,7 +75,14 @@ export function socketChannel(socket: Socket, options: ChannelOptions = {}): Fra
     },
     attach(l) {
       listener = l;
-      for (const chunk of early.splice(0)) deliver(chunk);
+      // Read only from now on: until then the socket's own bounded buffer (and the kernel's)
+      // holds what the peer sends, not a list of ours.
+      socket.on('data', deliver);
+      if (ended) {
+        setImmediate(() => {
+          l.close();
+        });
+      }
     },
     close() {
       if (closed) return;

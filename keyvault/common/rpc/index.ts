@@ -23,3 +23,9 @@ export {
 } from './server.ts';
 export { type RpcClient, type ClientOptions, type CallOptions, createClient } from './client.ts';
 export { listenUnix, connectUnix } from './unix.ts';
+export {
+  type OneAtATime,
+  type OneAtATimeOptions,
+  type PeerEnd,
+  serveOneAtATime,
+} from './one-at-a-time.ts';

@@ -26,11 +26,21 @@ export interface ServerOptions {
   handlerTimeoutMs?: number;
   /** Local diagnostics only: never sent to the peer. */
   onError?: (error: unknown, context: { method?: string }) => void;
+  /**
+   * Local diagnostics: a frame that could not be read (BAD_FRAME, answered and the channel
+   * kept) or one that ended the channel (FRAME_TOO_LARGE, `fatal`). The peer has its reply.
+   */
+  onProtocolError?: (error: RpcError, context: { fatal: boolean }) => void;
 }
 
 export interface ServerConnection {
   close(): void;
   readonly closed: Promise<void>;
+  /**
+   * Why we ended the channel, when a frame made it impossible to go on (FRAME_TOO_LARGE);
+   * undefined while it is open, and when the peer hung up or close() was called.
+   */
+  readonly reason: RpcError | undefined;
 }
 
 /** Serves `contract` on one channel. Nothing the peer sends can throw out of this function. */
@@ -43,6 +53,8 @@ export function serve<C extends Contract>(
   const maxInFlight = options.maxInFlight ?? 32;
   const handlerTimeoutMs = options.handlerTimeoutMs ?? 60_000;
   const onError = options.onError ?? (() => undefined);
+  const onProtocolError = options.onProtocolError ?? (() => undefined);
+  let reason: RpcError | undefined;
   const running = new Set<AbortController>();
   let resolveClosed: () => void = () => undefined;
   const closed = new Promise<void>((r) => (resolveClosed = r));
@@ -135,13 +147,16 @@ export function serve<C extends Contract>(
     frame(payload) {
       const json = parseJson(payload);
       if (!json) {
-        fail(null, new RpcError(RpcCode.BadFrame, 'the frame is not valid JSON'));
+        const error = new RpcError(RpcCode.BadFrame, 'the frame is not valid JSON');
+        onProtocolError(error, { fatal: false });
+        fail(null, error);
         return;
       }
       const envelope = requestEnvelope.safeParse(json.value);
       if (!envelope.success) {
-        const maybeId = requestId(json.value);
-        fail(maybeId, new RpcError(RpcCode.BadFrame, describeIssues(envelope.error, 'request')));
+        const error = new RpcError(RpcCode.BadFrame, describeIssues(envelope.error, 'request'));
+        onProtocolError(error, { fatal: false });
+        fail(requestId(json.value), error);
         return;
       }
       const { id, method, params } = envelope.data;
@@ -150,6 +165,8 @@ export function serve<C extends Contract>(
       });
     },
     fatal(error) {
+      reason = error;
+      onProtocolError(error, { fatal: true });
       fail(null, error);
     },
     close() {
@@ -164,6 +181,9 @@ export function serve<C extends Contract>(
       channel.close();
     },
     closed,
+    get reason() {
+      return reason;
+    },
   };
 }
 

@@ -1,11 +1,12 @@
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, rm, stat } from 'node:fs/promises';
 import { type Server, type Socket, createConnection, createServer } from 'node:net';
 import { dirname } from 'node:path';
 
 /**
  * Listens on a Unix socket that only its owner can reach: the socket is created inside a
  * directory of mode 0700 (a chmod after bind would leave a window), and a stale socket file
- * left by a crashed process is replaced.
+ * left by a crashed process is replaced; anything else at that path is refused, not removed
+ * (a mistyped path must not delete a store file).
  */
 export async function listenUnix(
   path: string,
@@ -18,6 +19,10 @@ export async function listenUnix(
     throw new Error(
       `refusing to listen in ${dir}: the directory is reachable by other users (mode ${(info.mode & 0o777).toString(8)})`,
     );
+  }
+  const existing = await lstat(path).catch(() => undefined);
+  if (existing && !existing.isSocket()) {
+    throw new Error(`refusing to listen on ${path}: something other than a socket is there`);
   }
   await rm(path, { force: true });
   const server = createServer(onConnection);
