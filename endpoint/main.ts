@@ -317,6 +317,8 @@ async function main(argv: string[]): Promise<number> {
   endpoint.isAttested = undefined;
   endpoint.attestMissing = undefined;
   offVault();
+  // The open windows' refusal counts first, so the last checkpoint of the head covers them.
+  await audit.flushRefusals().catch(() => undefined);
   await stopCheckpoints();
   await service.stop();
   await vault.close();
