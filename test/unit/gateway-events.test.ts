@@ -544,6 +544,25 @@ describe('gateway: calls in flight are shared between tokens', () => {
     expect(calls.tokens).toBe(0);
   });
 
+  it('a send has slots of its own: it reaches the endpoint while 50 slow reads hold every read slot', async () => {
+    const { f, open } = gated();
+    fake = f;
+    const limits = resolveLimits({ queueTimeoutMs: 5_000 });
+    const calls = endpointCalls(f.client, limits);
+    // 50 slow readers (each its own token, as 50 UIs would be): every read slot taken, the rest queued.
+    const reads = Array.from({ length: 50 }, (_, i) =>
+      outcome(calls.call('rooms', { auth: { token: `reader-${String(i)}` } })),
+    );
+    await new Promise((r) => setTimeout(r, 20));
+    expect(calls.inFlight).toBe(limits.maxInFlight);
+    const sent = await calls.call('send', { auth: { token: TOKEN }, roomId: ROOM, body: 'hi' });
+    expect(sent.txnId).toBeTruthy();
+    // The send was answered while every read still waited on the endpoint.
+    expect(f.calls.filter((c) => c.method === 'send')).toHaveLength(1);
+    open();
+    expect(count(await Promise.all(reads), 'ok')).toBe(50);
+  });
+
   it('freed slots go to the waiting tokens in turn', async () => {
     const order: string[] = [];
     const releases: (() => void)[] = [];

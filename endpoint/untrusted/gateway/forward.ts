@@ -67,7 +67,52 @@ function laneKey(params: unknown): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');
 }
 
+/**
+ * Calls that send (a message, a reaction, a redaction, an attachment's chunks): they get slots
+ * of their own, so a send never waits behind a crowd of slow reads (timelines, attachment
+ * downloads), and a flood of sends cannot take the reads' slots either. 4: a send's work at the
+ * endpoint is a durable write, not homeserver round trips; a UI sends one at a time.
+ */
+export const SEND_METHODS: ReadonlySet<Method> = new Set<Method>([
+  'send',
+  'react',
+  'redact',
+  'retrySend',
+  'discardSend',
+  'uploadStart',
+  'uploadChunk',
+  'uploadFinish',
+]);
+export const SEND_SLOTS = 4;
+
 export function endpointCalls(client: RpcClient<EndpointContract>, limits: Limits): EndpointCalls {
+  const reads = slotPool(client, limits);
+  const sends = slotPool(client, {
+    ...limits,
+    maxInFlight: SEND_SLOTS,
+    maxQueued: Math.max(SEND_SLOTS, Math.floor(limits.maxQueued / 4)),
+  });
+  return {
+    get inFlight() {
+      return reads.inFlight + sends.inFlight;
+    },
+    get queued() {
+      return reads.queued + sends.queued;
+    },
+    get tokens() {
+      return reads.tokens + sends.tokens;
+    },
+    call(method, params) {
+      return (SEND_METHODS.has(method) ? sends : reads).call(method, params);
+    },
+    stream(method, params, options) {
+      return client.call(method, params, options);
+    },
+  };
+}
+
+/** maxInFlight slots shared fairly between tokens (see EndpointCalls). */
+function slotPool(client: RpcClient<EndpointContract>, limits: Limits): EndpointCalls {
   const share = Math.max(1, Math.floor(limits.maxInFlight * TOKEN_IN_FLIGHT_SHARE));
   const lanes = new Map<string, Lane>();
   /** Lanes with calls waiting, in the order they get a freed slot (a granted lane goes last). */
