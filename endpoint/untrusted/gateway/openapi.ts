@@ -15,7 +15,7 @@ const REASONS: Readonly<Record<number, string>> = {
   200: 'OK',
   201: 'Created',
   202: 'Accepted: durably queued',
-  400: 'INVALID_REQUEST (names the field) or INVALID_JSON',
+  400: 'INVALID_REQUEST (names the field; also two Authorization headers or two bearer values) or INVALID_JSON',
   401: 'UNAUTHENTICATED: no, malformed, unknown or revoked bearer token',
   403: 'FORBIDDEN_CAPABILITY or FORBIDDEN_ROOM: the policy does not allow it',
   404: 'NOT_FOUND (or NOT_INVITED: there is no invitation to answer)',
