@@ -5,13 +5,13 @@
  * nothing a web UI could not, and the endpoint authorises and audits each step.
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, link, lstat, open, readFile, unlink } from 'node:fs/promises';
+import { type FileHandle, link, lstat, open, unlink } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { basename, dirname, extname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
-import { UsageError, parseCommandLine, runMain } from '../../../keyvault/common/cli-main.ts';
+import { UsageError, runMain } from '../../../keyvault/common/cli-main.ts';
 import {
   type ExclusionWire,
   MAX_ATTACHMENT_BYTES,
@@ -25,7 +25,18 @@ import {
   pageToken as pageTokenSchema,
   roomId as roomIdSchema,
 } from '../../contract.ts';
-import { type GatewayTarget, gatewayRequest, gatewayStream } from '../gateway/client.ts';
+import { gatewayStream } from '../gateway/client.ts';
+import {
+  commandLine,
+  type GatewayContext,
+  answerOf,
+  arg,
+  call,
+  clean,
+  gatewayContext,
+  print,
+  unreachable,
+} from './common.ts';
 
 const usage = `Usage: node endpoint/untrusted/cli/messages.ts COMMAND [ARGS] [OPTIONS]
 
@@ -75,7 +86,6 @@ const COMMANDS = {
 } as const satisfies Record<string, { args: readonly string[]; options: readonly string[] }>;
 type Command = keyof typeof COMMANDS;
 
-const errorSchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
 const textSchema = z
   .string()
   .min(1, 'expected some text')
@@ -86,17 +96,8 @@ const reasonSchema = z.string().min(1).max(255);
 const captionSchema = z.string().min(1).max(1024);
 const limitSchema = z.coerce.number().int().min(1).max(MAX_PAGE);
 
-interface Context {
-  target: GatewayTarget;
-  token: string;
-  json: boolean;
-}
-
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandLine(argv, {
-    socket: { type: 'string' },
-    'token-file': { type: 'string' },
-    json: { type: 'boolean' },
+  const line = commandLine(argv, usage, {
     limit: { type: 'string' },
     from: { type: 'string' },
     'reply-to': { type: 'string' },
@@ -105,14 +106,9 @@ async function main(argv: string[]): Promise<number> {
     type: { type: 'string' },
     caption: { type: 'string' },
     out: { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
   });
-  if (values.help) {
-    process.stdout.write(`${usage}\n`);
-    return 0;
-  }
-  const [name, ...args] = positionals;
-  if (name === undefined) throw new UsageError('a command is needed (see --help)');
+  if (line === undefined) return 0;
+  const { values, command: name, args } = line;
   if (!Object.hasOwn(COMMANDS, name)) {
     // Echoed only when it looks like a command: a mistyped secret must not reach a log.
     const shown = /^[a-z][a-z-]{0,19}$/.test(name) ? ` "${name}"` : '';
@@ -142,11 +138,7 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError(`--${option} does not apply to ${command}`);
     }
   }
-  const ctx: Context = {
-    target: { socketPath: values.socket ?? 'api.sock' },
-    token: await readToken(values['token-file']),
-    json: values.json === true,
-  };
+  const ctx = await gatewayContext(values, 4 * 1024 * 1024);
   const at = (i: number): string => args[i] ?? '';
   switch (command) {
     case 'rooms': {
@@ -305,7 +297,7 @@ const TYPES: Readonly<Record<string, string>> = {
 };
 
 async function upload(
-  ctx: Context,
+  ctx: GatewayContext,
   room: string,
   file: string,
   type: string | undefined,
@@ -359,7 +351,12 @@ async function upload(
  * beside it, which is linked to `out` only once the whole download arrived (link, unlike
  * rename, fails when `out` exists, even if it appeared meanwhile).
  */
-async function download(ctx: Context, room: string, event: string, out: string): Promise<number> {
+async function download(
+  ctx: GatewayContext,
+  room: string,
+  event: string,
+  out: string,
+): Promise<number> {
   if (await exists(out)) throw new Error(`${out} already exists; it is not overwritten`);
   const res = await stream(
     ctx,
@@ -441,34 +438,8 @@ async function exists(path: string): Promise<boolean> {
 
 // --- the gateway ----------------------------------------------------------------------------
 
-function unreachable(e: unknown): Error {
-  const code = (e as NodeJS.ErrnoException).code;
-  return new Error(
-    code === 'ENOENT' || code === 'ECONNREFUSED'
-      ? 'cannot reach the gateway: is it running, and is --socket right?'
-      : `the gateway request failed (${code ?? 'error'})`,
-    { cause: e },
-  );
-}
-
-/** One JSON request to the gateway; a refusal becomes an error with its code and sentence. */
-async function call(ctx: Context, method: string, path: string, body?: object): Promise<unknown> {
-  let res;
-  try {
-    res = await gatewayRequest(ctx.target, path, {
-      method,
-      token: ctx.token,
-      ...(body === undefined ? {} : { body }),
-      maxResponseBytes: 4 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw unreachable(e);
-  }
-  return answerOf(res.status, res.text);
-}
-
 async function stream(
-  ctx: Context,
+  ctx: GatewayContext,
   path: string,
   options: Parameters<typeof gatewayStream>[2],
 ): Promise<Awaited<ReturnType<typeof gatewayStream>>> {
@@ -502,47 +473,7 @@ function answerAs<T>(schema: z.ZodType<T>, value: unknown): T {
   return parsed.data;
 }
 
-function answerOf(status: number, text: string): unknown {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text) as unknown;
-  } catch {
-    parsed = undefined;
-  }
-  if (status >= 400) {
-    const error = errorSchema.safeParse(parsed);
-    throw new Error(
-      error.success
-        ? clean(`${error.data.error.code}: ${error.data.error.message}`)
-        : `the gateway answered ${status}`,
-    );
-  }
-  return parsed;
-}
-
-async function readToken(file: string | undefined): Promise<string> {
-  let token = process.env.MTE_TOKEN;
-  if (file !== undefined) {
-    try {
-      token = await readFile(file, 'utf8');
-    } catch (e) {
-      throw new UsageError(`cannot read the token file ${file}`, { cause: e });
-    }
-  }
-  token = token?.trim();
-  if (!token) throw new UsageError('no token: give --token-file FILE or set MTE_TOKEN');
-  return token;
-}
-
 // --- output ---------------------------------------------------------------------------------
-
-function arg<T>(schema: z.ZodType<T>, value: string | undefined, name: string): T {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    throw new UsageError(`${name}: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
-  }
-  return parsed.data;
-}
 
 function roomPath(room: string): string {
   return `/v1/rooms/${encodeURIComponent(room)}`;
@@ -550,7 +481,7 @@ function roomPath(room: string): string {
 
 /** A queued send: its transaction id, and who will not be able to read it. */
 function report(
-  ctx: Context,
+  ctx: GatewayContext,
   result: { txnId: string; excluded: ExclusionWire[] },
   what: string,
   json: unknown = result,
@@ -627,22 +558,12 @@ function time(ms: number): string {
   return Number.isNaN(d.getTime()) ? '?' : d.toISOString().slice(0, 16).replace('T', ' ');
 }
 
-/** Everything printed came from the gateway and, before it, from peers: no control codes. */
-function clean(text: string): string {
-  // eslint-disable-next-line no-control-regex -- exactly what is being removed
-  return text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, ' ');
-}
-
 function out(line: string): void {
   process.stdout.write(`${clean(line)}\n`);
 }
 
 function say(line: string): void {
   process.stderr.write(`${clean(line)}\n`);
-}
-
-function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
 runMain('messages', main);

@@ -4,11 +4,9 @@
  * with the `verification` capability): it can do nothing a web UI could not, and every step
  * it takes is authorised and audited by the endpoint like any other.
  */
-import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { z } from 'zod';
-import { UsageError, parseCommandLine, runMain } from '../../../keyvault/common/cli-main.ts';
+import { UsageError, runMain } from '../../../keyvault/common/cli-main.ts';
 import {
   type VerificationFlowWire,
   deviceId as deviceIdSchema,
@@ -16,7 +14,15 @@ import {
   flowId as flowIdSchema,
   userId as userIdSchema,
 } from '../../contract.ts';
-import { type GatewayTarget, gatewayRequest } from '../gateway/client.ts';
+import {
+  commandLine,
+  type GatewayContext,
+  arg,
+  call,
+  clean,
+  gatewayContext,
+  print,
+} from './common.ts';
 
 const usage = `Usage: node endpoint/untrusted/cli/verify.ts COMMAND [ARGS] [OPTIONS]
 
@@ -51,39 +57,25 @@ const flowsSchema = endpointContract.verifications.result;
 const flowSchema = endpointContract.verification.result;
 const contactSchema = endpointContract.contact.result;
 const identitySchema = endpointContract.identityAcknowledge.result;
-const errorSchema = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
 
-interface Context {
-  target: GatewayTarget;
-  token: string;
-  json: boolean;
+interface Context extends GatewayContext {
   timeoutMs: number;
   say(line: string): void;
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandLine(argv, {
-    socket: { type: 'string' },
-    'token-file': { type: 'string' },
+  const line = commandLine(argv, usage, {
     timeout: { type: 'string' },
     mismatch: { type: 'boolean' },
-    json: { type: 'boolean' },
-    help: { type: 'boolean', short: 'h' },
   });
-  if (values.help) {
-    process.stdout.write(`${usage}\n`);
-    return 0;
-  }
-  const [command, ...args] = positionals;
-  if (command === undefined) throw new UsageError('a command is needed (see --help)');
+  if (line === undefined) return 0;
+  const { values, command, args } = line;
   const timeout = Number(values.timeout ?? '120');
   if (!Number.isFinite(timeout) || timeout <= 0 || timeout > 3600) {
     throw new UsageError('--timeout must be a number of seconds between 1 and 3600');
   }
   const ctx: Context = {
-    target: { socketPath: values.socket ?? 'api.sock' },
-    token: await readToken(values['token-file']),
-    json: values.json === true,
+    ...(await gatewayContext(values, 1024 * 1024)),
     timeoutMs: timeout * 1000,
     say: (line) => process.stderr.write(`${line}\n`),
   };
@@ -239,57 +231,6 @@ async function waitForIncoming(ctx: Context): Promise<VerificationFlowWire> {
   }
 }
 
-/** One request to the gateway; a refusal becomes an error with its code and sentence. */
-async function call(ctx: Context, method: string, path: string, body?: object): Promise<unknown> {
-  let res;
-  try {
-    res = await gatewayRequest(ctx.target, path, {
-      method,
-      token: ctx.token,
-      ...(body === undefined ? {} : { body }),
-      maxResponseBytes: 1024 * 1024,
-    });
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new Error(
-      code === 'ENOENT' || code === 'ECONNREFUSED'
-        ? 'cannot reach the gateway: is it running, and is --socket right?'
-        : `the gateway request failed (${code ?? 'error'})`,
-      { cause: e },
-    );
-  }
-  const parsed: unknown = (() => {
-    try {
-      return res.json();
-    } catch {
-      return undefined;
-    }
-  })();
-  if (res.status >= 400) {
-    const error = errorSchema.safeParse(parsed);
-    throw new Error(
-      error.success
-        ? `${error.data.error.code}: ${error.data.error.message}`
-        : `the gateway answered ${res.status}`,
-    );
-  }
-  return parsed;
-}
-
-async function readToken(file: string | undefined): Promise<string> {
-  let token = process.env.MTE_TOKEN;
-  if (file !== undefined) {
-    try {
-      token = await readFile(file, 'utf8');
-    } catch (e) {
-      throw new UsageError(`cannot read the token file ${file}`, { cause: e });
-    }
-  }
-  token = token?.trim();
-  if (!token) throw new UsageError('no token: give --token-file FILE or set MTE_TOKEN');
-  return token;
-}
-
 async function ask(question: string): Promise<boolean> {
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {
@@ -302,22 +243,8 @@ async function ask(question: string): Promise<boolean> {
   }
 }
 
-function arg<T>(schema: z.ZodType<T>, value: string | undefined, name: string): T {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    throw new UsageError(`${name}: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
-  }
-  return parsed.data;
-}
-
 function flowPath(id: string): string {
   return `/v1/verifications/${encodeURIComponent(id)}`;
-}
-
-/** Everything printed came from the gateway and, before it, from peers: no control codes. */
-function clean(text: string): string {
-  // eslint-disable-next-line no-control-regex -- exactly what is being removed
-  return text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, ' ');
 }
 
 function flowLine(f: VerificationFlowWire): string {
@@ -338,10 +265,6 @@ function identityLine(
   identity: { state: string; masterKey?: string | undefined; wasVerified: boolean },
 ): string {
   return `${user}  ${identity.state}${identity.masterKey ? `  master key ${identity.masterKey}` : ''}`;
-}
-
-function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
 runMain('verify', main);
