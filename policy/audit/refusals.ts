@@ -2,7 +2,7 @@
  * Counting floods of refusals instead of writing each one.
  *
  * A refusal a caller can repeat without limit is a way to fill the disk: a line per refusal
- * was 2.3 GB an hour from 16 loops with unknown tokens (issue 19). Those are the refusals of
+ * was 2.3 GB an hour from 16 loops with unknown tokens. Those are the refusals of
  * callers without a valid token (UNAUTHENTICATED, and RATE_LIMITED by the shared budget for
  * unknown tokens) and a known client's RATE_LIMITED ones: every other refusal of a known
  * client costs it a request from its bucket, so its own rate bounds them.

@@ -11,7 +11,7 @@ import { makeTempDir, prepareCompartments, startSwtpm, startSynapse } from '../f
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { repoRoot } from '../fixtures/process.ts';
 
-// Issue 19: anyone who can reach the endpoint's channel, with no valid token, must not be able
+// Anyone who can reach the endpoint's channel, with no valid token, must not be able
 // to fill the disk through the audit log; a valid client's calls stay on record one by one.
 // The caller here is the channel itself (a compromised gateway can send anything).
 const synapse = useFixture(() => startSynapse());
@@ -132,7 +132,7 @@ const seen = {
   tight: new Map<string, number>(),
 };
 
-describe('the audit log under a flood of unknown tokens (issue 19)', () => {
+describe('the audit log under a flood of unknown tokens', () => {
   it(`${LOOPS} loops of unknown tokens for ${FLOOD_MS / 1000} s grow the log by a few KiB`, async () => {
     const before = await logBytes();
     const outcomes = await hammer(LOOPS, FLOOD_MS, unknownToken);

@@ -14,7 +14,7 @@ import {
 } from '../../endpoint/untrusted/gateway/index.ts';
 import { type FakeEndpoint, TOKEN, fakeEndpoint } from '../unit/gateway-helpers.ts';
 
-// Issue 19, item 1: a local process that opens hundreds of connections and sends nothing (or
+// A local process that opens hundreds of connections and sends nothing (or
 // trickles its headers a byte a second) must not lock the real clients out. The gateway is the
 // real one, listening on a real Unix socket with the default limits (256 connections, the 5 s
 // header cut-off); only the endpoint behind it is a fake, since nothing here reaches it but a

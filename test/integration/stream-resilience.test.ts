@@ -13,7 +13,7 @@ import { type SynapseUser, startSwtpm, startSynapse, waitUntil } from '../fixtur
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { type LaunchedStack, startStack, vaultUser } from '../fixtures/stack.ts';
 
-// Issue 19, items 3, 4 and 6, through the real gateway, endpoint and vault processes (each in
+// Revocation, per-token fairness and slow readers, through the real gateway, endpoint and vault processes (each in
 // its sandbox, as deployed) on a real Synapse:
 // - a revoked token's open event stream ends within about a second, with a last frame saying
 //   why (the endpoint wakes the waiting poll when it reloads the policy);

@@ -329,7 +329,7 @@ describe('audit log: a torn last line (a crash mid-append)', { timeout: 30_000 }
 });
 
 // ---------------------------------------------------------------------------------------------
-// Segments, the size bound, and counting refusal floods (issue 19)
+// Segments, the size bound, and counting refusal floods
 
 const SMALL = { segmentBytes: 2048, maxBytes: 1 << 20 };
 
