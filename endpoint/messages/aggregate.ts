@@ -123,9 +123,6 @@ function countReactions(
   }));
 }
 
-/** How many senders a reaction list names (the rest are only counted). */
-export const REACTION_SENDERS_LISTED = MAX_SENDERS;
-
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   const list = map.get(key);
   if (list) list.push(value);
