@@ -57,6 +57,12 @@ export const timelineItem = z
     decrypted: z.boolean(),
     /** The text: for a message its body (the latest edit's, when edited), else a fallback. */
     body: z.string().optional(),
+    /**
+     * The sender's HTML (`formatted_body`, format org.matrix.custom.html), unsanitised: hostile
+     * markup from another user. Show it only through an allow-list sanitiser (the web UI's
+     * sanitize.ts); `body` is the plain-text equivalent.
+     */
+    formattedBody: z.string().optional(),
     msgtype: z.string().optional(),
     /** The event this one replies to (m.relates_to.m.in_reply_to). */
     replyTo: z.string().optional(),

@@ -157,6 +157,14 @@ export const roomSummary = z
     members: z.array(z.string()),
     /** For an invitation: who invited us (the sender of our m.room.member invite event). */
     inviter: z.string().optional(),
+    /**
+     * m.room.name and m.room.topic, and members' display names (only those who set one, only
+     * members listed): text other users chose. Show it as text, with the user id wherever a
+     * name could pass for another member's.
+     */
+    name: z.string().max(255).optional(),
+    topic: z.string().max(1000).optional(),
+    displayNames: z.record(z.string(), z.string().max(256)).optional(),
     /** The room has m.room.encryption. Unencrypted rooms are shown, never sent to. */
     encrypted: z.boolean(),
     /** Who gets room keys and whose messages show, as the policy sets it for this room. */
@@ -269,6 +277,8 @@ export const streamEvent = z.discriminatedUnion('type', [
       target: z.string(),
       eventId: z.string(),
       body: z.string(),
+      /** The new HTML (unsanitised), when the edit has one; absent: show `body` as text. */
+      formattedBody: z.string().optional(),
       msgtype: z.string().optional(),
       ts: z.number(),
     })

@@ -15,7 +15,7 @@ import {
 import type { TrustSettings } from './crypto/settings.ts';
 import type { CreateRoomOptions, HomeserverApi, RoomEvent } from './matrix/api.ts';
 import { eventResponse as bundledEvent } from './matrix/schemas.ts';
-import { SyncLoop, type TimelineInfo } from './sync/loop.ts';
+import { type RoomLabels, SyncLoop, type TimelineInfo } from './sync/loop.ts';
 import {
   type Classified,
   type EditView,
@@ -53,6 +53,24 @@ export interface RoomSummary {
   encrypted?: boolean;
   /** For an invitation: who sent it. */
   inviter?: string;
+  /** m.room.name and m.room.topic: text another user chose, for a UI to show as text. */
+  name?: string;
+  topic?: string;
+  /** Members' display names (m.room.member displayname), only for members who set one. */
+  displayNames?: Record<string, string>;
+}
+
+/** Applies a sync's name/topic to a room (null removes, absent keeps). */
+function applyLabels(room: RoomSummary, labels: RoomLabels): boolean {
+  let changed = false;
+  for (const key of ['name', 'topic'] as const) {
+    const value = labels[key];
+    if (value === undefined || value === (room[key] ?? null)) continue;
+    if (value === null) delete room[key];
+    else room[key] = value;
+    changed = true;
+  }
+  return changed;
 }
 
 /**
@@ -250,13 +268,15 @@ export class Endpoint {
         },
         invited: async (roomId, invite) => {
           if (this.#rooms.has(roomId)) return;
-          this.#rooms.set(roomId, {
+          const room: RoomSummary = {
             roomId,
             membership: 'invite',
             members: [],
             encrypted: invite.encrypted,
             ...(invite.inviter === undefined ? {} : { inviter: invite.inviter }),
-          });
+          };
+          applyLabels(room, invite);
+          this.#rooms.set(roomId, room);
           await this.#saveRooms(this.rooms());
           this.#emit({ type: 'room', roomId, membership: 'invite' });
         },
@@ -271,21 +291,34 @@ export class Endpoint {
           if (state.encrypted) room.encrypted = true;
           // The sync that first shows a joined room carries its whole state.
           else if (room.encrypted === undefined && newlyJoined) room.encrypted = false;
+          const labelled = applyLabels(room, state);
           const members = new Set(room.members);
           const before = members.size;
           const changed: { userId: string; membership: string }[] = [];
+          const names = { ...room.displayNames };
+          let renamed = false;
           for (const c of changes) {
             const present = members.has(c.userId);
             if (c.membership === 'join' || c.membership === 'invite') members.add(c.userId);
             else members.delete(c.userId);
             if (present !== members.has(c.userId) || c.membership === 'join') changed.push(c);
+            const name = members.has(c.userId) ? (c.displayName ?? null) : null;
+            if (name !== (names[c.userId] ?? null)) {
+              renamed = true;
+              if (name === null) delete names[c.userId];
+              else names[c.userId] = name;
+            }
           }
           room.members = [...members];
+          if (Object.keys(names).length > 0) room.displayNames = names;
+          else delete room.displayNames;
           this.#rooms.set(roomId, room);
           if (
             newlyJoined ||
             members.size !== before ||
             changed.length > 0 ||
+            labelled ||
+            renamed ||
             wasEncrypted !== room.encrypted
           ) {
             await this.#saveRooms(this.rooms());

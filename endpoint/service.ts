@@ -70,6 +70,11 @@ const roomsSchema = z.array(
     roomId: z.string(),
     membership: z.enum(['join', 'invite']),
     members: z.array(z.string()),
+    encrypted: z.boolean().exactOptional(),
+    inviter: z.string().exactOptional(),
+    name: z.string().exactOptional(),
+    topic: z.string().exactOptional(),
+    displayNames: z.record(z.string(), z.string()).exactOptional(),
   }),
 );
 

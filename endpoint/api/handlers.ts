@@ -344,11 +344,15 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
           .slice(0, MAX_ROOMS_LISTED)
           .map((r) => {
             const rules = roomTrust(policy, r.roomId);
+            const listed = [...r.members].sort().slice(0, MAX_MEMBERS_LISTED);
             return {
               roomId: r.roomId,
               membership: r.membership,
-              members: [...r.members].sort().slice(0, MAX_MEMBERS_LISTED),
+              members: listed,
               ...(r.inviter === undefined ? {} : { inviter: r.inviter }),
+              ...(r.name === undefined ? {} : { name: r.name }),
+              ...(r.topic === undefined ? {} : { topic: r.topic }),
+              ...displayNamesOf(r.displayNames, listed),
               // Unknown until the endpoint has seen the room's state: shown as encrypted,
               // and sends re-check once it is known.
               encrypted: r.encrypted !== false,
@@ -974,4 +978,18 @@ function upstreamError(e: unknown): unknown {
 /** The hub's owner key for a client's streams: its name and the hash of the token it used. */
 function ownerOf(client: AuthorizedClient, token: string): string {
   return streamOwner(client.name, hashToken(token).toString('hex'));
+}
+
+/** The display names of the members listed (at most as many as there are), or nothing. */
+function displayNamesOf(
+  names: Readonly<Record<string, string>> | undefined,
+  listed: readonly string[],
+): { displayNames?: Record<string, string> } {
+  if (names === undefined) return {};
+  const shown: Record<string, string> = {};
+  for (const userId of listed) {
+    const name = names[userId];
+    if (name !== undefined) shown[userId] = name;
+  }
+  return Object.keys(shown).length > 0 ? { displayNames: shown } : {};
 }

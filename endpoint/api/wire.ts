@@ -29,6 +29,7 @@ export function timelineItemWire(view: MessageView): TimelineItemWire {
     ...(view.type === undefined ? {} : { type: view.type.slice(0, 255) }),
     decrypted: view.decrypted,
     ...(view.body === undefined ? {} : { body: view.body }),
+    ...(view.formattedBody === undefined ? {} : { formattedBody: view.formattedBody }),
     ...(view.msgtype === undefined ? {} : { msgtype: view.msgtype }),
     ...(view.replyTo === undefined ? {} : { replyTo: view.replyTo }),
     ...(view.thread === undefined ? {} : { thread: view.thread }),
@@ -140,6 +141,9 @@ export function streamInput(event: EndpointEvent): HubInput {
         target: event.edit.target,
         eventId: event.edit.eventId,
         body: event.edit.body,
+        ...(event.edit.formattedBody === undefined
+          ? {}
+          : { formattedBody: event.edit.formattedBody }),
         ...(event.edit.msgtype === undefined ? {} : { msgtype: event.edit.msgtype }),
         ts: event.edit.ts,
       };

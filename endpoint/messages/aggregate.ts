@@ -90,6 +90,9 @@ const SHIELD_RANK = { verified: 0, unverified: 1, unencrypted: 2, warning: 3 } a
  */
 export function applyEdit(view: MessageView, edit: EditView): void {
   view.body = edit.body;
+  // The edit's HTML replaces the old, or its absence removes it: never old markup, new text.
+  if (edit.formattedBody === undefined) delete view.formattedBody;
+  else view.formattedBody = edit.formattedBody;
   if (edit.msgtype !== undefined) view.msgtype = edit.msgtype;
   view.edited = true;
   view.editedAt = edit.ts;

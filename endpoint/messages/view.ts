@@ -27,6 +27,11 @@ export interface MessageView {
   decrypted: boolean;
   encrypted: boolean;
   body?: string;
+  /**
+   * The sender's HTML (`formatted_body` with format org.matrix.custom.html), exactly as sent:
+   * hostile markup that a UI must sanitise before showing. Absent for other formats.
+   */
+  formattedBody?: string;
   msgtype?: string;
   replyTo?: string;
   thread?: string;
@@ -45,6 +50,8 @@ export interface EditView {
   ts: number;
   target: string;
   body: string;
+  /** The new content's HTML, as for MessageView.formattedBody. */
+  formattedBody?: string;
   msgtype?: string;
   /**
    * The edit itself arrived encrypted. An encrypted item is replaced only by an encrypted edit
@@ -150,6 +157,7 @@ export function classify(item: Decrypted, outer: RoomEvent, roomEncrypted: boole
           ts: item.ts,
           target: relation.eventId,
           body,
+          ...formattedOf(replacement ?? {}),
           ...(typeof replacement?.msgtype === 'string' ? { msgtype: replacement.msgtype } : {}),
           encrypted: item.encrypted,
           verification: item.encrypted
@@ -195,6 +203,7 @@ function messageView(
   if (type === 'm.room.message' && msgtype !== undefined && TEXT_TYPES.has(msgtype)) {
     view.kind = 'message';
     if (typeof content.body === 'string') view.body = content.body;
+    Object.assign(view, formattedOf(content));
     return view;
   }
   if (type === 'm.room.message' && msgtype !== undefined && FILE_TYPES.has(msgtype)) {
@@ -210,6 +219,13 @@ function messageView(
   const fallback = fallbackText(content);
   if (fallback !== undefined) view.body = fallback;
   return view;
+}
+
+/** The HTML of a message (or of an edit's new content), when it is in the one format the spec defines. */
+function formattedOf(content: Record<string, unknown>): { formattedBody?: string } {
+  return content.format === 'org.matrix.custom.html' && typeof content.formatted_body === 'string'
+    ? { formattedBody: content.formatted_body }
+    : {};
 }
 
 /** The attachment an m.room.message carries, if its msgtype is a file's. */

@@ -16,12 +16,18 @@ export interface SyncHandlers {
   /** Timeline events of a joined room, in order, as the server sent them (still encrypted). */
   timeline(roomId: string, events: RoomEvent[], info: TimelineInfo): Promise<void>;
   /** State and timeline membership changes, for the room list. */
-  invited(roomId: string, invite: { inviter?: string; encrypted: boolean }): Promise<void>;
-  /** `encrypted`: this sync shows m.room.encryption in the room's state. */
+  invited(
+    roomId: string,
+    invite: { inviter?: string; encrypted: boolean } & RoomLabels,
+  ): Promise<void>;
+  /**
+   * `encrypted`: this sync shows m.room.encryption in the room's state. `name`/`topic`: the
+   * newest of those state events in this sync (null: removed; absent: not in this sync).
+   */
   joined(
     roomId: string,
-    members: { userId: string; membership: string }[],
-    state: { encrypted: boolean },
+    members: MemberChange[],
+    state: { encrypted: boolean } & RoomLabels,
   ): Promise<void>;
   /** We left the room, or were kicked or banned from it. */
   left(roomId: string): Promise<void>;
@@ -31,6 +37,41 @@ export interface SyncHandlers {
   privateMessages?(messages: PrivateToDeviceMessage[]): Promise<void>;
   /** Persist the token only after everything before it was handled (resume point). */
   saveSince(token: string): Promise<void>;
+}
+
+/** A membership event as the room list needs it; `displayName` null: none set. */
+export interface MemberChange {
+  userId: string;
+  membership: string;
+  displayName?: string | null;
+}
+
+/** What another user chose to call a room: shown to users as text they control, not us. */
+export interface RoomLabels {
+  name?: string | null;
+  topic?: string | null;
+}
+
+/** Longest room name, topic and display name kept (longer ones are cut, not refused). */
+export const MAX_ROOM_NAME = 255;
+export const MAX_TOPIC = 1000;
+export const MAX_DISPLAY_NAME = 256;
+
+/** The newest m.room.name and m.room.topic among `events` (state order: later wins). */
+export function labelsOf(
+  events: readonly Pick<RoomEvent, 'type' | 'state_key' | 'content'>[],
+): RoomLabels {
+  const labels: RoomLabels = {};
+  for (const e of events) {
+    if (e.state_key !== '') continue;
+    if (e.type === 'm.room.name') labels.name = text(e.content.name, MAX_ROOM_NAME);
+    if (e.type === 'm.room.topic') labels.topic = text(e.content.topic, MAX_TOPIC);
+  }
+  return labels;
+}
+
+function text(value: unknown, max: number): string | null {
+  return typeof value === 'string' && value.length > 0 ? value.slice(0, max) : null;
 }
 
 export interface SyncLogger {
@@ -127,18 +168,24 @@ export class SyncLoop {
       );
       await this.#handlers.invited(roomId, {
         ...(ours === undefined ? {} : { inviter: ours.sender }),
+        ...labelsOf(stripped),
         encrypted: stripped.some((e) => e.type === 'm.room.encryption' && e.state_key === ''),
       });
     }
     for (const roomId of Object.keys(sync.rooms?.leave ?? {})) await this.#handlers.left(roomId);
     for (const [roomId, room] of Object.entries(sync.rooms?.join ?? {})) {
-      const members = [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])]
+      const stateEvents = [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])];
+      const members = stateEvents
         .filter((e) => e.type === 'm.room.member' && typeof e.state_key === 'string')
-        .map((e) => ({ userId: e.state_key ?? '', membership: String(e.content.membership) }));
-      const encrypted = [...(room.state?.events ?? []), ...(room.timeline?.events ?? [])].some(
+        .map((e) => ({
+          userId: e.state_key ?? '',
+          membership: String(e.content.membership),
+          displayName: text(e.content.displayname, MAX_DISPLAY_NAME),
+        }));
+      const encrypted = stateEvents.some(
         (e) => e.type === 'm.room.encryption' && e.state_key === '',
       );
-      await this.#handlers.joined(roomId, members, { encrypted });
+      await this.#handlers.joined(roomId, members, { encrypted, ...labelsOf(stateEvents) });
       const events = room.timeline?.events ?? [];
       if (events.length > 0) {
         await this.#handlers.timeline(roomId, events, {
