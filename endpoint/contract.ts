@@ -356,9 +356,34 @@ const sendResult = z
   })
   .strict();
 
+/** Why the gateway's browser listener refused a request (the audit reason). */
+export const GATEWAY_REFUSALS = [
+  'FORBIDDEN_HOST',
+  'FORBIDDEN_ORIGIN',
+  'CROSS_SITE',
+  'PREFLIGHT',
+] as const;
+export type GatewayRefusal = (typeof GATEWAY_REFUSALS)[number];
+
 export const endpointContract = defineContract({
   /** No token: answers once start-up is complete (for the launcher). Reveals nothing. */
   ready: { params: empty, result: empty },
+  /**
+   * No token: the gateway refused a browser's request before any call (a Host that is not
+   * the UI's, a foreign Origin, a cross-site fetch, a CORS preflight). Written to the audit log
+   * like a refusal of an unknown token, so a flood is counted, not written line by line. It
+   * grants nothing: the gateway could make as many unknown-token refusals.
+   */
+  gatewayRefusal: {
+    params: z
+      .object({
+        reason: z.enum(GATEWAY_REFUSALS),
+        /** Refusals of this reason since the last report (the gateway coalesces floods). */
+        count: z.number().int().min(1).max(10_000),
+      })
+      .strict(),
+    result: empty,
+  },
   /** Any valid token: who the endpoint is, and who the caller is. */
   status: {
     params: z.object({ auth }).strict(),

@@ -325,6 +325,27 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
   return {
     ready: () => Promise.resolve({}),
 
+    gatewayRefusal: async ({ reason, count }) => {
+      const entry: AuditRecord = {
+        client: null,
+        action: 'gateway.refusal',
+        target: null,
+        decision: 'deny',
+        reason,
+      };
+      try {
+        // Each refusal on its own: the log writes the first few of a window and counts the rest.
+        for (let i = 0; i < count; i++) {
+          await (deps.audit.appendRefusal
+            ? deps.audit.appendRefusal(entry)
+            : deps.audit.append(entry));
+        }
+      } catch {
+        throw new RpcError('AUDIT_UNAVAILABLE', 'the audit log cannot be written');
+      }
+      return {};
+    },
+
     status: async ({ auth }) => {
       const client = await guard(auth.token, 'status');
       return {

@@ -34,6 +34,11 @@ export const AUDIT_ACTIONS = [
   'status',
   /** A request naming no known capability (recorded, refused). */
   'unknown',
+  /**
+   * A browser request the gateway's web UI listener refused before any call: a foreign Host
+   * (DNS rebinding), Origin or site, or a CORS preflight. No client, no target.
+   */
+  'gateway.refusal',
   'policy.load',
   'policy.reload',
   /** The log itself: a torn last line (a crash mid-append) was cut off at open. */

@@ -32,12 +32,15 @@ const MAX_REASONS = 8;
  */
 export function refusalKey(record: {
   client: string | null;
+  action?: string;
   decision: string;
   reason: string;
 }): string | null | undefined {
   if (record.decision !== 'deny') return undefined;
   if (record.client === null) {
-    return record.reason === 'UNAUTHENTICATED' || record.reason === 'RATE_LIMITED'
+    return record.reason === 'UNAUTHENTICATED' ||
+      record.reason === 'RATE_LIMITED' ||
+      record.action === 'gateway.refusal'
       ? null
       : undefined;
   }

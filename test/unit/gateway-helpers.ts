@@ -36,6 +36,9 @@ function checkToken(params: { auth: { token: string } }): void {
   if (params.auth.token !== TOKEN) throw new RpcError('UNAUTHENTICATED', 'unknown token');
 }
 
+/** The browser refusals the gateway reported to the fake endpoint, in order. */
+export const gatewayRefusals: string[] = [];
+
 /** Transfers the gateway asked the fake endpoint to cancel, in order. */
 export const cancelled: string[] = [];
 
@@ -43,6 +46,10 @@ export function defaultHandlers(): Handlers<EndpointContract> {
   let received = 0;
   return {
     ready: async () => Promise.resolve({}),
+    gatewayRefusal: async ({ reason, count }) => {
+      for (let i = 0; i < count; i++) gatewayRefusals.push(reason);
+      return Promise.resolve({});
+    },
     status: async (p) => {
       checkToken(p);
       return Promise.resolve({

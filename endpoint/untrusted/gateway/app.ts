@@ -3,7 +3,8 @@ import type { RpcClient } from '../../../keyvault/common/rpc/index.ts';
 import type { EndpointContract } from '../../contract.ts';
 import { singleCredentialsPlugin } from './auth.ts';
 import { checkingIntervalMs, shedConnections } from './connections.ts';
-import { endpointCalls } from './forward.ts';
+import { type EndpointCalls, endpointCalls } from './forward.ts';
+import { type BrowserOptions, browserGuardPlugin, staticFilesPlugin } from './browser/index.ts';
 import { type Limits, resolveLimits } from './limits.ts';
 import { buildOpenApiDocument } from './openapi.ts';
 import {
@@ -32,6 +33,13 @@ import { Subscribers } from './sse.ts';
 export interface GatewayOptions {
   endpoint: RpcClient<EndpointContract>;
   limits?: Partial<Limits>;
+  /**
+   * The calls of another app of this gateway (the Unix socket's, for the web UI's listener):
+   * one set of per-token slots for both, so a token gets no more of the endpoint by using two.
+   */
+  calls?: EndpointCalls;
+  /** Makes this app the web UI's loopback listener: browser defences and the UI's files. */
+  browser?: BrowserOptions;
 }
 
 /** The OpenAPI document the gateway serves (and endpoint/untrusted/gateway/openapi.json holds). */
@@ -77,9 +85,14 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   shedConnections(app.server, limits.maxConnections);
   app.server.on('checkExpectation', refuseExpectation);
 
-  const ctx: GatewayContext = { calls: endpointCalls(options.endpoint, limits), limits };
+  const calls = options.calls ?? endpointCalls(options.endpoint, limits);
+  const ctx: GatewayContext = { calls, limits };
   void app.register(errorsPlugin);
   void app.register(headersPlugin);
+  if (options.browser) {
+    void app.register(browserGuardPlugin, options.browser);
+    void app.register(staticFilesPlugin, { files: options.browser.files });
+  }
   void app.register(singleCredentialsPlugin);
   void app.register(jsonBodyPlugin, { bodyLimit: limits.bodyLimitBytes });
   void app.register(jsonRoutesPlugin, { ctx, routes: statusRoutes });

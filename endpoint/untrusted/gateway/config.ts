@@ -1,6 +1,7 @@
 import { ConfigError } from '../../../keyvault/common/config-error.ts';
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { DEFAULT_LIMITS, type Limits } from './limits.ts';
 import type { ListenConfig } from './listen.ts';
@@ -12,7 +13,9 @@ import { describeIssues } from './validate.ts';
  *   { "socket": "run/gateway.sock", "endpointConfig": "endpoint.json" }
  *
  * `tcp` (loopback only) replaces `socket`; `socketGroup` makes the socket 0660 for that
- * group; `limits` overrides any of the defaults in limits.ts.
+ * group; `limits` overrides any of the defaults in limits.ts. `ui` (off unless given) adds the
+ * web UI's listener on loopback: `{ "port": 8008 }`, optionally `host` (::1), `names` (extra
+ * Host names a browser may use) and `dir` (the built UI).
  */
 const limitKeys = Object.keys(DEFAULT_LIMITS) as (keyof Limits)[];
 const limitsSchema = z
@@ -46,6 +49,29 @@ export const gatewayConfigSchema = z
       .optional(),
     endpointConfig: z.string().min(1).max(4096),
     limits: limitsSchema.optional(),
+    ui: z
+      .object({
+        host: z
+          .enum(['127.0.0.1', '::1'], 'the web UI host must be 127.0.0.1 or ::1 (loopback)')
+          .default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535),
+        /** More Host names a browser may use for it (an /etc/hosts alias of loopback). */
+        names: z
+          .array(
+            z
+              .string()
+              .regex(
+                /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
+                'expected a lower-case host name',
+              ),
+          )
+          .max(4)
+          .optional(),
+        /** The built UI (node endpoint/untrusted/web/build.ts); default its dist/ folder. */
+        dir: z.string().min(1).max(4096).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
   .refine((c) => (c.socket === undefined) !== (c.tcp === undefined), {
@@ -63,7 +89,20 @@ export interface GatewayConfig {
   /** Absolute path of the endpoint compartment's config file. */
   endpointConfig: string;
   limits: Partial<Limits>;
+  /** The web UI's loopback listener, when configured (off by default). */
+  ui?: UiConfig;
 }
+
+export interface UiConfig {
+  host: '127.0.0.1' | '::1';
+  port: number;
+  names: string[];
+  /** Absolute path of the built UI's directory. */
+  dir: string;
+}
+
+/** Where the build puts the UI (endpoint/untrusted/web/build.ts). */
+export const DEFAULT_UI_DIR = fileURLToPath(new URL('../web/dist/', import.meta.url));
 
 /** Reads and validates the config; every failure is one line naming the file and the field. */
 export async function loadGatewayConfig(path: string): Promise<GatewayConfig> {
@@ -100,5 +139,19 @@ export async function loadGatewayConfig(path: string): Promise<GatewayConfig> {
   for (const [k, v] of Object.entries(c.limits ?? {})) {
     if (v !== undefined) limits[k as keyof Limits] = v;
   }
-  return { listen, endpointConfig: resolve(base, c.endpointConfig), limits };
+  return {
+    listen,
+    endpointConfig: resolve(base, c.endpointConfig),
+    limits,
+    ...(c.ui === undefined
+      ? {}
+      : {
+          ui: {
+            host: c.ui.host,
+            port: c.ui.port,
+            names: c.ui.names ?? [],
+            dir: c.ui.dir === undefined ? DEFAULT_UI_DIR : resolve(base, c.ui.dir),
+          },
+        }),
+  };
 }

@@ -14,7 +14,12 @@ import { refuseInspector } from '../../../keyvault/common/spawn.ts';
 import { type EndpointContract, endpointContract } from '../../contract.ts';
 import { spawnEndpoint, waitReady } from '../../spawn.ts';
 import { buildGateway } from './app.ts';
-import { loadGatewayConfig } from './config.ts';
+import { allowedHosts, loadStaticFiles, refusalReporter } from './browser/index.ts';
+import { type UiConfig, loadGatewayConfig } from './config.ts';
+import { type EndpointCalls, endpointCalls } from './forward.ts';
+import { type Limits, resolveLimits } from './limits.ts';
+import type { StaticFile } from './browser/index.ts';
+import type { FastifyInstance } from 'fastify';
 import { checkListenConfig, listenGateway } from './listen.ts';
 
 const HELP = `Usage: node endpoint/untrusted/gateway/main.ts serve --config FILE [--endpoint-fd N]
@@ -22,7 +27,9 @@ const HELP = `Usage: node endpoint/untrusted/gateway/main.ts serve --config FILE
 The gateway: the only process untrusted UIs talk to. It starts the endpoint compartment
 (from the config's "endpointConfig"), then serves the local HTTP API (see
 endpoint/untrusted/gateway/README.md and GET /v1/openapi.json) on a Unix socket (mode 0600, or 0660
-for "socketGroup") or, when configured, on loopback TCP. It holds no secret: every request's
+for "socketGroup") or, when configured, on loopback TCP. With a "ui" section it also serves
+the web UI (endpoint/untrusted/web) on loopback HTTP, behind browser defences (Host, Origin,
+Fetch Metadata, a strict Content-Security-Policy). It holds no secret: every request's
 bearer token goes to the endpoint, which decides.
 
 Options:
@@ -99,6 +106,7 @@ async function serve(configPath: string, endpointFd?: number): Promise<number> {
   const config = await loadGatewayConfig(configPath);
   // Fail before starting the endpoint (and its vault) when we could never listen.
   await checkListenConfig(config.listen);
+  const uiFiles = config.ui && (await loadStaticFiles(config.ui.dir));
   let stopSignal: (() => void) | undefined;
   const signalled = new Promise<void>((resolve) => (stopSignal = resolve));
   const onSignal = () => {
@@ -113,10 +121,15 @@ async function serve(configPath: string, endpointFd?: number): Promise<number> {
           onStderr: (line) => process.stderr.write(`${line}\n`),
         })
       : await launchedEndpoint(endpointFd);
-  const app = buildGateway({ endpoint: endpoint.client, limits: config.limits });
+  const calls = endpointCalls(endpoint.client, resolveLimits(config.limits));
+  const app = buildGateway({ endpoint: endpoint.client, limits: config.limits, calls });
+  let ui: FastifyInstance | undefined;
   try {
     const listening = await listenGateway(app, config.listen);
     process.stderr.write(`gateway: listening on ${listening.address}\n`);
+    if (config.ui && uiFiles) {
+      ui = await listenUi(config.ui, uiFiles, endpoint.client, calls, config.limits);
+    }
     const outcome = await Promise.race([
       signalled.then(() => 'signal' as const),
       endpoint.exited.then((code) => code),
@@ -126,9 +139,40 @@ async function serve(configPath: string, endpointFd?: number): Promise<number> {
     }
     return 0;
   } finally {
+    await ui?.close().catch(() => undefined);
     await app.close().catch(() => undefined);
     await endpoint.stop();
   }
+}
+
+/**
+ * The web UI's listener: the same routes and calls (one set of per-token slots), behind the
+ * browser defences, plus the UI's files. The allowed Host values need the port, which is
+ * known only once listening (port 0 picks one); nothing is answered before that.
+ */
+async function listenUi(
+  config: UiConfig,
+  files: Map<string, StaticFile>,
+  endpoint: RpcClient<EndpointContract>,
+  calls: EndpointCalls,
+  limits: Partial<Limits>,
+): Promise<FastifyInstance> {
+  const hosts = new Set<string>();
+  const report = refusalReporter((reason, count) =>
+    endpoint.call('gatewayRefusal', { reason, count }),
+  );
+  const app = buildGateway({
+    endpoint,
+    limits,
+    calls,
+    browser: { origins: { hosts }, files, report },
+  });
+  const listening = await listenGateway(app, { tcp: { host: config.host, port: config.port } });
+  for (const h of allowedHosts(config.host, listening.tcp?.port ?? config.port, config.names)) {
+    hosts.add(h);
+  }
+  process.stderr.write(`gateway: web UI on ${listening.address}/\n`);
+  return app;
 }
 
 runMain('gateway', run);
