@@ -9,6 +9,9 @@
 #   schemathesis     the local API's fuzzer, a venv of its own in .tools/fuzz-venv, pinned by
 #                    deploy/fuzz-requirements.txt (Python 3.11 or newer)
 #   npm ci           the locked dependencies, rebuilt only when package-lock.json changes
+#   web UI           endpoint/untrusted/web built into its dist/ (esbuild, from the lockfile)
+#   Chromium         Debian's, for the web UI's browser tests (driven by playwright-core,
+#                    which downloads no browser of its own)
 #   users            mte-vault, mte-endpoint, mte-gateway (as root): one per compartment
 #
 # Everything fetched is pinned (Node and npm by their registry integrity hash). It writes
@@ -25,7 +28,7 @@ NPM_INTEGRITY='sha512-ztsxKxt/kkIaAs+2i0GU6I+DRmUdrNasxTZKJe9TCdSjKxlhah/4r/hl5y
 REGISTRY="${npm_config_registry:-https://registry.npmjs.org}"
 REGISTRY="${REGISTRY%/}"
 APT_PACKAGES=(swtpm swtpm-tools tpm2-tools softhsm2 opensc bubblewrap python3 python3-venv
-  build-essential ca-certificates curl openssl util-linux)
+  build-essential ca-certificates curl openssl util-linux chromium fonts-noto-color-emoji)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() {
@@ -178,10 +181,16 @@ if [ "$(cat "$ROOT/node_modules/.mte-installed" 2>/dev/null)" != "$lock_hash" ];
   echo "$lock_hash" >"$ROOT/node_modules/.mte-installed"
 fi
 
+# --- the web UI -----------------------------------------------------------------------------
+# Built every time (well under a second): the gateway serves whatever dist/ holds.
+(cd "$ROOT" && "$NODE_BIN" endpoint/untrusted/web/build.ts >"$TOOLS/web-build.log" 2>&1) ||
+  die "the web UI did not build: $(tail -1 "$TOOLS/web-build.log")"
+
 cat >"$TOOLS/env" <<EOF
 # Written by deploy/setup.sh: the tools it chose. Sourced by deploy/demo.sh and test/run.sh.
 export PATH="$(dirname "$NODE_BIN"):${TOOLS}/bin:\$PATH"
 export MTE_SYNAPSE_PYTHON="$TOOLS/venv/bin/python"
 export MTE_SCHEMATHESIS="$TOOLS/fuzz-venv/bin/schemathesis"
+export MTE_CHROMIUM="$(command -v chromium || echo /usr/bin/chromium)"
 EOF
 say "ready: node $("$NODE_BIN" --version), npm $(npm --version), $("$TOOLS/venv/bin/python" -c 'import synapse; print("synapse", synapse.__version__)'), schemathesis $(fuzz_version), $(swtpm --version | head -1 | sed 's/,.*//')"

@@ -126,10 +126,11 @@ async function serve(configPath: string, endpointFd?: number): Promise<number> {
   let ui: FastifyInstance | undefined;
   try {
     const listening = await listenGateway(app, config.listen);
-    process.stderr.write(`gateway: listening on ${listening.address}\n`);
+    // The UI's line first: "listening on" is the ready line, and then everything serves.
     if (config.ui && uiFiles) {
       ui = await listenUi(config.ui, uiFiles, endpoint.client, calls, config.limits);
     }
+    process.stderr.write(`gateway: listening on ${listening.address}\n`);
     const outcome = await Promise.race([
       signalled.then(() => 'signal' as const),
       endpoint.exited.then((code) => code),

@@ -19,6 +19,8 @@ export interface SpawnedGateway {
   /** Where it listens (one of the two). */
   socketPath?: string;
   tcp?: { host: string; port: number };
+  /** The web UI's address (`http://127.0.0.1:port`), when the config has a "ui" section. */
+  uiUrl?: string;
   target: GatewayTarget;
   process: ChildProcess;
   exited: Promise<number | string>;
@@ -59,10 +61,13 @@ export async function startGatewayProcess(
 ): Promise<SpawnedGateway & { spawned: SpawnedProcess }> {
   let resolveAddress: (address: string) => void = () => undefined;
   const address = new Promise<string>((resolve) => (resolveAddress = resolve));
+  let uiUrl: string | undefined;
   const spawned = spawnProcess({
     ...spawn,
     onStderr: (line) => {
       (options.onStderr ?? spawn.onStderr)?.(line);
+      const ui = /^gateway: web UI on (http:\/\/\S+?)\/?$/.exec(line);
+      if (ui?.[1] !== undefined) uiUrl = ui[1];
       const m = /^gateway: listening on (.+)$/.exec(line);
       if (m?.[1] !== undefined) resolveAddress(m[1]);
     },
@@ -97,6 +102,7 @@ export async function startGatewayProcess(
   }
   return {
     ...('socketPath' in target ? { socketPath: target.socketPath } : { tcp: target }),
+    ...(uiUrl === undefined ? {} : { uiUrl }),
     target,
     process: spawned.process,
     exited: spawned.exited,
