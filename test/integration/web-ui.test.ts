@@ -1,0 +1,534 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { type Server, createServer, request as httpRequest } from 'node:http';
+import { join } from 'node:path';
+import type { Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type SpawnedGateway, spawnGateway } from '../../endpoint/untrusted/gateway/index.ts';
+import {
+  type SasOutcome,
+  StockPeer,
+  type SynapseUser,
+  type TestBrowser,
+  hostilePayloads,
+  makeTempDir,
+  prepareCompartments,
+  repoRoot,
+  startBrowser,
+  startSwtpm,
+  startSynapse,
+  waitUntil,
+} from '../fixtures/index.ts';
+import { useFixture } from '../fixtures/lifecycle.ts';
+
+// The web UI in a real browser (Debian's Chromium through playwright-core), against the real
+// gateway, endpoint and vault (on swtpm), Synapse and stock matrix-js-sdk peers. A user logs
+// in, accepts an invitation, reads and sends, verifies a contact by SAS and deals with an
+// identity change, all through the page. Then the page is attacked: from another origin and a
+// rebound host name, and with messages built to run script or leak a request.
+
+const synapse = useFixture(() => startSynapse());
+const tpm = useFixture(() => startSwtpm());
+
+/** Screenshots of the main screens, for a person to look at (README links copies). */
+const SHOTS = join(repoRoot, 'test', 'artifacts', 'web-ui');
+const REBIND = 'rebind.test';
+/** In-page probes (plain browser JavaScript): test/browser/page-probes.js. */
+const PROBES = join(repoRoot, 'test', 'browser', 'page-probes.js');
+
+let gateway: SpawnedGateway;
+let browser: TestBrowser;
+let alice: SynapseUser;
+let bob: StockPeer;
+let bobUser: SynapseUser;
+let mallory: StockPeer;
+let malloryUser: SynapseUser;
+let token: string;
+let readOnlyToken: string;
+let auditLog: string;
+let uiUrl: string;
+let roomId: string;
+let beacon: { server: Server; url: string; hits: string[] };
+
+/** What a page did that it never should: requests elsewhere, CSP violations, script run. */
+interface Watch {
+  foreign: string[];
+  csp: string[];
+}
+
+async function openUi(): Promise<{ page: Page; watch: Watch }> {
+  const { page } = await browser.newPage();
+  const watch: Watch = { foreign: [], csp: [] };
+  page.on('request', (r) => {
+    const url = r.url();
+    if (!url.startsWith(`${uiUrl}/`) && !url.startsWith('blob:') && !url.startsWith('data:')) {
+      watch.foreign.push(url);
+    }
+  });
+  page.on('console', (m) => {
+    if (/Content.Security.Policy|Refused to/i.test(m.text())) watch.csp.push(m.text());
+  });
+  // Run by the browser before the page's scripts, outside its CSP: hears every violation.
+  await page.addInitScript({ path: PROBES });
+  await page.goto(`${uiUrl}/`);
+  return { page, watch };
+}
+
+async function logIn(page: Page, withToken = token): Promise<void> {
+  await page.fill('#token', withToken);
+  await page.click('#login');
+  await page.locator('#whoami', { hasText: alice.userId }).waitFor({ timeout: 20_000 });
+}
+
+async function cspViolations(page: Page, watch: Watch): Promise<string[]> {
+  const seen = (await page.evaluate('__mteProbe.cspSeen()')) as string[];
+  return [...seen, ...watch.csp];
+}
+
+async function shot(page: Page, name: string): Promise<void> {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: false });
+}
+
+function auditEntries(text: string): { action: string; reason: string; client: string | null }[] {
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as { action: string; reason: string; client: string | null });
+}
+
+/** A POST with headers a browser would never let a script set (Host), as a rebound page sends. */
+function rawPost(
+  ui: URL,
+  path: string,
+  h: { host: string; origin: string; token: string },
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: ui.hostname,
+        port: ui.port,
+        path,
+        method: 'POST',
+        headers: {
+          host: h.host,
+          origin: h.origin,
+          authorization: `Bearer ${h.token}`,
+          'content-type': 'application/json',
+        },
+      },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify({ body: 'csrf by rebinding' }));
+  });
+}
+
+beforeAll(async () => {
+  await mkdir(SHOTS, { recursive: true });
+  const dir = await makeTempDir('web-ui');
+  alice = await synapse().registerUser('alice');
+  bobUser = await synapse().registerUser('bob');
+  malloryUser = await synapse().registerUser('mallory');
+  bob = await StockPeer.start(synapse().baseUrl, bobUser);
+  await bob.bootstrapCrossSigning(bobUser.password);
+  mallory = await StockPeer.start(synapse().baseUrl, malloryUser);
+  await mallory.bootstrapCrossSigning(malloryUser.password);
+  const prepared = await prepareCompartments(dir, {
+    homeserver: synapse().baseUrl,
+    tpm: tpm(),
+    user: alice,
+    clients: [
+      {
+        name: 'web',
+        capabilities: [
+          'rooms.read',
+          'rooms.join',
+          'messages.read',
+          'messages.send',
+          'contacts.read',
+          'events.stream',
+          'verification',
+        ],
+        requestsPerMinute: 60_000,
+      },
+      {
+        name: 'reader',
+        capabilities: ['rooms.read', 'messages.read', 'events.stream', 'contacts.read'],
+        requestsPerMinute: 60_000,
+      },
+    ],
+  });
+  token = prepared.tokens.web ?? '';
+  readOnlyToken = prepared.tokens.reader ?? '';
+  auditLog = prepared.auditLog;
+  const config = join(dir, 'gateway.json');
+  await writeFile(
+    config,
+    JSON.stringify({
+      socket: 'gateway.sock',
+      endpointConfig: 'endpoint.json',
+      ui: { port: 0 },
+    }),
+  );
+  gateway = await spawnGateway(config);
+  uiUrl = gateway.uiUrl ?? '';
+  expect(uiUrl).toMatch(/^http:\/\/127\.0\.0\.1:[0-9]+$/);
+  const hits: string[] = [];
+  const server = createServer((req, res) => {
+    hits.push(req.url ?? '');
+    res.end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const address = server.address();
+  beacon = {
+    server,
+    hits,
+    url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`,
+  };
+  const port = new URL(uiUrl).port;
+  browser = await startBrowser({ hostResolverRules: `MAP ${REBIND} 127.0.0.1` });
+  expect(port).not.toBe('');
+}, 300_000);
+
+afterAll(async () => {
+  await browser.stop();
+  await gateway.stop();
+  await bob.stop();
+  await mallory.stop();
+  await new Promise((r) => beacon.server.close(r));
+});
+
+describe('a user in the web UI', () => {
+  let page: Page;
+  let watch: Watch;
+
+  it('logs in with a pasted token, which stays out of URLs and cookies', async () => {
+    ({ page, watch } = await openUi());
+    await shot(page, '1-login');
+    await logIn(page);
+    expect(page.url()).not.toContain(token);
+    const cookies = await page.context().cookies();
+    expect(cookies).toEqual([]);
+    const stored = (await page.evaluate(
+      'Object.fromEntries(Object.entries(sessionStorage))',
+    )) as Record<string, string>;
+    expect(Object.values(stored)).toContain(token);
+    const local = await page.evaluate('localStorage.length');
+    expect(local).toBe(0);
+    await page.locator('#connection[data-state="connected"]').waitFor({ timeout: 20_000 });
+  });
+
+  it("sees bob's invitation, who sent it, and accepts it", async () => {
+    roomId = await bob.createEncryptedRoom({ invite: [alice.userId], name: 'Plans' });
+    const invite = page.locator(`li.invite[data-room-id="${roomId}"]`);
+    await invite.waitFor({ timeout: 30_000 });
+    expect(await invite.textContent()).toContain(bob.userId);
+    await invite.locator('button.accept').click();
+    const room = page.locator(`li.room[data-room-id="${roomId}"]`);
+    await room.waitFor({ timeout: 30_000 });
+    await bob.waitForMember(roomId, alice.userId);
+    expect(await room.textContent()).toContain('Plans');
+    await room.locator('button').first().click();
+    await page.locator('#timeline').waitFor();
+  });
+
+  it("receives bob's message live, with its shield", async () => {
+    await bob.sendText(roomId, 'hello from bob');
+    const item = page.locator('#timeline .item', { hasText: 'hello from bob' });
+    await item.waitFor({ timeout: 30_000 });
+    const shield = await item.locator('.shield').getAttribute('data-state');
+    // Bob is cross-signed but not verified by us: decrypted, from a device he signed.
+    expect(['unverified', 'verified']).toContain(shield);
+  });
+
+  it('sends a message that bob decrypts, and a reply to his', async () => {
+    await page.fill('#composer', 'hello from the web UI');
+    await page.click('#send');
+    const got = await bob.waitForMessage(roomId, (m) => m.body === 'hello from the web UI');
+    expect(got.sender).toBe(alice.userId);
+    const his = page.locator('#timeline .item', { hasText: 'hello from bob' });
+    await his.locator('button.reply').click();
+    await page.locator('#reply-target').waitFor();
+    await page.fill('#composer', 'a reply from the web UI');
+    await page.keyboard.press('Enter');
+    const reply = await bob.waitForMessage(roomId, (m) =>
+      m.body.includes('a reply from the web UI'),
+    );
+    expect(reply.relatesTo).toBeDefined();
+    await page.locator('#timeline .item', { hasText: 'a reply from the web UI' }).waitFor();
+    await shot(page, '2-timeline');
+  });
+
+  it('verifies bob by SAS from the page: the emoji shown equal the peer', async () => {
+    let theirs: SasOutcome | undefined;
+    bob.acceptVerifications(
+      () => undefined,
+      (o) => (theirs = o),
+    );
+    await page.click('#nav-contacts');
+    const contact = page.locator(`li.contact[data-user-id="${bob.userId}"]`);
+    await contact.waitFor({ timeout: 20_000 });
+    await contact.locator(`li.device[data-device-id="${bobUser.deviceId}"] button.verify`).click();
+    await page.click('#nav-verifications');
+    const emoji = page.locator('.flow .sas-emoji');
+    await waitUntil('the SAS emoji on the page', async () => (await emoji.count()) === 7, {
+      timeoutMs: 60_000,
+      intervalMs: 250,
+    });
+    const shown = (await page.evaluate('__mteProbe.sasEmoji()')) as [string, string][];
+    await waitUntil('the peer to show its SAS', () => theirs !== undefined, { timeoutMs: 30_000 });
+    expect(shown).toEqual(theirs?.emoji);
+    await shot(page, '3-verification');
+    await page.click('.flow button.match');
+    await page.locator('.flow[data-state="done"]').waitFor({ timeout: 60_000 });
+    await page.click('#nav-contacts');
+    await page
+      .locator(`li.contact[data-user-id="${bob.userId}"] .identity[data-state="verified"]`)
+      .waitFor({ timeout: 30_000 });
+    await shot(page, '4-contacts');
+  });
+
+  it("blocks sending after mallory's identity changes, until the page acknowledges it", async () => {
+    await bob.inviteUser(roomId, mallory.userId);
+    await mallory.acceptInvite(roomId);
+    await page.click('#nav-rooms');
+    await page.locator(`li.room[data-room-id="${roomId}"] button`).first().click();
+    await page.fill('#composer', 'before the change');
+    await page.click('#send');
+    await mallory.waitForMessage(roomId, (m) => m.body === 'before the change');
+    await mallory.bootstrapCrossSigning(malloryUser.password); // a new master key, as after a reset
+    const banner = page.locator('#identity-banner');
+    const acknowledge = banner.locator(`button.acknowledge[data-user-id="${mallory.userId}"]`);
+    // The identity stream event shows the banner; a send refused with IDENTITY_CHANGED does too.
+    await waitUntil(
+      'the identity-change banner',
+      async () => {
+        if (await acknowledge.isVisible()) return true;
+        await page.fill('#composer', 'while changed');
+        await page.click('#send');
+        return acknowledge.isVisible();
+      },
+      { timeoutMs: 60_000, intervalMs: 2_000 },
+    );
+    expect(await banner.textContent()).toContain(mallory.userId);
+    await shot(page, '5-identity-change');
+    await acknowledge.click();
+    await acknowledge.waitFor({ state: 'detached', timeout: 20_000 });
+    await page.fill('#composer', 'after acknowledging');
+    await page.click('#send');
+    await bob.waitForMessage(roomId, (m) => m.body === 'after acknowledging');
+    expect(bob.messages.some((m) => m.roomId === roomId && m.body === 'while changed')).toBe(false);
+  });
+
+  it('raised no CSP violation and made no request beyond its own origin', async () => {
+    expect(await cspViolations(page, watch)).toEqual([]);
+    expect(watch.foreign).toEqual([]);
+  });
+
+  it('hides what a token may not do', async () => {
+    const { page: reader } = await openUi();
+    await logIn(reader, readOnlyToken);
+    await reader.locator(`li.room[data-room-id="${roomId}"] button`).first().click();
+    await reader.locator('#timeline .item', { hasText: 'hello from bob' }).waitFor();
+    expect(await reader.locator('#composer').count()).toBe(0);
+    expect(await reader.locator('#send').count()).toBe(0);
+    await reader.click('#nav-contacts');
+    await reader.locator(`li.contact[data-user-id="${bob.userId}"]`).waitFor();
+    expect(await reader.locator('button.verify').count()).toBe(0);
+    expect(await reader.locator('#nav-verifications').isVisible()).toBe(false);
+    await reader.close();
+  });
+});
+
+describe('a hostile page', () => {
+  it('another origin cannot make the listener do anything: refused, audited, nothing sent', async () => {
+    const before = auditEntries(await readFile(auditLog, 'utf8')).length;
+    const ui = new URL(uiUrl);
+    const attackerPort = await new Promise<{ server: Server; port: number }>((resolve) => {
+      const server = createServer((_req, res) => {
+        res.setHeader('content-type', 'text/html');
+        res.end('<!doctype html><title>attacker</title><p>hi</p>');
+      });
+      server.listen(0, '127.0.0.1', () => {
+        const a = server.address();
+        resolve({ server, port: typeof a === 'object' && a ? a.port : 0 });
+      });
+    });
+    try {
+      const { page } = await browser.newPage();
+      await page.addInitScript({ path: PROBES });
+      await page.goto(`http://127.0.0.1:${attackerPort.port}/`);
+      const target = `${uiUrl}/v1/rooms/${encodeURIComponent(roomId)}/messages`;
+      const outcomes = (await page.evaluate(
+        `__mteProbe.attack(${JSON.stringify({ target, base: uiUrl, token })})`,
+      )) as Record<string, string>;
+      // Whatever the browser reports, the listener must have refused each one.
+      expect(outcomes['cors post with token']).toMatch(/^blocked/);
+      expect(outcomes['cors read with token']).toMatch(/^blocked/);
+      // A page on a rebound name: the browser thinks it is REBIND's origin, the listener says no.
+      const rebound = await page.goto(`http://${REBIND}:${ui.port}/`);
+      expect(rebound?.status()).toBe(403);
+      expect(await rebound?.text()).toContain('FORBIDDEN_HOST');
+      // What the rebound page's own script would send next: its name, with the token even.
+      const reboundApi = await rawPost(ui, `/v1/rooms/${encodeURIComponent(roomId)}/messages`, {
+        host: `${REBIND}:${ui.port}`,
+        origin: `http://${REBIND}:${ui.port}`,
+        token,
+      });
+      expect(reboundApi).toBe(403);
+      await page.close();
+
+      // Audited: the refusals reach the endpoint's audit log (first five of a window each).
+      let refusals: string[] = [];
+      await waitUntil(
+        'the refusals in the audit log',
+        async () => {
+          refusals = auditEntries(await readFile(auditLog, 'utf8'))
+            .slice(before)
+            .filter((e) => e.action === 'gateway.refusal')
+            .map((e) => e.reason);
+          return ['FORBIDDEN_ORIGIN', 'PREFLIGHT', 'CROSS_SITE', 'FORBIDDEN_HOST'].every((r) =>
+            refusals.includes(r),
+          );
+        },
+        { timeoutMs: 10_000, intervalMs: 200 },
+      );
+      expect(refusals.length).toBeGreaterThanOrEqual(5);
+      // Nothing was sent: bob never sees a csrf message, and nothing is queued.
+      await bob.sendText(roomId, 'marker after the attack');
+      await bob.waitForMessage(roomId, (m) => m.body === 'marker after the attack');
+      expect(bob.messages.filter((m) => m.body.includes('csrf'))).toEqual([]);
+      const status = await gateway.request('/v1/status', { token });
+      expect((status.json() as { pendingSends: number }).pendingSends).toBe(0);
+    } finally {
+      await new Promise((r) => attackerPort.server.close(r));
+    }
+  });
+});
+
+describe('hostile content', () => {
+  it('none of the payloads runs, fetches or hides what it is; each renders as text or safe markup', async () => {
+    const payloads = hostilePayloads(beacon.url);
+    expect(payloads.length).toBeGreaterThanOrEqual(50);
+    const { page, watch } = await openUi();
+    await logIn(page);
+    // Names built to pass for someone else, and a room name and topic that are markup.
+    await mallory.sendState(
+      roomId,
+      'm.room.member',
+      { membership: 'join', displayname: 'b\u043Eb' }, // Cyrillic o: "bob"
+      mallory.userId,
+    );
+    await bob.sendState(roomId, 'm.room.topic', {
+      topic: `<img src=x onerror="window.top.__pwned=30"> topic \u202Egnp.exe`,
+    });
+    await bob.sendState(
+      roomId,
+      'm.room.member',
+      { membership: 'join', displayname: 'bob' },
+      bob.userId,
+    );
+    const spoofId = await mallory.sendText(roomId, 'it is me, bob');
+    await page.locator(`li.room[data-room-id="${roomId}"] button`).first().click();
+    const ids: string[] = [];
+    for (const p of payloads) ids.push(await bob.sendContent(roomId, p.content));
+    const fileId = await bob.sendEncryptedFile(
+      roomId,
+      new TextEncoder().encode('not really a pdf'),
+      '"><img src=x onerror=window.top.__pwned=31>report\u202Efdp.exe',
+      'application/pdf',
+    );
+    const firstId = ids[0] ?? '';
+    await bob.react(roomId, firstId, '<img src=x onerror=window.top.__pwned=32>');
+    await bob.sendEdit(
+      roomId,
+      ids[1] ?? '',
+      '<b>edited</b> <img src=x onerror=window.top.__pwned=33>',
+    );
+    const lastId = ids[ids.length - 1] ?? '';
+    await page.locator(`#timeline .item[data-event-id="${fileId}"]`).waitFor({ timeout: 60_000 });
+    await page.locator(`#timeline .item[data-event-id="${lastId}"]`).waitFor({ timeout: 60_000 });
+    // Let anything that would fire (onerror, autofocus, meta refresh) have its chance.
+    await page.waitForTimeout(1_500);
+    await shot(page, '6-hostile-content');
+
+    const report = (await page.evaluate('__mteProbe.timelineReport()')) as {
+      pwned: unknown;
+      banned: string[];
+      attrs: string[];
+      hrefs: { href: string; rel: string }[];
+      composer: string | null;
+    };
+    expect(report.pwned).toBeNull();
+    expect(report.banned).toEqual([]);
+    expect(report.attrs).toEqual([]);
+    for (const { href, rel } of report.hrefs) {
+      expect(href).toMatch(/^https:\/\//);
+      expect(rel).toContain('noopener');
+      expect(rel).toContain('noreferrer');
+    }
+    // DOM clobbering: the page's own elements are still what the page finds by id.
+    expect(report.composer).toBe('TEXTAREA');
+    for (const [i, p] of payloads.entries()) {
+      const item = page.locator(`#timeline .item[data-event-id="${ids[i] ?? ''}"]`);
+      expect(await item.count(), p.name).toBe(1);
+      if (p.visible !== undefined) {
+        expect(await item.locator('.body').textContent(), p.name).toContain(p.visible);
+      }
+    }
+    // Plain bodies are text, whatever they contain.
+    const plainScript = page.locator(
+      `#timeline .item[data-event-id="${ids[payloads.findIndex((p) => p.name === 'script as plain text')] ?? ''}"] .body`,
+    );
+    expect(await plainScript.textContent()).toContain('<script>');
+    // A link shows where it really goes.
+    const lying = page.locator(
+      `#timeline .item[data-event-id="${ids[payloads.findIndex((p) => p.name === 'lying link text')] ?? ''}"] .body`,
+    );
+    expect(await lying.textContent()).toContain('https://evil.example/steal');
+    // An mxc: link is not a link.
+    const mxc = page.locator(
+      `#timeline .item[data-event-id="${ids[payloads.findIndex((p) => p.name === 'mxc link')] ?? ''}"] .body a`,
+    );
+    expect(await mxc.count()).toBe(0);
+    // Bidi overrides are shown, not obeyed.
+    const rtl = page.locator(
+      `#timeline .item[data-event-id="${ids[payloads.findIndex((p) => p.name === 'rtl override in body')] ?? ''}"] .body`,
+    );
+    expect(await rtl.textContent()).toContain('U+202E');
+    // Mallory's "bob" with a Cyrillic o shows her user id beside it.
+    const spoof = page.locator(`#timeline .item[data-event-id="${spoofId}"] .sender`);
+    expect(await spoof.textContent()).toContain(mallory.userId);
+    const room = page.locator(`li.room[data-room-id="${roomId}"]`);
+    expect(await room.textContent()).not.toContain('\u202E');
+    // The file name is text, its override visible.
+    const file = page.locator(`#timeline .item[data-event-id="${fileId}"]`);
+    expect(await file.textContent()).toContain('<img');
+    expect(await file.textContent()).toContain('U+202E');
+
+    // Nothing reached the beacon, nothing left the origin, no CSP violation: the sanitizer
+    // stopped every payload before the CSP had to.
+    expect(beacon.hits).toEqual([]);
+    expect(watch.foreign).toEqual([]);
+    expect(await cspViolations(page, watch)).toEqual([]);
+
+    // The same history read back as a page of the timeline (not the live stream).
+    // A reload keeps the session (sessionStorage, this tab only).
+    await page.reload();
+    await page.locator('#whoami', { hasText: alice.userId }).waitFor({ timeout: 20_000 });
+    await page.locator(`li.room[data-room-id="${roomId}"] button`).first().click();
+    await page.locator(`#timeline .item[data-event-id="${lastId}"]`).waitFor({ timeout: 30_000 });
+    const again = (await page.evaluate('__mteProbe.timelineReport()')) as {
+      pwned: unknown;
+      banned: string[];
+    };
+    expect(again.pwned).toBeNull();
+    expect(again.banned).toEqual([]);
+    expect(beacon.hits).toEqual([]);
+    expect(watch.foreign).toEqual([]);
+    expect(await cspViolations(page, watch)).toEqual([]);
+    await page.close();
+  });
+});
