@@ -49,6 +49,15 @@ let uiUrl: string;
 let roomId: string;
 let beacon: { server: Server; url: string; hits: string[] };
 
+/** What __mteProbe.timelineReport() finds in the timeline (test/browser/page-probes.js). */
+interface TimelineReport {
+  pwned: unknown;
+  banned: string[];
+  attrs: string[];
+  hrefs: { href: string; rel: string }[];
+  composer: string | null;
+}
+
 /** What a page did that it never should: requests elsewhere, CSP violations, script run. */
 interface Watch {
   foreign: string[];
@@ -80,7 +89,7 @@ async function logIn(page: Page, withToken = token): Promise<void> {
 }
 
 async function cspViolations(page: Page, watch: Watch): Promise<string[]> {
-  const seen = (await page.evaluate('__mteProbe.cspSeen()')) as string[];
+  const seen = await page.evaluate<string[]>('__mteProbe.cspSeen()');
   return [...seen, ...watch.csp];
 }
 
@@ -211,9 +220,9 @@ describe('a user in the web UI', () => {
     expect(page.url()).not.toContain(token);
     const cookies = await page.context().cookies();
     expect(cookies).toEqual([]);
-    const stored = (await page.evaluate(
+    const stored = await page.evaluate<Record<string, string>>(
       'Object.fromEntries(Object.entries(sessionStorage))',
-    )) as Record<string, string>;
+    );
     expect(Object.values(stored)).toContain(token);
     const local = await page.evaluate('localStorage.length');
     expect(local).toBe(0);
@@ -277,7 +286,7 @@ describe('a user in the web UI', () => {
       timeoutMs: 60_000,
       intervalMs: 250,
     });
-    const shown = (await page.evaluate('__mteProbe.sasEmoji()')) as [string, string][];
+    const shown = await page.evaluate<[string, string][]>('__mteProbe.sasEmoji()');
     await waitUntil('the peer to show its SAS', () => theirs !== undefined, { timeoutMs: 30_000 });
     expect(shown).toEqual(theirs?.emoji);
     await shot(page, '3-verification');
@@ -361,9 +370,9 @@ describe('a hostile page', () => {
       await page.addInitScript({ path: PROBES });
       await page.goto(`http://127.0.0.1:${attackerPort.port}/`);
       const target = `${uiUrl}/v1/rooms/${encodeURIComponent(roomId)}/messages`;
-      const outcomes = (await page.evaluate(
+      const outcomes = await page.evaluate<Record<string, string>>(
         `__mteProbe.attack(${JSON.stringify({ target, base: uiUrl, token })})`,
-      )) as Record<string, string>;
+      );
       // Whatever the browser reports, the listener must have refused each one.
       expect(outcomes['cors post with token']).toMatch(/^blocked/);
       expect(outcomes['cors read with token']).toMatch(/^blocked/);
@@ -454,13 +463,7 @@ describe('hostile content', () => {
     await page.waitForTimeout(1_500);
     await shot(page, '6-hostile-content');
 
-    const report = (await page.evaluate('__mteProbe.timelineReport()')) as {
-      pwned: unknown;
-      banned: string[];
-      attrs: string[];
-      hrefs: { href: string; rel: string }[];
-      composer: string | null;
-    };
+    const report = await page.evaluate<TimelineReport>('__mteProbe.timelineReport()');
     expect(report.pwned).toBeNull();
     expect(report.banned).toEqual([]);
     expect(report.attrs).toEqual([]);
@@ -520,10 +523,10 @@ describe('hostile content', () => {
     await page.locator('#whoami', { hasText: alice.userId }).waitFor({ timeout: 20_000 });
     await page.locator(`li.room[data-room-id="${roomId}"] button`).first().click();
     await page.locator(`#timeline .item[data-event-id="${lastId}"]`).waitFor({ timeout: 30_000 });
-    const again = (await page.evaluate('__mteProbe.timelineReport()')) as {
+    const again = await page.evaluate<{
       pwned: unknown;
       banned: string[];
-    };
+    }>('__mteProbe.timelineReport()');
     expect(again.pwned).toBeNull();
     expect(again.banned).toEqual([]);
     expect(beacon.hits).toEqual([]);
