@@ -28,7 +28,11 @@ const PATH = z
   .refine((p) => !p.split('/').includes('..'), 'no ".." segments');
 const USER = z.string().regex(/^[a-z_][a-z0-9_-]{0,30}$/, 'a POSIX user name');
 
-export const NETWORKS = ['none', 'homeserver'] as const;
+/**
+ * `none`: no network at all. `homeserver`: the endpoint's way out. `loopback`: the gateway's
+ * when it also serves the web UI on 127.0.0.1 (a browser cannot open the Unix socket).
+ */
+export const NETWORKS = ['none', 'homeserver', 'loopback'] as const;
 
 const compartment = z
   .object({

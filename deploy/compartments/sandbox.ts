@@ -256,6 +256,14 @@ export function sandboxCommand(c: Compartment, ctx: SandboxContext): SandboxComm
       missing: 'bubblewrap (bwrap) is missing or cannot create namespaces here',
     });
   }
+  if (c.network === 'loopback') {
+    protections.push({
+      name: 'network limited to loopback',
+      ok: false,
+      missing:
+        'the launcher shares the host network with the gateway (for the web UI); the systemd unit restricts it with IPAddressAllow=localhost',
+    });
+  }
   if (c.network === 'homeserver') {
     // bwrap gives all network or none; homeserver-only filtering needs systemd's
     // IPAddressAllow= (the generated unit) or a firewall rule on the user. Reported, not gated:
@@ -294,7 +302,12 @@ function parentDirs(paths: readonly string[]): string[] {
     .sort((a, b) => a.split('/').length - b.split('/').length);
 }
 
-/** Protections that matter for the gate: all but the homeserver-only network note. */
+/** Protections that matter for the gate: all but the network notes (reported, not gated). */
 export function missingProtections(protections: readonly Protection[]): Protection[] {
-  return protections.filter((p) => !p.ok && p.name !== 'network limited to the homeserver');
+  return protections.filter(
+    (p) =>
+      !p.ok &&
+      p.name !== 'network limited to the homeserver' &&
+      p.name !== 'network limited to loopback',
+  );
 }

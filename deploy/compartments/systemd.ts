@@ -212,6 +212,16 @@ function network(
       ],
     };
   }
+  if (kind === 'loopback') {
+    return {
+      families: ['AF_UNIX', 'AF_INET', 'AF_INET6'],
+      lines: [
+        '# network "loopback": the web UI listener on 127.0.0.1/::1, and nothing beyond.',
+        'IPAddressDeny=any',
+        'IPAddressAllow=localhost',
+      ],
+    };
+  }
   const lines = [
     '# network "homeserver": IP to the homeserver only (cgroup BPF filter; ports are not filtered).',
     'IPAddressDeny=any',
@@ -376,6 +386,9 @@ function stackUnit(m: Manifest, all: Resolved[], where: SystemdWhere): string {
   const writes = all.flatMap((r) => r.writes);
   const networked = m.compartments.some((c) => c.network !== 'none');
   const net = network(networked ? 'homeserver' : 'none', where);
+  if (m.compartments.some((c) => c.network === 'loopback')) {
+    net.lines.push('# a compartment serves the web UI on loopback', 'IPAddressAllow=localhost');
+  }
   const sum = (f: (c: Compartment) => number) => m.compartments.reduce((s, c) => s + f(c), 0);
   // No --permission for the launcher: it must start bwrap, setpriv and prlimit, and Node's
   // permission model does not follow child processes, so it would limit little.
