@@ -1,17 +1,15 @@
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { type Server, createServer, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type SpawnedGateway, spawnGateway } from '../../endpoint/untrusted/gateway/index.ts';
+import type { SpawnedGateway } from '../../endpoint/untrusted/gateway/index.ts';
 import {
   type SasOutcome,
   StockPeer,
   type SynapseUser,
   type TestBrowser,
   hostilePayloads,
-  makeTempDir,
-  prepareCompartments,
   repoRoot,
   startBrowser,
   startSwtpm,
@@ -19,15 +17,19 @@ import {
   waitUntil,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
+import { type LaunchedStack, startStack, vaultUser } from '../fixtures/stack.ts';
 
 // The web UI in a real browser (Debian's Chromium through playwright-core), against the real
-// gateway, endpoint and vault (on swtpm), Synapse and stock matrix-js-sdk peers. A user logs
+// gateway, endpoint and vault (on swtpm, launched as compartments with the shipped manifest), Synapse and stock matrix-js-sdk peers. A user logs
 // in, accepts an invitation, reads and sends, verifies a contact by SAS and deals with an
 // identity change, all through the page. Then the page is attacked: from another origin and a
 // rebound host name, and with messages built to run script or leak a request.
 
+const isRoot = process.getuid?.() === 0;
 const synapse = useFixture(() => startSynapse());
-const tpm = useFixture(() => startSwtpm());
+const tpm = useFixture(async () =>
+  startSwtpm({ unix: true, ...(isRoot ? { accessibleTo: await vaultUser() } : {}) }),
+);
 
 /** Screenshots of the main screens, for a person to look at (README links copies). */
 const SHOTS = join(repoRoot, 'test', 'artifacts', 'web-ui');
@@ -36,6 +38,7 @@ const REBIND = 'rebind.test';
 const PROBES = join(repoRoot, 'test', 'browser', 'page-probes.js');
 
 let gateway: SpawnedGateway;
+let stack: LaunchedStack;
 let browser: TestBrowser;
 let alice: SynapseUser;
 let bob: StockPeer;
@@ -136,7 +139,6 @@ function rawPost(
 
 beforeAll(async () => {
   await mkdir(SHOTS, { recursive: true });
-  const dir = await makeTempDir('web-ui');
   alice = await synapse().registerUser('alice');
   bobUser = await synapse().registerUser('bob');
   malloryUser = await synapse().registerUser('mallory');
@@ -144,7 +146,8 @@ beforeAll(async () => {
   await bob.bootstrapCrossSigning(bobUser.password);
   mallory = await StockPeer.start(synapse().baseUrl, malloryUser);
   await mallory.bootstrapCrossSigning(malloryUser.password);
-  const prepared = await prepareCompartments(dir, {
+  // As an operator deploys it: the launcher, each compartment its own user and namespaces.
+  stack = await startStack({
     homeserver: synapse().baseUrl,
     tpm: tpm(),
     user: alice,
@@ -168,20 +171,12 @@ beforeAll(async () => {
         requestsPerMinute: 60_000,
       },
     ],
+    ui: { port: 0 },
   });
-  token = prepared.tokens.web ?? '';
-  readOnlyToken = prepared.tokens.reader ?? '';
-  auditLog = prepared.auditLog;
-  const config = join(dir, 'gateway.json');
-  await writeFile(
-    config,
-    JSON.stringify({
-      socket: 'gateway.sock',
-      endpointConfig: 'endpoint.json',
-      ui: { port: 0 },
-    }),
-  );
-  gateway = await spawnGateway(config);
+  token = stack.tokens.web ?? '';
+  readOnlyToken = stack.tokens.reader ?? '';
+  auditLog = stack.auditLog;
+  gateway = stack.gateway;
   uiUrl = gateway.uiUrl ?? '';
   expect(uiUrl).toMatch(/^http:\/\/127\.0\.0\.1:[0-9]+$/);
   const hits: string[] = [];
@@ -203,7 +198,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await browser.stop();
-  await gateway.stop();
+  await stack.stop();
   await bob.stop();
   await mallory.stop();
   await new Promise((r) => beacon.server.close(r));
