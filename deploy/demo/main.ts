@@ -45,7 +45,7 @@ import {
 const run = promisify(execFile);
 const x509Tool = join(import.meta.dirname, '..', 'x509', 'main.ts');
 
-const usage = `Usage: bash deploy/demo.sh [--json] [--keep]
+const usage = `Usage: bash deploy/demo.sh [--json] [--keep] [--ui [--ui-port N]]
 
 Starts a local Synapse homeserver and an swtpm TPM 2.0, provisions the keyvault on the TPM,
 launches the gateway (the local API on a Unix socket), the endpoint and its vault (separate
@@ -61,6 +61,9 @@ Then everything is stopped again.
 
   --json   print one JSON object with the results instead of progress lines
   --keep   leave everything running until Ctrl-C, to look around
+  --ui     also serve the web UI (endpoint/untrusted/web) on http://127.0.0.1:8008/ and keep
+           everything running: open the printed URL in a browser and paste the printed token
+  --ui-port N  the web UI's port (default 8008)
   --help   this text`;
 
 interface Check {
@@ -150,6 +153,8 @@ async function main(): Promise<number> {
       options: {
         json: { type: 'boolean' },
         keep: { type: 'boolean' },
+        ui: { type: 'boolean' },
+        'ui-port': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -163,6 +168,15 @@ async function main(): Promise<number> {
     return 0;
   }
   const json = args.json ?? false;
+  const uiPort = Number(args['ui-port'] ?? 8008);
+  if (!Number.isInteger(uiPort) || uiPort < 1 || uiPort > 65535) {
+    process.stderr.write('demo: --ui-port must be a port number (1 to 65535)\n');
+    return 2;
+  }
+  if (args['ui-port'] !== undefined && !args.ui) {
+    process.stderr.write('demo: --ui-port needs --ui\n');
+    return 2;
+  }
   const say = (line: string): void => {
     if (!json) process.stdout.write(`${line}\n`);
   };
@@ -242,11 +256,13 @@ async function main(): Promise<number> {
         user: alice,
         endpointConfig: { attestation: { policy: 'verifier.json', pcrs: [0, 7] } },
         endpointFiles: { 'verifier.json': JSON.stringify(verifierPolicy) },
+        ...(args.ui ? { ui: { port: uiPort } } : {}),
         clients: [
           {
             name: 'demo-ui',
             capabilities: [
               'rooms.read',
+              'rooms.join',
               'messages.read',
               'messages.send',
               'rooms.create',
@@ -795,6 +811,15 @@ async function main(): Promise<number> {
       },
     );
 
+    if (args.ui && !json) {
+      say(`\nThe web UI: open ${gateway.uiUrl ?? '(not listening)'}/ in a browser on this machine`);
+      say(`and paste this token (the demo-ui client's): ${token}`);
+      say(
+        `Bob (${bob.userId}, a stock matrix-js-sdk client) is in the room; Synapse: ${synapse.baseUrl}`,
+      );
+      say('Press Ctrl-C to stop.');
+      await new Promise(() => undefined);
+    }
     if (args.keep && !json) {
       say(
         `\nEverything is running. Synapse: ${synapse.baseUrl}  swtpm: TPM2TOOLS_TCTI=${tpm.tcti}`,
