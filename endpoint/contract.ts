@@ -219,7 +219,10 @@ export const streamEvent = z.discriminatedUnion('type', [
   z
     .object({
       seq: z.number().int(),
-      /** Our own membership of a room changed (invited, joined, left). */
+      /**
+       * Our own membership of a room changed (invited, joined, left), or a joined room's name or
+       * topic did (`join` again): refetch the room list.
+       */
       type: z.literal('room'),
       roomId: z.string(),
       membership: z.enum(['invite', 'join', 'leave']),
@@ -228,7 +231,7 @@ export const streamEvent = z.discriminatedUnion('type', [
   z
     .object({
       seq: z.number().int(),
-      /** Someone else's membership of a room changed. */
+      /** Someone else's membership of a room changed, or their display name did. */
       type: z.literal('member'),
       roomId: z.string(),
       userId: z.string(),

@@ -323,7 +323,8 @@ export class Endpoint {
           ) {
             await this.#saveRooms(this.rooms());
           }
-          if (newlyJoined) this.#emit({ type: 'room', roomId, membership: 'join' });
+          // A new name or topic is news for the room list too: UIs refetch on `room`.
+          if (newlyJoined || labelled) this.#emit({ type: 'room', roomId, membership: 'join' });
           for (const c of changed) {
             if (c.userId === this.userId) continue;
             this.#emit({ type: 'member', roomId, userId: c.userId, membership: c.membership });
@@ -440,6 +441,8 @@ export class Endpoint {
     const known = this.#rooms.get(roomId);
     const encrypted =
       known?.encrypted ?? (await this.api.roomState(roomId, 'm.room.encryption', '')) !== undefined;
+    // The invitation's name and topic (from its stripped state) stay until sync brings the
+    // room's own state.
     this.#rooms.set(roomId, {
       roomId,
       membership: 'join',
@@ -447,6 +450,8 @@ export class Endpoint {
         .filter((m) => m.membership === 'join' || m.membership === 'invite')
         .map((m) => m.userId),
       encrypted,
+      ...(known?.name === undefined ? {} : { name: known.name }),
+      ...(known?.topic === undefined ? {} : { topic: known.topic }),
     });
     await this.#saveRooms(this.rooms());
     this.#emit({ type: 'room', roomId, membership: 'join' });

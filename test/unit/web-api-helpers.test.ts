@@ -6,7 +6,9 @@ import { path, seg } from '../../endpoint/untrusted/web/src/paths.ts';
 
 describe('path segments', () => {
   it('percent-encodes ids', () => {
-    expect(path`/v1/rooms/${'!abc:example.org'}/timeline`).toBe('/v1/rooms/!abc%3Aexample.org/timeline');
+    expect(path`/v1/rooms/${'!abc:example.org'}/timeline`).toBe(
+      '/v1/rooms/!abc%3Aexample.org/timeline',
+    );
     expect(path`/v1/contacts/${'@a:x'}/devices/${'DEV/../x?y#z'}/attestation`).toBe(
       '/v1/contacts/%40a%3Ax/devices/DEV%2F..%2Fx%3Fy%23z/attestation',
     );
@@ -41,12 +43,20 @@ describe('errors', () => {
   });
 
   it('falls back for anything else', () => {
-    for (const body of ['', 'not json', '[]', '{"error":"x"}', '{"error":{"code":"lower","message":7}}']) {
+    for (const body of [
+      '',
+      'not json',
+      '[]',
+      '{"error":"x"}',
+      '{"error":{"code":"lower","message":7}}',
+    ]) {
       const e = errorFromBody(502, body);
       expect(e.code, body).toBe('HTTP_502');
       expect(e.message).toBe('The request failed.');
     }
-    expect(errorFromBody(500, `{"error":{"code":"X","message":"${'m'.repeat(900)}"}}`).message).toHaveLength(500);
+    expect(
+      errorFromBody(500, `{"error":{"code":"X","message":"${'m'.repeat(900)}"}}`).message,
+    ).toHaveLength(500);
   });
 
   it('describes network failures and the rest', () => {

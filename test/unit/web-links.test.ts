@@ -10,7 +10,10 @@ describe('linkTarget', () => {
       kind: 'https',
       href: 'https://example.org/a?b#c',
     });
-    expect(linkTarget('HTTPS://Example.ORG')).toEqual({ kind: 'https', href: 'https://example.org/' });
+    expect(linkTarget('HTTPS://Example.ORG')).toEqual({
+      kind: 'https',
+      href: 'https://example.org/',
+    });
     expect(linkTarget('  https://example.org/x  ')).toEqual({
       kind: 'https',
       href: 'https://example.org/x',

@@ -3,9 +3,15 @@ import {
   Timeline,
   identityLabel,
   isIdentityViolation,
+  newerFlow,
   shieldOf,
 } from '../../endpoint/untrusted/web/src/model.ts';
-import type { StreamEvent, TimelineItem } from '../../endpoint/untrusted/web/src/types.ts';
+import type {
+  StreamEvent,
+  TimelineItem,
+  VerificationFlow,
+  VerificationPhase,
+} from '../../endpoint/untrusted/web/src/types.ts';
 
 // The open room's timeline as the web UI holds it: pages, live messages, and what edits,
 // reactions and redactions do.
@@ -38,7 +44,12 @@ const edit = (target: string, body: string, extra: Partial<Of<'edit'>> = {}): Of
   ts: 2000,
   ...extra,
 });
-const reaction = (target: string, eventId: string, key: string, sender: string): Of<'reaction'> => ({
+const reaction = (
+  target: string,
+  eventId: string,
+  key: string,
+  sender: string,
+): Of<'reaction'> => ({
   seq: 1,
   type: 'reaction',
   roomId: ROOM,
@@ -63,7 +74,10 @@ describe('Timeline pages', () => {
     t.reset({ items: [item('$3'), item('$2')], next: 'p1' });
     expect(ids(t)).toEqual(['$2', '$3']);
     expect(t.next).toBe('p1');
-    expect(t.older({ items: [item('$2'), item('$1'), item('$0')], next: 'p2' })).toEqual(['$0', '$1']);
+    expect(t.older({ items: [item('$2'), item('$1'), item('$0')], next: 'p2' })).toEqual([
+      '$0',
+      '$1',
+    ]);
     expect(ids(t)).toEqual(['$0', '$1', '$2', '$3']);
     expect(t.next).toBe('p2');
     t.older({ items: [] });
@@ -102,7 +116,12 @@ describe('edits', () => {
 
   it('do nothing to unknown, redacted or undecryptable items', () => {
     const t = new Timeline(ROOM);
-    t.reset({ items: [item('$1', { kind: 'redacted', body: undefined }), item('$2', { kind: 'undecryptable' })] });
+    t.reset({
+      items: [
+        item('$1', { kind: 'redacted', body: undefined }),
+        item('$2', { kind: 'undecryptable' }),
+      ],
+    });
     expect(t.edit(edit('$1', 'x'))).toBeUndefined();
     expect(t.edit(edit('$2', 'x'))).toBeUndefined();
     expect(t.edit(edit('$none', 'x'))).toBeUndefined();
@@ -112,7 +131,13 @@ describe('edits', () => {
 describe('reactions', () => {
   it('count each reaction event once, per key', () => {
     const t = new Timeline(ROOM);
-    t.reset({ items: [item('$1', { reactions: [{ key: '👍', count: 2, senders: ['@a:x', '@b:x'], byUs: false }] })] });
+    t.reset({
+      items: [
+        item('$1', {
+          reactions: [{ key: '👍', count: 2, senders: ['@a:x', '@b:x'], byUs: false }],
+        }),
+      ],
+    });
     expect(t.react(reaction('$1', '$r1', '👍', ME), ME)).toBe('$1');
     expect(t.react(reaction('$1', '$r1', '👍', ME), ME)).toBeUndefined(); // replayed
     t.react(reaction('$1', '$r2', '🎉', '@c:x'), ME);
@@ -128,7 +153,9 @@ describe('reactions', () => {
     t.react(reaction('$1', '$r1', '👍', ME), ME);
     t.react(reaction('$1', '$r2', '👍', '@c:x'), ME);
     expect(t.redact(redaction('$r1'), ME)).toBe('$1');
-    expect(t.get('$1')?.reactions).toEqual([{ key: '👍', count: 1, senders: ['@c:x'], byUs: false }]);
+    expect(t.get('$1')?.reactions).toEqual([
+      { key: '👍', count: 1, senders: ['@c:x'], byUs: false },
+    ]);
     t.redact(redaction('$r2'), ME);
     expect(t.get('$1')?.reactions).toEqual([]);
     expect(t.get('$1')?.kind).toBe('message');
@@ -179,7 +206,11 @@ describe('shieldOf', () => {
       state: 'unencrypted',
       label: 'unencrypted',
     });
-    expect(shieldOf(item('$1', { kind: 'undecryptable', verification: undefined, reason: 'no room key' }))).toEqual({
+    expect(
+      shieldOf(
+        item('$1', { kind: 'undecryptable', verification: undefined, reason: 'no room key' }),
+      ),
+    ).toEqual({
       state: 'undecryptable',
       label: 'undecryptable: no room key',
     });
@@ -187,7 +218,9 @@ describe('shieldOf', () => {
 
   it('never vouches for an item without a verdict', () => {
     expect(shieldOf(item('$1', { verification: undefined })).state).toBe('unverified');
-    expect(shieldOf(item('$1', { verification: undefined, encrypted: false })).state).toBe('unencrypted');
+    expect(shieldOf(item('$1', { verification: undefined, encrypted: false })).state).toBe(
+      'unencrypted',
+    );
     // undecryptable wins over any verdict
     expect(shieldOf(item('$1', { kind: 'undecryptable' })).state).toBe('undecryptable');
   });
@@ -203,5 +236,34 @@ describe('identities', () => {
     expect(isIdentityViolation('pin-violation')).toBe(true);
     expect(isIdentityViolation('verification-violation')).toBe(true);
     expect(isIdentityViolation('verified')).toBe(false);
+  });
+});
+
+describe('newerFlow', () => {
+  const flow = (phase: VerificationPhase): VerificationFlow => ({
+    flowId: 'f',
+    userId: '@bob:example.org',
+    weStarted: true,
+    phase,
+    timeRemainingMs: 1000,
+  });
+
+  it('never takes a flow back to an earlier phase', () => {
+    expect(newerFlow(flow('compare'), flow('ready')).phase).toBe('compare');
+    expect(newerFlow(flow('ready'), flow('compare')).phase).toBe('compare');
+    expect(newerFlow(flow('done'), flow('confirmed')).phase).toBe('done');
+    expect(newerFlow(undefined, flow('requested')).phase).toBe('requested');
+  });
+
+  it('keeps a final phase, and lets any flow end', () => {
+    expect(newerFlow(flow('cancelled'), flow('done')).phase).toBe('cancelled');
+    expect(newerFlow(flow('done'), flow('cancelled')).phase).toBe('done');
+    expect(newerFlow(flow('compare'), flow('cancelled')).phase).toBe('cancelled');
+    expect(newerFlow(flow('requested'), flow('done')).phase).toBe('done');
+  });
+
+  it('takes the newer copy of the same phase (its time left)', () => {
+    const later = { ...flow('compare'), timeRemainingMs: 10 };
+    expect(newerFlow(flow('compare'), later)).toBe(later);
   });
 });

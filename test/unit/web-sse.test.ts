@@ -102,18 +102,17 @@ describe('SseParser', () => {
 
   it('ignores ids with NUL, unknown fields and a BOM, and reads retry', () => {
     const parser = new SseParser();
-    expect(parser.push('\uFEFFid: 1\nid: 2\u0000\nfoo: bar\nretry: 2500\nretry: x\ndata: d\n\n')).toEqual([
-      { kind: 'event', event: 'message', data: 'd', id: '1' },
-    ]);
+    expect(
+      parser.push('\uFEFFid: 1\nid: 2\u0000\nfoo: bar\nretry: 2500\nretry: x\ndata: d\n\n'),
+    ).toEqual([{ kind: 'event', event: 'message', data: 'd', id: '1' }]);
     expect(parser.retry).toBe(2500);
   });
 
   it('resets the event type after each frame; an empty id clears it', () => {
     const parser = new SseParser();
-    expect(parser.push('event: a\ndata: 1\n\ndata: 2\n\n').map((f) => f.kind === 'event' && f.event)).toEqual([
-      'a',
-      'message',
-    ]);
+    expect(
+      parser.push('event: a\ndata: 1\n\ndata: 2\n\n').map((f) => f.kind === 'event' && f.event),
+    ).toEqual(['a', 'message']);
     parser.push('id: 9\ndata: 3\n\n');
     expect(parser.lastEventId).toBe('9');
     parser.push('id\ndata: 4\n\n');

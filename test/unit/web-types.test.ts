@@ -25,7 +25,9 @@ import type { streamFrames } from '../../endpoint/untrusted/gateway/routes/event
 // bundle). These assignments fail to compile (tsc, eslint) when the contract's answers stop
 // fitting what the UI expects.
 
-type Result<K extends keyof typeof endpointContract> = z.infer<(typeof endpointContract)[K]['result']>;
+type Result<K extends keyof typeof endpointContract> = z.infer<
+  (typeof endpointContract)[K]['result']
+>;
 
 const fits = {
   item: (x: TimelineItemWire): TimelineItem => x,
