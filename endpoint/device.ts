@@ -63,11 +63,14 @@ export interface RoomSummary {
 /** Applies a sync's name/topic to a room (null removes, absent keeps). */
 function applyLabels(room: RoomSummary, labels: RoomLabels): boolean {
   let changed = false;
-  for (const key of ['name', 'topic'] as const) {
-    const value = labels[key];
-    if (value === undefined || value === (room[key] ?? null)) continue;
-    if (value === null) delete room[key];
-    else room[key] = value;
+  if (labels.name !== undefined && labels.name !== (room.name ?? null)) {
+    if (labels.name === null) delete room.name;
+    else room.name = labels.name;
+    changed = true;
+  }
+  if (labels.topic !== undefined && labels.topic !== (room.topic ?? null)) {
+    if (labels.topic === null) delete room.topic;
+    else room.topic = labels.topic;
     changed = true;
   }
   return changed;
@@ -295,7 +298,7 @@ export class Endpoint {
           const members = new Set(room.members);
           const before = members.size;
           const changed: { userId: string; membership: string }[] = [];
-          const names = { ...room.displayNames };
+          const names = new Map(Object.entries(room.displayNames ?? {}));
           let renamed = false;
           for (const c of changes) {
             const present = members.has(c.userId);
@@ -303,14 +306,14 @@ export class Endpoint {
             else members.delete(c.userId);
             if (present !== members.has(c.userId) || c.membership === 'join') changed.push(c);
             const name = members.has(c.userId) ? (c.displayName ?? null) : null;
-            if (name !== (names[c.userId] ?? null)) {
+            if (name !== (names.get(c.userId) ?? null)) {
               renamed = true;
-              if (name === null) delete names[c.userId];
-              else names[c.userId] = name;
+              if (name === null) names.delete(c.userId);
+              else names.set(c.userId, name);
             }
           }
           room.members = [...members];
-          if (Object.keys(names).length > 0) room.displayNames = names;
+          if (names.size > 0) room.displayNames = Object.fromEntries(names);
           else delete room.displayNames;
           this.#rooms.set(roomId, room);
           if (

@@ -173,7 +173,7 @@ describe('the listener', () => {
         ...(a.method === 'POST' ? { payload: 'body=hi' } : {}),
       });
       expect(res.statusCode, a.code).toBe(403);
-      expect((res.json() as { error: { code: string } }).error.code).toBe(a.code);
+      expect(res.json<{ error: { code: string } }>().error.code).toBe(a.code);
       expect(res.headers['access-control-allow-origin']).toBeUndefined();
     }
     expect(reported).toEqual(attempts.map((a) => a.code));

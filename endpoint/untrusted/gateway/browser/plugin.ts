@@ -74,6 +74,8 @@ export async function staticFilesPlugin(
 ): Promise<void> {
   const serve = (name: string) => opts.files.get(name);
   app.get('/', async (_request, reply) => send(reply, serve('index.html')));
+  // Browsers ask for it on every page; there is none, and a 404 would be an error each time.
+  app.get('/favicon.ico', async (_request, reply) => reply.code(204).send());
   app.get<{ Params: { name: string } }>('/:name', async (request, reply) => {
     const name = request.params.name;
     return send(reply, FILE_NAME.test(name) ? serve(name) : undefined);
