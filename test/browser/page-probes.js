@@ -45,6 +45,23 @@
       };
     },
 
+    /** Inputs without a label, and buttons or links without an accessible name. */
+    a11yReport: () => {
+      const named = (e) =>
+        (e.getAttribute('aria-label') ?? '').trim() !== '' ||
+        (e.getAttribute('aria-labelledby') ?? '') !== '' ||
+        (e.labels !== undefined && e.labels !== null && e.labels.length > 0);
+      const controls = [...document.querySelectorAll('input, textarea, select')];
+      const buttons = [...document.querySelectorAll('button, a[href]')];
+      const describe = (e) => `${e.tagName.toLowerCase()}${e.id ? `#${e.id}` : ''}.${e.className}`;
+      return {
+        unlabelled: controls.filter((e) => e.type !== 'hidden' && !named(e)).map(describe),
+        nameless: buttons
+          .filter((e) => (e.textContent ?? '').trim() === '' && !named(e))
+          .map(describe),
+      };
+    },
+
     /** From a foreign page: every way a page can make a browser send a request elsewhere. */
     attack: async ({ target, base, token }) => {
       const out = {};
