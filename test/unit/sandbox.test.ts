@@ -49,6 +49,30 @@ describe('the sandbox of each compartment (the command lines the launcher runs)'
     expect(cmd('endpoint').argv).not.toContain('--unshare-net');
   });
 
+  it("a gateway serving the web UI ('loopback') shares the network: reported, not gated; its unit allows localhost only", () => {
+    const gateway = { ...compartment('gateway'), network: 'loopback' as const };
+    const sandboxed = sandboxCommand(gateway, { where, host: full, node: '/usr/bin/node' });
+    expect(sandboxed.argv).not.toContain('--unshare-net');
+    expect(sandboxed.protections.filter((p) => !p.ok).map((p) => p.name)).toEqual([
+      'network limited to loopback',
+    ]);
+    expect(missingProtections(sandboxed.protections)).toEqual([]);
+    const withUi = {
+      ...manifest,
+      compartments: manifest.compartments.map((c) => (c.name === 'gateway' ? gateway : c)),
+    };
+    const units = systemdUnits(withUi, {
+      ...where,
+      node: '/usr/bin/node',
+      homeserver: 'https://192.0.2.7',
+    });
+    const unit = [...units.entries()].find(([name]) => name.includes('gateway'))?.[1] ?? '';
+    expect(unit).toContain('IPAddressDeny=any');
+    expect(unit).toContain('IPAddressAllow=localhost');
+    expect(unit).not.toContain('PrivateNetwork=yes');
+    expect(unit).toMatch(/RestrictAddressFamilies=.*AF_INET/);
+  });
+
   it('each switches to its own uid with no groups, capabilities or new privileges, inside bwrap', () => {
     for (const [name, uid] of [
       ['vault', 901],
