@@ -1,4 +1,4 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { chown, mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { type Server, createServer, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import type { Page } from 'playwright-core';
@@ -55,6 +55,8 @@ let roomId: string;
 let beacon: { server: Server; url: string; hits: string[] };
 /** How many refusals the hostile page's attempts cost (the audit log's counts are checked last). */
 let attackRefusals = 0;
+/** The read-only client's page, kept open until its token is revoked. */
+let readerPage: Page | undefined;
 
 /** What __mteProbe.timelineReport() finds in the timeline (test/browser/page-probes.js). */
 interface TimelineReport {
@@ -109,6 +111,25 @@ function auditEntries(text: string): { action: string; reason: string; client: s
     .split('\n')
     .filter((l) => l.trim() !== '')
     .map((l) => JSON.parse(l) as { action: string; reason: string; client: string | null });
+}
+
+/**
+ * Replaces a client's capabilities in the policy file, as an operator's edit would: a new file
+ * (owned like the old one, for the endpoint's user) renamed into place; the endpoint reloads it.
+ */
+async function setCapabilities(name: string, capabilities: string[]): Promise<void> {
+  const path = stack.policyPath;
+  const policy = JSON.parse(await readFile(path, 'utf8')) as {
+    clients: { name: string; capabilities: string[] }[];
+  };
+  const client = policy.clients.find((c) => c.name === name);
+  if (!client) throw new Error(`no client ${name}`);
+  client.capabilities = capabilities;
+  const owner = await stat(path);
+  const next = `${path}.next`;
+  await writeFile(next, JSON.stringify(policy), { mode: 0o600 });
+  await chown(next, owner.uid, owner.gid);
+  await rename(next, path);
 }
 
 /** A POST with headers a browser would never let a script set (Host), as a rebound page sends. */
@@ -373,7 +394,21 @@ describe('a user in the web UI', () => {
     await reader.locator(`li.contact[data-user-id="${bob.userId}"]`).waitFor();
     expect(await reader.locator('button.verify').count()).toBe(0);
     expect(await reader.locator('#nav-verifications').isVisible()).toBe(false);
-    await reader.close();
+
+    // The operator narrows the token while the page is open: the next refusal is shown as it is.
+    await setCapabilities('reader', ['rooms.read', 'messages.read', 'events.stream']);
+    await waitUntil(
+      'the 403 shown in the page',
+      async () => {
+        await reader.click('#nav-rooms');
+        await reader.click('#nav-contacts');
+        return ((await reader.locator('#alert').textContent()) ?? '').includes(
+          'FORBIDDEN_CAPABILITY',
+        );
+      },
+      { timeoutMs: 20_000, intervalMs: 500 },
+    );
+    readerPage = reader;
   });
 });
 
@@ -561,6 +596,21 @@ describe('hostile content', () => {
     await page.locator('#whoami', { hasText: alice.userId }).waitFor({ timeout: 20_000 });
     await page.locator(`li.room[data-room-id="${roomId}"] button`).first().click();
     await page.locator(`#timeline .item[data-event-id="${lastId}"]`).waitFor({ timeout: 30_000 });
+    // More than a page: the first payloads come with Load older.
+    await page
+      .locator(`#timeline .item[data-event-id="${firstId}"]`)
+      .waitFor({ state: 'detached' });
+    await waitUntil(
+      'the oldest payloads after Load older',
+      async () => {
+        if ((await page.locator(`#timeline .item[data-event-id="${firstId}"]`).count()) > 0) {
+          return true;
+        }
+        await page.click('#load-older');
+        return false;
+      },
+      { timeoutMs: 30_000, intervalMs: 1_000 },
+    );
     const again = await page.evaluate<{
       pwned: unknown;
       banned: string[];
@@ -571,6 +621,20 @@ describe('hostile content', () => {
     expect(watch.foreign).toEqual([]);
     expect(await cspViolations(page, watch)).toEqual([]);
     await page.close();
+  });
+});
+
+describe('a revoked token', () => {
+  // After the hostile page: the revoked token's refusals share the unknown-token window.
+  it('logs the page out, back to the token field, and forgets the token', async () => {
+    const reader = readerPage;
+    if (!reader) throw new Error('no reader page');
+    await stack.revokeClient('reader');
+    await reader.locator('#token').waitFor({ timeout: 30_000 });
+    expect(await reader.evaluate<string[]>('Object.values(sessionStorage)')).not.toContain(
+      readOnlyToken,
+    );
+    await reader.close();
   });
 });
 

@@ -5,7 +5,10 @@ import {
   foldName,
   hasInvisibles,
   isInvisible,
+  isPrintableAscii,
+  labelText,
   localpart,
+  looksLikeRoomId,
   looksLikeUserId,
   mixesScripts,
   needsUserId,
@@ -150,6 +153,29 @@ describe('needsUserId', () => {
     expect(needsUserId('bob@example.org', '@mallory:evil.example', [])).toBe(false);
   });
 
+  it('reads any colon look-alike as a colon, and any name starting with @ as id-shaped', () => {
+    for (const colon of [
+      ':',
+      '\u2236',
+      '\uA789',
+      '\u02D0',
+      '\uFE55',
+      '\uFF1A',
+      '\u16EC',
+      '\uFE13',
+      '\u05C3',
+    ]) {
+      expect(looksLikeUserId(`Bob (@bob${colon}example.org)`), JSON.stringify(colon)).toBe(true);
+      expect(looksLikeRoomId(`see !abc${colon}example.org`), JSON.stringify(colon)).toBe(true);
+    }
+    expect(looksLikeUserId('@bob')).toBe(true);
+    expect(looksLikeUserId('  \u200B@bob')).toBe(true);
+    expect(needsUserId('@bob', '@mallory:evil.example', [])).toBe(true);
+    expect(looksLikeUserId('Bob @ work')).toBe(false);
+    for (const name of ['!abc', '#general', '@bob']) expect(looksLikeRoomId(name), name).toBe(true);
+    expect(looksLikeRoomId('Room #1')).toBe(false);
+  });
+
   it('is true for invisible and bidi characters', () => {
     expect(needsUserId('Alice\u200B', '@a:x', [])).toBe(true);
     expect(needsUserId('\u202Eecila', '@a:x', [])).toBe(true);
@@ -157,13 +183,18 @@ describe('needsUserId', () => {
     expect(needsUserId('\u3164', '@a:x', [])).toBe(true); // Hangul filler: looks empty
   });
 
-  it('is true for Latin mixed with Cyrillic or Greek', () => {
+  it('is true for any name with a character outside printable ASCII, whatever its script', () => {
     expect(mixesScripts('Аlice')).toBe(true);
     expect(mixesScripts('Alice')).toBe(false);
     expect(mixesScripts('Алиса')).toBe(false);
     expect(mixesScripts('Αλίκη')).toBe(false);
-    expect(needsUserId('Аlice', '@a:x', [])).toBe(true);
-    expect(needsUserId('Алиса', '@a:x', [])).toBe(false);
+    expect(isPrintableAscii(' Alice ~ Bob!')).toBe(true);
+    expect(isPrintableAscii('Zoë')).toBe(false);
+    expect(needsUserId('Аlice', '@a:x', [])).toBe(true); // mixed scripts
+    expect(needsUserId('Алиса', '@a:x', [])).toBe(true); // one script, but not ASCII
+    expect(needsUserId('Zoë', '@a:x', [])).toBe(true);
+    expect(needsUserId('🎉', '@a:x', [])).toBe(true);
+    expect(needsUserId('Alice ~ Bob!', '@a:x', [])).toBe(false);
   });
 
   it('is true for names that are empty once folded, or too long to show whole', () => {
@@ -231,6 +262,19 @@ describe('NameIndex', () => {
   });
 });
 
+describe('labelText', () => {
+  it('spells a member out as the timeline shows them: id when the name shows it, invisibles revealed', () => {
+    const names = new NameIndex(
+      { '@a:x': 'Alice', '@b:x': 'Bob\u202E', '@c:x': 'n'.repeat(MAX_NAME_CHARS + 1) },
+      ['@a:x', '@b:x', '@c:x', '@d:x\u200B'],
+    );
+    expect(labelText('@a:x', names.label('@a:x'))).toBe('Alice');
+    expect(labelText('@b:x', names.label('@b:x'))).toBe('Bob[U+202E] (@b:x)');
+    expect(labelText('@c:x', names.label('@c:x'))).toBe(`${'n'.repeat(MAX_NAME_CHARS)}… (@c:x)`);
+    expect(labelText('@d:x\u200B', names.label('@d:x\u200B'))).toBe('@d:x[U+200B]');
+  });
+});
+
 describe('localpart', () => {
   it('takes the part between @ and the first colon', () => {
     expect(localpart('@alice:example.org')).toBe('alice');
@@ -246,6 +290,9 @@ describe('roomNeedsId', () => {
     expect(roomNeedsId('#general:example.org', [])).toBe(true);
     expect(roomNeedsId('Team\u202E', [])).toBe(true);
     expect(roomNeedsId('Pаyments', [])).toBe(true); // mixed scripts
+    expect(roomNeedsId('Платежи', [])).toBe(true); // not ASCII
+    expect(roomNeedsId('!abc\u2236example.org', [])).toBe(true); // colon look-alike
+    expect(roomNeedsId('#general', [])).toBe(true); // starts like an alias
   });
 
   it('is false for a plain unique name', () => {

@@ -5,8 +5,10 @@
  * Two rules:
  * - nothing invisible or direction-changing is shown as itself: each such character becomes a
  *   visible `[U+XXXX]` badge, and every name is rendered inside a <bdi>;
- * - a display name that could pass for someone else (the same as another member's once folded,
- *   shaped like a user id, mixing scripts, carrying invisibles) is shown with the real user id.
+ * - a display name that could pass for someone else is shown with the real user id: any name
+ *   with a character outside printable ASCII (no table of look-alikes is ever complete), one
+ *   the same as another member's name or localpart once folded, one shaped like a user id, one
+ *   carrying invisibles, one too long to show whole.
  */
 
 /** Characters listed by name (bidi controls, zero-width and filler characters). */
@@ -41,6 +43,11 @@ export function hasInvisibles(text: string): boolean {
 
 export function hasBidiControls(text: string): boolean {
   return BIDI.test(text);
+}
+
+/** Printable ASCII only (U+0020 to U+007E): the one alphabet whose look-alikes are known. */
+export function isPrintableAscii(text: string): boolean {
+  return /^[\x20-\x7E]*$/.test(text);
 }
 
 /** `U+202E` for a code point. */
@@ -133,8 +140,10 @@ export function truncateChars(text: string, max: number): { text: string; trunca
 
 /**
  * Letters of other scripts that look like Latin ones (lower case: folding lower-cases first),
- * and Latin characters that pass for others. A small table, not Unicode's full confusables:
- * enough for the impersonations that matter (a Cyrillic "а" in "Alice").
+ * and Latin characters that pass for others. A small table, not Unicode's full confusables,
+ * and not what catches impersonation: a name with anything outside printable ASCII always
+ * shows the user id. The table makes the name it imitates show the id too (a Cyrillic "а" in
+ * "Alice" marks both Alices); the ASCII entries fold ASCII look-alikes ("A1ice", "B0b").
  */
 const CONFUSABLES: Readonly<Record<string, string>> = {
   // Cyrillic
@@ -212,12 +221,34 @@ export function localpart(userId: string): string {
   return userId.startsWith('@') && colon > 1 ? userId.slice(1, colon) : userId;
 }
 
-/** Looks like a Matrix user id somewhere in it (`@x:y`, full-width forms included). */
-export function looksLikeUserId(name: string): boolean {
-  return /@[^\s:]*:\S/u.test(stripInvisibles(name.normalize('NFKC')));
+/** Characters that read as a colon (`:` and look-alikes: ratio, modifier colons, full-width...). */
+const COLONS = ':\u2236\uA789\u02D0\uFE55\uFF1A\u16EC\uFE13\u05C3';
+
+/**
+ * Shaped like a Matrix id with one of `sigils`: starting with one (white space and invisibles
+ * aside), or one followed by two parts that any colon-like character separates. Checked as
+ * written and after NFKC (full-width `＠` and `：` included). Conservative by design.
+ */
+function looksLikeId(name: string, sigils: string): boolean {
+  const shaped = new RegExp(`^[${sigils}]|[${sigils}][^\\s${COLONS}]*[${COLONS}]\\S`, 'u');
+  const raw = stripInvisibles(name).trim();
+  return shaped.test(raw) || shaped.test(stripInvisibles(raw.normalize('NFKC')).trim());
 }
 
-/** Latin letters side by side with Cyrillic, Greek, Armenian or Cherokee ones. */
+/** Looks like a Matrix user id: starts with `@`, or has `@x:y` in it (any colon look-alike). */
+export function looksLikeUserId(name: string): boolean {
+  return looksLikeId(name, '@');
+}
+
+/** Looks like a room id, alias or user id: starts with `!`, `#` or `@`, or has `!x:y` in it. */
+export function looksLikeRoomId(name: string): boolean {
+  return looksLikeId(name, '!#@');
+}
+
+/**
+ * Latin letters side by side with Cyrillic, Greek, Armenian or Cherokee ones (a flag shown
+ * beside contacts' names; names themselves show the id for any non-ASCII character).
+ */
 export function mixesScripts(name: string): boolean {
   const s = name.normalize('NFKC');
   return (
@@ -230,8 +261,8 @@ export function mixesScripts(name: string): boolean {
 function suspiciousAlone(name: string): boolean {
   return (
     hasInvisibles(name) ||
+    !isPrintableAscii(name) ||
     looksLikeUserId(name) ||
-    mixesScripts(name) ||
     foldName(name) === '' ||
     Array.from(name).length > MAX_NAME_CHARS
   );
@@ -244,8 +275,8 @@ function foldedOther(other: string): string {
 /**
  * Whether `name` (the display name of `userId`) must be shown with the user id: it folds to
  * the same as another member's display name or user id localpart (`otherNames` holds both:
- * user ids are recognised by their `@x:y` shape), looks like a user id, carries invisible or
- * bidi characters, mixes Latin with Cyrillic/Greek letters, is empty once folded, or is cut.
+ * user ids are recognised by their `@x:y` shape), has any character outside printable ASCII,
+ * looks like a user id, carries invisible or bidi characters, is empty once folded, or is cut.
  */
 export function needsUserId(name: string, userId: string, otherNames: Iterable<string>): boolean {
   if (suspiciousAlone(name)) return true;
@@ -265,6 +296,17 @@ export interface MemberLabel {
   truncated: boolean;
   /** Show the user id (always true without a name). */
   showUserId: boolean;
+}
+
+/**
+ * A member as plain text, as userLabel shows them (for a live region or a label): the name
+ * with invisibles spelled out as `[U+XXXX]`, and the user id whenever the name shows it.
+ */
+export function labelText(userId: string, label: MemberLabel): string {
+  const id = revealInvisiblesText(userId);
+  if (label.name === undefined) return id;
+  const name = revealInvisiblesText(label.name) + (label.truncated ? '…' : '');
+  return label.showUserId ? `${name} (${id})` : name;
 }
 
 /**
@@ -327,12 +369,12 @@ export function safeFileName(name: string): string {
 }
 
 /**
- * Whether a room's name must be shown with its room id: it carries invisibles, looks like a
- * room or user id, mixes scripts, is empty once folded, or folds to another room's name.
+ * Whether a room's name must be shown with its room id: it carries invisibles, has any
+ * character outside printable ASCII, looks like a room or user id, is empty once folded or too
+ * long, or folds to another room's name.
  */
 export function roomNeedsId(name: string, otherRoomNames: Iterable<string>): boolean {
-  const nfkc = stripInvisibles(name.normalize('NFKC'));
-  if (hasInvisibles(name) || /[!#@][^\s:]*:\S/u.test(nfkc) || mixesScripts(name)) return true;
+  if (hasInvisibles(name) || !isPrintableAscii(name) || looksLikeRoomId(name)) return true;
   const folded = foldName(name);
   if (folded === '' || Array.from(name).length > 255) return true;
   for (const other of otherRoomNames) if (foldName(other) === folded) return true;

@@ -10,7 +10,7 @@
  */
 import DOMPurify from 'dompurify';
 import { hrefDiffersFromText, linkTarget } from './links.ts';
-import { revealInBody } from './names.ts';
+import { revealInBody, revealInvisiblesText, truncateChars } from './names.ts';
 import { RENAMED_PREFIX, renameForParse } from './prefilter.ts';
 import { MAX_RENDERED_CHARS } from './text.ts';
 
@@ -102,6 +102,9 @@ const FORBID_TAGS = [
 
 const purify = DOMPurify(window);
 
+/** Text the hooks add that the cut must drop whole rather than shorten. */
+const wholeNotes = new WeakSet<Node>();
+
 purify.addHook('uponSanitizeElement', (node, event) => {
   if (!(node instanceof Element)) return;
   const parent = node.parentNode;
@@ -129,8 +132,10 @@ purify.addHook('uponSanitizeElement', (node, event) => {
     const target = linkTarget(node.getAttribute('href'));
     if (target.kind === 'https') return;
     if (target.kind === 'mxc' && hrefDiffersFromText(node.textContent, target.uri)) {
-      // Media is never fetched: the URI is shown as text.
-      node.appendChild(node.ownerDocument.createTextNode(` (${target.uri})`));
+      // Media is never fetched: the URI is shown as text (whole or not at all: see capFragmentText).
+      const note = node.ownerDocument.createTextNode(` (${target.uri})`);
+      wholeNotes.add(note);
+      node.appendChild(note);
     }
     unwrap(node);
   }
@@ -206,9 +211,12 @@ const CONFIG = {
 export function renderFormatted(html: string): HTMLElement | undefined {
   if (html.length > MAX_HTML_CHARS) return undefined;
   const fragment = purify.sanitize(renameForParse(html), CONFIG);
-  finishLinks(fragment);
+  dropBrokenLinks(fragment);
   markSpoilers(fragment);
+  // Cut first, then say where links go: the cut must never remove a link's note nor shorten
+  // the text of a link that stays (capFragmentText unwraps any link it cuts into or past).
   const truncated = capFragmentText(fragment, MAX_RENDERED_CHARS);
+  finishLinks(fragment);
   revealTextNodes(fragment);
   const box = document.createElement('div');
   box.className = 'html';
@@ -223,13 +231,20 @@ export function renderFormatted(html: string): HTMLElement | undefined {
   return box;
 }
 
+/** After sanitizing: links inside links, and links left without an href, are unwrapped. */
+function dropBrokenLinks(root: DocumentFragment): void {
+  // Links inside links cannot come from the parser, but never trust that.
+  for (const inner of Array.from(root.querySelectorAll('a a'))) unwrap(inner);
+  for (const a of Array.from(root.querySelectorAll('a'))) {
+    if (a.getAttribute('href') === null) unwrap(a);
+  }
+}
+
 /**
- * After sanitizing: a link left without an href is unwrapped, and a link whose text differs
+ * After the cut: an empty link shows its target as its text, and a link whose text differs
  * from its target gets the target after it, as text.
  */
 function finishLinks(root: DocumentFragment): void {
-  // Links inside links cannot come from the parser, but never trust that.
-  for (const inner of Array.from(root.querySelectorAll('a a'))) unwrap(inner);
   for (const a of Array.from(root.querySelectorAll('a'))) {
     const href = a.getAttribute('href');
     const parent = a.parentNode;
@@ -261,7 +276,9 @@ function markSpoilers(root: DocumentFragment): void {
     span.setAttribute('role', 'button');
     span.setAttribute('tabindex', '0');
     span.setAttribute('aria-expanded', 'false');
-    const label = reason === '' ? 'Spoiler' : `Spoiler: ${reason.slice(0, 200)}`;
+    // The reason is the sender's text too: invisibles shown, cut by code point.
+    const shown = revealInvisiblesText(truncateChars(reason, 200).text);
+    const label = shown === '' ? 'Spoiler' : `Spoiler: ${shown}`;
     span.setAttribute('aria-label', `${label} (press to reveal)`);
     span.setAttribute('title', label);
     const reveal = (e: Event): void => {
@@ -300,24 +317,33 @@ function revealTextNodes(root: DocumentFragment): void {
   }
 }
 
-/** Cuts the text after `max` characters (dropping what follows). Returns whether it cut. */
+/**
+ * Cuts the text after `max` characters (dropping what follows). A note the hooks added is
+ * dropped whole, and every link the cut falls in or comes before is unwrapped: a link never
+ * stays with text other than its sender wrote. Returns whether it cut.
+ */
 function capFragmentText(root: DocumentFragment, max: number): boolean {
   const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
   let total = 0;
-  let cut = false;
+  let cutAt: Node | undefined;
   const drop: Node[] = [];
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     const text = n.nodeValue ?? '';
-    if (cut) {
+    if (cutAt) {
       drop.push(n);
       continue;
     }
     if (total + text.length > max) {
-      n.nodeValue = text.slice(0, Math.max(0, max - total));
-      cut = true;
+      n.nodeValue = wholeNotes.has(n) ? '' : text.slice(0, Math.max(0, max - total));
+      cutAt = n;
     }
     total += text.length;
   }
+  if (!cutAt) return false;
+  for (const a of Array.from(root.querySelectorAll('a'))) {
+    const after = cutAt.compareDocumentPosition(a) & Node.DOCUMENT_POSITION_FOLLOWING;
+    if (a.contains(cutAt) || after) unwrap(a);
+  }
   for (const n of drop) n.parentNode?.removeChild(n);
-  return cut;
+  return true;
 }

@@ -60,12 +60,22 @@ export class SseParser {
     if (chunk === '') return [];
     if (this.#skipLf && chunk.startsWith('\n')) chunk = chunk.slice(1);
     this.#skipLf = false;
+    // What is left of the buffer holds no line break (each one ends a line, taken below): only
+    // the new text needs searching, so a long line in small chunks costs time linear in its
+    // length. A chunk without a break is only appended: searching the joined buffer would
+    // make the engine copy it whole on every push. (The search starts one character back, in
+    // case a CR and its LF were ever split across chunks.)
+    let from = Math.max(0, this.#buffer.length - 1);
     this.#buffer += chunk;
+    if (!chunk.includes('\r') && !chunk.includes('\n')) {
+      this.#checkSize();
+      return [];
+    }
     const frames: SseFrame[] = [];
     let start = 0;
     for (;;) {
-      const cr = this.#buffer.indexOf('\r', start);
-      const lf = this.#buffer.indexOf('\n', start);
+      const cr = this.#buffer.indexOf('\r', Math.max(start, from));
+      const lf = this.#buffer.indexOf('\n', Math.max(start, from));
       if (cr === -1 && lf === -1) break;
       let end: number;
       let next: number;
@@ -84,12 +94,17 @@ export class SseParser {
       const frame = this.#line(this.#buffer.slice(start, end));
       if (frame) frames.push(frame);
       start = next;
+      from = next;
     }
     this.#buffer = this.#buffer.slice(start);
+    this.#checkSize();
+    return frames;
+  }
+
+  #checkSize(): void {
     if (this.#buffer.length + this.#data.length > MAX_SSE_BUFFER_CHARS) {
       throw new SseError('an event stream frame is too large');
     }
-    return frames;
   }
 
   #line(line: string): SseFrame | undefined {

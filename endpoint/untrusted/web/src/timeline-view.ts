@@ -15,7 +15,7 @@ import {
 import { ApiError } from './errors.ts';
 import { checkRoomIdentities, renderIdentityBanner } from './identity-view.ts';
 import { Timeline, shieldOf } from './model.ts';
-import { type NameIndex, safeFileName } from './names.ts';
+import { type NameIndex, labelText, safeFileName } from './names.ts';
 import { path } from './paths.ts';
 import { renderFormatted } from './sanitize.ts';
 import { alertError, can, current, namesOf, ourUserId, showAlert, state } from './state.ts';
@@ -547,9 +547,10 @@ export function wireTimeline(): void {
 
 function announce(item: TimelineItem): void {
   if (!state.timeline) return;
+  // As the timeline shows the sender: the user id whenever the name could mislead, and
+  // invisibles spelled out (a screen reader would read neither the id nor a badge otherwise).
   const label = namesOf(state.timeline.roomId).label(item.sender);
-  const who = label.name ?? item.sender;
-  byId('timeline-live').textContent = `New message from ${who}`;
+  byId('timeline-live').textContent = `New message from ${labelText(item.sender, label)}`;
 }
 
 // Stream events for the open room.
