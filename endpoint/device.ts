@@ -431,6 +431,12 @@ export class Endpoint {
   async invite(roomId: string, userId: string): Promise<void> {
     await this.api.invite(roomId, userId);
     await this.engine.track([userId]);
+    // Invited members get room keys (as with /members): from now, not from the next sync.
+    const room = this.#rooms.get(roomId);
+    if (room?.membership === 'join' && !room.members.includes(userId)) {
+      room.members = [...room.members, userId];
+      await this.#saveRooms(this.rooms());
+    }
   }
 
   /**
@@ -508,9 +514,7 @@ export class Endpoint {
     type = 'm.room.message',
   ): Promise<string> {
     if (this.#rooms.get(roomId)?.encrypted === false) throw new RoomNotEncryptedError();
-    const members = (await this.api.members(roomId))
-      .filter((m) => m.membership === 'join' || m.membership === 'invite')
-      .map((m) => m.userId);
+    const members = await this.#recipients(roomId);
     let excluded: Exclusion[] = [];
     // The core withholds keys from a verified contact's new identity by itself, but not from a
     // merely pinned one: the policy blocks both until a UI acknowledges. The engine runs this
@@ -543,6 +547,21 @@ export class Endpoint {
     const eventId = await this.api.sendEvent(roomId, 'm.room.encrypted', txnId, encrypted);
     this.#emit({ type: 'sent', roomId, txnId, eventId, excluded });
     return eventId;
+  }
+
+  /**
+   * Whom a room's key goes to: its joined and invited members as sync keeps them (every sync's
+   * state and timeline membership events, applied before the next send; our own invitations
+   * at once), not a /members call per send. Only a room sync has not described yet is asked
+   * of the homeserver. A member whose join is in a sync not yet applied gets the key with the
+   * next send, as with any client that reads membership from sync.
+   */
+  async #recipients(roomId: string): Promise<string[]> {
+    const known = this.#rooms.get(roomId);
+    if (known?.membership === 'join' && known.members.length > 0) return [...known.members];
+    return (await this.api.members(roomId))
+      .filter((m) => m.membership === 'join' || m.membership === 'invite')
+      .map((m) => m.userId);
   }
 
   /**
