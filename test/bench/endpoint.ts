@@ -656,7 +656,7 @@ process.stdout.write(
   [
     'ours / stock: above 1 is better for events/s, below 1 is better for ms and MiB.',
     `History: ${EVENTS} messages sent by a stock peer (matrix-js-sdk) into an encrypted room; ours = Endpoint.timeline in this process, stock = a matrix-js-sdk client in this process fetching the same /messages pages with its token and decrypting each event (new MatrixEvent + decryptEventIfNeeded); both verified all ${EVENTS} decrypted; fetch included; median of ${DECRYPT_PASSES} passes.`,
-    `Sends: ${SENDS} each into that room (5 members; the compartment and stock child stopped by then), interleaved; ours = Endpoint.sendText (member list, encrypt, PUT), stock = MatrixClient.sendMessage; both resolve with the event id. p99 of 100 samples is the slowest.`,
+    `Sends: ${SENDS} each into that room (5 members; the compartment and stock child stopped by then), interleaved; ours = Endpoint.sendText (members as sync keeps them, encrypt, PUT), stock = MatrixClient.sendMessage; both resolve with the event id. p99 of 100 samples is the slowest.`,
     ...result.notes,
   ].join('\n') + '\n',
 );
