@@ -44,6 +44,9 @@ export interface ServerConnection {
 }
 
 /** Serves `contract` on one channel. Nothing the peer sends can throw out of this function. */
+/** Why a call's signal aborts once the call is over (or the channel closed). */
+const CALL_FINISHED: Error = Object.freeze(new Error('the call is over'));
+
 export function serve<C extends Contract>(
   channel: FrameChannel,
   contract: C,
@@ -139,7 +142,9 @@ export function serve<C extends Contract>(
       }
     } finally {
       clearTimeout(timer);
-      abort.abort();
+      // A reason made once: abort() without one builds a DOMException with a stack per call,
+      // which was the single largest cost of a cheap call (handlers look at signal.aborted).
+      abort.abort(CALL_FINISHED);
     }
   };
 
@@ -170,7 +175,7 @@ export function serve<C extends Contract>(
       fail(null, error);
     },
     close() {
-      for (const a of running) a.abort();
+      for (const a of running) a.abort(CALL_FINISHED);
       resolveClosed();
     },
   };
