@@ -45,6 +45,8 @@ export interface CallOptions {
   body?: unknown;
   headers?: Record<string, string>;
   signal?: AbortSignal;
+  /** A POST whose body is these bytes (an upload), sent with this Content-Type, not JSON. */
+  bytes?: { body: Blob; type: string };
 }
 
 /** One call; resolves with the response when it is 2xx, else throws an ApiError. */
@@ -74,7 +76,10 @@ export async function call(
     mode: 'same-origin',
   };
   if (options.signal) init.signal = options.signal;
-  if (method === 'POST') {
+  if (method === 'POST' && options.bytes) {
+    headers['content-type'] = options.bytes.type;
+    init.body = options.bytes.body;
+  } else if (method === 'POST') {
     headers['content-type'] = 'application/json';
     init.body = JSON.stringify(options.body ?? {});
   }
@@ -92,5 +97,11 @@ export async function getJson<T>(path: string, signal?: AbortSignal): Promise<T>
 
 export async function postJson<T>(path: string, body: unknown = {}): Promise<T> {
   const response = await call('POST', path, { body });
+  return (await response.json()) as T;
+}
+
+/** POSTs bytes (an upload: the browser adds Content-Length and Origin) and reads the JSON answer. */
+export async function postBytes<T>(path: string, body: Blob, type: string): Promise<T> {
+  const response = await call('POST', path, { bytes: { body, type } });
   return (await response.json()) as T;
 }

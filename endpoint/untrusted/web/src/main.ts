@@ -6,6 +6,7 @@ import { clearToken, getJson, loadToken, onUnauthenticated, saveToken, validToke
 import { append, byId, byIdAs, clear, el, hostileText } from './dom.ts';
 import { ApiError, isRecord } from './errors.ts';
 import { onIdentity, resetIdentities } from './identity-view.ts';
+import { loadFailed, onSendFailed, renderFailed, resetFailed } from './failed-view.ts';
 import { loadContacts, onAttestation, renderContacts, resetContacts } from './contacts-view.ts';
 import {
   closeRoom,
@@ -103,6 +104,7 @@ function logout(message?: string): void {
   closeRoom();
   resetIdentities();
   resetContacts();
+  resetFailed();
   for (const id of ['rooms', 'contacts', 'verifications', 'whoami', 'identity-banner']) {
     clear(byId(id));
   }
@@ -140,6 +142,7 @@ function showApp(): void {
   show('rooms');
   void loadRooms();
   void loadFlows();
+  void loadFailed();
   stream?.stop();
   if (can('events.stream')) {
     stream = openStream({ onEvent, onState: setConnection, onFatal: streamFatal });
@@ -227,6 +230,7 @@ function onEvent(type: string, data: unknown): void {
     scheduleRoomsReload();
     if (state.timeline) void reloadTimeline(state.timeline.roomId);
     if (can('verification')) void loadFlows();
+    void loadFailed();
     return;
   }
   if (data.type !== type) return;
@@ -270,6 +274,7 @@ function onEvent(type: string, data: unknown): void {
       break;
     case 'send-failed': {
       const f = event.failed;
+      onSendFailed(f);
       showAlert(
         `SEND_FAILED: ${f.code}: ${f.reason} (${f.kind} "${f.preview.slice(0, 60)}"; see the failed sends)`,
       );
@@ -311,5 +316,6 @@ function wire(): void {
 wire();
 renderRooms();
 renderContacts();
+renderFailed();
 if (loadToken() !== undefined) void start();
 else byId('token').focus();

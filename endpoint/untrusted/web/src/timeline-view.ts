@@ -1,5 +1,12 @@
 /** The open room: its timeline, the composer, replies, downloads. */
-import { call, getJson, postJson } from './api.ts';
+import {
+  REACTION_KEYS,
+  isOfferedReaction,
+  uploadContentType,
+  uploadProblem,
+  uploadQuery,
+} from './actions.ts';
+import { call, getJson, postBytes, postJson } from './api.ts';
 import {
   append,
   bodyText,
@@ -40,6 +47,9 @@ interface ComposerUi {
   replyTarget: HTMLElement;
   excluded: HTMLElement;
   unencrypted: HTMLElement;
+  file: HTMLInputElement;
+  sendFile: HTMLButtonElement;
+  uploadStatus: HTMLElement;
 }
 let ui: ComposerUi | undefined;
 
@@ -56,6 +66,9 @@ function composerUi(): ComposerUi {
       replyTarget: byId('reply-target'),
       excluded: byId('excluded'),
       unencrypted: byId('composer-unencrypted'),
+      file: byIdAs('file', HTMLInputElement),
+      sendFile: byIdAs('send-file', HTMLButtonElement),
+      uploadStatus: byId('upload-status'),
     };
   }
   return ui;
@@ -74,6 +87,8 @@ export function showComposer(show: boolean): void {
 export function resetComposer(): void {
   const c = composerUi();
   c.textarea.value = '';
+  c.file.value = '';
+  c.uploadStatus.textContent = '';
   clear(c.excluded);
   c.excluded.hidden = true;
   clear(c.replyTarget);
@@ -84,6 +99,7 @@ export function resetComposer(): void {
 /** The rendered items of the open room, by event id. */
 const rendered = new Map<string, HTMLLIElement>();
 let sending = false;
+let uploading = false;
 
 /** Opens a room's timeline (the room pane is shown by rooms-view). */
 export async function openTimeline(roomId: string): Promise<void> {
@@ -95,6 +111,7 @@ export async function openTimeline(roomId: string): Promise<void> {
   byId('timeline-live').textContent = '';
   renderReplyTarget();
   showExcluded([], '');
+  if (!uploading) composerUi().uploadStatus.textContent = '';
   byId('load-older').hidden = true;
   renderIdentityBanner();
   if (!can('messages.read')) {
@@ -255,6 +272,7 @@ function renderItem(item: TimelineItem, timeline: Timeline, names: NameIndex): H
     li.appendChild(list);
   }
   if (item.kind === 'message' && can('messages.send') && sendable()) {
+    li.appendChild(reactionBar(item, timeline.roomId));
     li.appendChild(
       button('Reply', 'reply', () => {
         setReplyTarget(item.eventId);
@@ -262,6 +280,62 @@ function renderItem(item: TimelineItem, timeline: Timeline, names: NameIndex): H
     );
   }
   return li;
+}
+
+/** The fixed reactions one may add to an item (one already added by us is pressed). */
+function reactionBar(item: TimelineItem, roomId: string): HTMLElement {
+  const bar = el('div', {
+    className: 'react-bar',
+    attrs: { role: 'group', 'aria-label': 'React' },
+  });
+  for (const { key, name } of REACTION_KEYS) {
+    const ours = item.reactions?.some((r) => r.key === key && r.byUs) === true;
+    const b = button(
+      key,
+      'react',
+      (self) => {
+        void react(roomId, item.eventId, key, self);
+      },
+      {
+        'data-key': key,
+        'aria-label': `React with ${name}`,
+        title: ours ? `You reacted with ${name}` : `React with ${name}`,
+        'aria-pressed': ours ? 'true' : 'false',
+      },
+    );
+    // One reaction per key and person: a second would only count twice.
+    b.disabled = ours;
+    bar.appendChild(b);
+  }
+  return bar;
+}
+
+async function react(
+  roomId: string,
+  eventId: string,
+  key: string,
+  b: HTMLButtonElement,
+): Promise<void> {
+  if (!isOfferedReaction(key)) return;
+  const generation = state.generation;
+  b.disabled = true;
+  try {
+    await postJson<SendResult>(path`/v1/rooms/${roomId}/reactions`, { eventId, key });
+    if (!current(generation)) return;
+    b.setAttribute('aria-pressed', 'true');
+    if (!state.live) {
+      setTimeout(() => {
+        void reloadTimeline(roomId);
+      }, 1500);
+    }
+  } catch (e) {
+    if (!current(generation)) return;
+    b.disabled = false;
+    alertError(e);
+    if (e instanceof ApiError && e.code === 'IDENTITY_CHANGED') {
+      await checkRoomIdentities(roomId, true);
+    }
+  }
 }
 
 function renderBody(item: TimelineItem, names: NameIndex): HTMLElement {
@@ -522,6 +596,61 @@ export async function send(): Promise<void> {
   }
 }
 
+/**
+ * Uploads the chosen file: its bytes as the body, with its media type (or
+ * application/octet-stream). The endpoint encrypts it and queues the message.
+ */
+export async function sendFile(): Promise<void> {
+  const timeline = state.timeline;
+  const { file: input, sendFile: sendButton, uploadStatus } = composerUi();
+  if (!timeline || uploading) return;
+  const file = input.files?.[0];
+  if (!file) {
+    showAlert('NO_FILE: Choose a file to send first.');
+    return;
+  }
+  const problem = uploadProblem(file);
+  if (problem) {
+    alertError(problem);
+    return;
+  }
+  const roomId = timeline.roomId;
+  const generation = state.generation;
+  uploading = true;
+  sendButton.disabled = true;
+  input.disabled = true;
+  sendButton.textContent = 'Uploading…';
+  uploadStatus.textContent = `Uploading ${file.name} (${formatSize(file.size)})…`;
+  try {
+    const result = await postBytes<SendResult>(
+      `${path`/v1/rooms/${roomId}/attachments`}${uploadQuery(file.name)}`,
+      file,
+      uploadContentType(file.type),
+    );
+    if (!current(generation)) return;
+    if (input.files?.[0] === file) input.value = '';
+    uploadStatus.textContent = `Sent ${file.name}.`;
+    if (state.timeline === timeline) showExcluded(result.excluded, 'not everyone can read this');
+    if (!state.live) {
+      setTimeout(() => {
+        void reloadTimeline(roomId);
+      }, 1500);
+    }
+  } catch (e) {
+    if (!current(generation)) return;
+    uploadStatus.textContent = `Not sent: ${file.name}.`;
+    alertError(e);
+    if (e instanceof ApiError && e.code === 'IDENTITY_CHANGED') {
+      await checkRoomIdentities(roomId, true);
+    }
+  } finally {
+    uploading = false;
+    sendButton.disabled = false;
+    input.disabled = false;
+    sendButton.textContent = 'Send file';
+  }
+}
+
 /** Enter sends, Shift+Enter (or composing with an IME) makes a new line. */
 export function composerKey(e: KeyboardEvent): void {
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey) {
@@ -539,6 +668,9 @@ export function wireTimeline(): void {
     void send();
   });
   c.textarea.addEventListener('keydown', composerKey);
+  c.sendFile.addEventListener('click', () => {
+    void sendFile();
+  });
   showComposer(false);
   byId('refresh').addEventListener('click', () => {
     if (state.timeline) void reloadTimeline(state.timeline.roomId);
