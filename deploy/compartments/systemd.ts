@@ -392,8 +392,10 @@ function stackUnit(m: Manifest, all: Resolved[], where: SystemdWhere): string {
   const sum = (f: (c: Compartment) => number) => m.compartments.reduce((s, c) => s + f(c), 0);
   // No --permission for the launcher: it must start bwrap, setpriv and prlimit, and Node's
   // permission model does not follow child processes, so it would limit little.
+  // --disable-sigusr1 all the same: the launcher is root and holds every compartment's channel,
+  // so no process may open an inspector in it either.
   const launcher = [
-    [where.node, `${where.code}/deploy/launch.ts`, 'serve'],
+    [where.node, ...NODE_HARDENING_FLAGS, `${where.code}/deploy/launch.ts`, 'serve'],
     ['--manifest', manifestPath],
     ['--config', where.config],
     ['--state', where.state],

@@ -168,6 +168,11 @@ describe('the sandbox of each compartment (the command lines the launcher runs)'
         c.name,
       ).toEqual([]);
     }
+    // The stack unit's launcher too: it is root and holds every compartment's channel.
+    const stack = units.get('mte-stack.service') ?? '';
+    expect(stack).toMatch(
+      /^ExecStart=\/usr\/bin\/node --disable-sigusr1 \S*deploy\/launch\.ts serve/m,
+    );
   });
 
   it('the gateway is restarted alone: the endpoint listens for it, in its own directory', () => {
