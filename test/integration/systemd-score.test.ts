@@ -86,7 +86,9 @@ describe('systemd units made from the manifest', async () => {
 
   it("the stack unit runs the launcher with options the launcher's CLI has", async () => {
     const stack = units.get(STACK_UNIT) ?? '';
-    expect(stack).toMatch(/^ExecStart=\/usr\/bin\/node \/opt\/mte\/deploy\/launch\.ts serve \\$/m);
+    expect(stack).toMatch(
+      /^ExecStart=\/usr\/bin\/node --disable-sigusr1 \/opt\/mte\/deploy\/launch\.ts serve \\$/m,
+    );
     const { stdout: help } = await run(process.execPath, [
       join(repoRoot, 'deploy', 'launch.ts'),
       'serve',
