@@ -13,7 +13,7 @@ import {
   ownMasterMatches,
 } from './crypto/cross-signing.ts';
 import type { TrustSettings } from './crypto/settings.ts';
-import type { CreateRoomOptions, HomeserverApi, RoomEvent } from './matrix/api.ts';
+import type { CreateRoomOptions, HomeserverApi, Member, RoomEvent } from './matrix/api.ts';
 import { eventResponse as bundledEvent } from './matrix/schemas.ts';
 import { type RoomLabels, SyncLoop, type TimelineInfo } from './sync/loop.ts';
 import {
@@ -58,6 +58,13 @@ export interface RoomSummary {
   topic?: string;
   /** Members' display names (m.room.member displayname), only for members who set one. */
   displayNames?: Record<string, string>;
+}
+
+/** Who of a /members answer gets room keys: the joined and the invited. */
+function presentMembers(members: readonly Member[]): string[] {
+  return members
+    .filter((m) => m.membership === 'join' || m.membership === 'invite')
+    .map((m) => m.userId);
 }
 
 /** Applies a sync's name/topic to a room (null removes, absent keeps). */
@@ -455,9 +462,7 @@ export class Endpoint {
     this.#rooms.set(roomId, {
       roomId,
       membership: 'join',
-      members: members
-        .filter((m) => m.membership === 'join' || m.membership === 'invite')
-        .map((m) => m.userId),
+      members: presentMembers(members),
       encrypted,
       ...(known?.name === undefined ? {} : { name: known.name }),
       ...(known?.topic === undefined ? {} : { topic: known.topic }),
@@ -559,9 +564,7 @@ export class Endpoint {
   async #recipients(roomId: string): Promise<string[]> {
     const known = this.#rooms.get(roomId);
     if (known?.membership === 'join' && known.members.length > 0) return [...known.members];
-    return (await this.api.members(roomId))
-      .filter((m) => m.membership === 'join' || m.membership === 'invite')
-      .map((m) => m.userId);
+    return presentMembers(await this.api.members(roomId));
   }
 
   /**

@@ -1,12 +1,13 @@
-import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   StockPeer,
   type SynapseUser,
   type TestBrowser,
+  type PageWatch,
   freePort,
-  repoRoot,
+  logInUi,
+  openUiPage,
   startBrowser,
   startSwtpm,
   startSynapse,
@@ -25,7 +26,6 @@ const synapse = useFixture(() => startSynapse());
 const tpm = useFixture(async () =>
   startSwtpm({ unix: true, ...(isRoot ? { accessibleTo: await vaultUser() } : {}) }),
 );
-const PROBES = join(repoRoot, 'test', 'browser', 'page-probes.js');
 
 /** A 1x1 PNG: the endpoint checks that what is declared image/png is one. */
 const PNG = Buffer.from(
@@ -42,8 +42,7 @@ let token: string;
 let uiUrl: string;
 let roomId: string;
 let page: Page;
-const foreign: string[] = [];
-const cspConsole: string[] = [];
+let watch: PageWatch;
 /** What the in-page probe heard before a reload replaced it. */
 const cspSeen: string[] = [];
 
@@ -86,21 +85,8 @@ afterAll(async () => {
 
 describe('the web UI, beyond text', () => {
   it('logs in and accepts an invitation to an encrypted room', async () => {
-    ({ page } = await browser.newPage());
-    page.on('request', (r) => {
-      const url = r.url();
-      if (!url.startsWith(`${uiUrl}/`) && !url.startsWith('blob:') && !url.startsWith('data:')) {
-        foreign.push(url);
-      }
-    });
-    page.on('console', (m) => {
-      if (/Content.Security.Policy|Refused to/i.test(m.text())) cspConsole.push(m.text());
-    });
-    await page.addInitScript({ path: PROBES });
-    await page.goto(`${uiUrl}/`);
-    await page.fill('#token', token);
-    await page.click('#login');
-    await page.locator('#whoami', { hasText: alice.userId }).waitFor({ timeout: 20_000 });
+    ({ page, watch } = await openUiPage(browser, uiUrl));
+    await logInUi(page, token, alice.userId);
     await page.locator('#connection[data-state="connected"]').waitFor({ timeout: 20_000 });
     roomId = await bob.createEncryptedRoom({ invite: [alice.userId], name: 'Files' });
     const invite = page.locator(`li.invite[data-room-id="${roomId}"]`);
@@ -212,8 +198,8 @@ describe('the web UI, beyond text', () => {
 
   it('raised no CSP violation and made no request beyond its own origin', async () => {
     const seen = await page.evaluate<string[]>('__mteProbe.cspSeen()');
-    expect([...cspSeen, ...seen, ...cspConsole]).toEqual([]);
-    expect(foreign).toEqual([]);
+    expect([...cspSeen, ...seen, ...watch.csp]).toEqual([]);
+    expect(watch.foreign).toEqual([]);
     const a11y = await page.evaluate<{ unlabelled: string[]; nameless: string[] }>(
       '__mteProbe.a11yReport()',
     );

@@ -9,8 +9,13 @@ import {
   StockPeer,
   type SynapseUser,
   type TestBrowser,
+  PROBES,
+  type PageWatch as Watch,
+  cspViolations,
   freePort,
   hostilePayloads,
+  logInUi,
+  openUiPage,
   repoRoot,
   startBrowser,
   startSwtpm,
@@ -36,8 +41,6 @@ const tpm = useFixture(async () =>
 /** Screenshots of the main screens, for a person to look at (README links copies). */
 const SHOTS = join(repoRoot, 'test', 'artifacts', 'web-ui');
 const REBIND = 'rebind.test';
-/** In-page probes (plain browser JavaScript): test/browser/page-probes.js. */
-const PROBES = join(repoRoot, 'test', 'browser', 'page-probes.js');
 
 let gateway: SpawnedGateway;
 let stack: LaunchedStack;
@@ -67,39 +70,13 @@ interface TimelineReport {
   composer: string | null;
 }
 
-/** What a page did that it never should: requests elsewhere, CSP violations, script run. */
-interface Watch {
-  foreign: string[];
-  csp: string[];
+/** A watched page of the UI (test/fixtures/web-page.ts). */
+function openUi(): Promise<{ page: Page; watch: Watch }> {
+  return openUiPage(browser, uiUrl);
 }
 
-async function openUi(): Promise<{ page: Page; watch: Watch }> {
-  const { page } = await browser.newPage();
-  const watch: Watch = { foreign: [], csp: [] };
-  page.on('request', (r) => {
-    const url = r.url();
-    if (!url.startsWith(`${uiUrl}/`) && !url.startsWith('blob:') && !url.startsWith('data:')) {
-      watch.foreign.push(url);
-    }
-  });
-  page.on('console', (m) => {
-    if (/Content.Security.Policy|Refused to/i.test(m.text())) watch.csp.push(m.text());
-  });
-  // Run by the browser before the page's scripts, outside its CSP: hears every violation.
-  await page.addInitScript({ path: PROBES });
-  await page.goto(`${uiUrl}/`);
-  return { page, watch };
-}
-
-async function logIn(page: Page, withToken = token): Promise<void> {
-  await page.fill('#token', withToken);
-  await page.click('#login');
-  await page.locator('#whoami', { hasText: alice.userId }).waitFor({ timeout: 20_000 });
-}
-
-async function cspViolations(page: Page, watch: Watch): Promise<string[]> {
-  const seen = await page.evaluate<string[]>('__mteProbe.cspSeen()');
-  return [...seen, ...watch.csp];
+function logIn(page: Page, withToken = token): Promise<void> {
+  return logInUi(page, withToken, alice.userId);
 }
 
 async function shot(page: Page, name: string): Promise<void> {
