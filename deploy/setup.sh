@@ -27,8 +27,10 @@ NPM_VERSION=11.19.1
 NPM_INTEGRITY='sha512-ztsxKxt/kkIaAs+2i0GU6I+DRmUdrNasxTZKJe9TCdSjKxlhah/4r/hl5ygMD6XAg1qZ9c2TNomR4qgOydp10g=='
 REGISTRY="${npm_config_registry:-https://registry.npmjs.org}"
 REGISTRY="${REGISTRY%/}"
+# wrk: the gateway benchmark's load, from a process of its own (a Node client in the bench's
+# process costs more CPU per request than the gateway, and on 2 cores it set the rate).
 APT_PACKAGES=(swtpm swtpm-tools tpm2-tools softhsm2 opensc bubblewrap python3 python3-venv
-  build-essential ca-certificates curl openssl util-linux chromium fonts-noto-color-emoji)
+  build-essential ca-certificates curl openssl util-linux chromium fonts-noto-color-emoji wrk)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() {

@@ -718,3 +718,19 @@ export const endpointContract = defineContract({
   },
 });
 export type EndpointContract = typeof endpointContract;
+
+/**
+ * Calls that send (a message, a reaction, a redaction, an attachment's chunks). A send's work
+ * is a durable write, not homeserver round trips, and a person waits on it: the gateway gives
+ * them slots of their own, and the endpoint runs them ahead of long reads (foreground.ts).
+ */
+export const SEND_METHODS: ReadonlySet<keyof EndpointContract> = new Set<keyof EndpointContract>([
+  'send',
+  'react',
+  'redact',
+  'retrySend',
+  'discardSend',
+  'uploadStart',
+  'uploadChunk',
+  'uploadFinish',
+]);

@@ -16,6 +16,7 @@ import type { TrustSettings } from './crypto/settings.ts';
 import type { CreateRoomOptions, HomeserverApi, Member, RoomEvent } from './matrix/api.ts';
 import { eventResponse as bundledEvent } from './matrix/schemas.ts';
 import { type RoomLabels, SyncLoop, type TimelineInfo } from './sync/loop.ts';
+import { Foreground } from './foreground.ts';
 import {
   type Classified,
   type EditView,
@@ -207,6 +208,8 @@ export class Endpoint {
   readonly userId: string;
   readonly deviceId: string;
   readonly verifications: Verifications;
+  /** Sends run in it; long reads (a page of history) give way to them between events. */
+  readonly foreground = new Foreground();
   /**
    * Our own Olm-encrypted to-device protocols (attestation): the service sets the handler
    * and the types once it has built them; until then such messages are dropped.
@@ -600,6 +603,7 @@ export class Endpoint {
     const classified: Classified[] = [];
     const bundled = new Map<string, EditView>();
     for (const event of page.chunk) {
+      await this.foreground.yield();
       const c = await this.#classify(roomId, event);
       classified.push(c);
       if (c.role === 'item') {

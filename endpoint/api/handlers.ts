@@ -13,6 +13,7 @@ import {
 import {
   ATTACHMENT_CHUNK_BYTES,
   type EndpointContract,
+  SEND_METHODS,
   MAX_ATTACHMENT_BYTES,
   MAX_CLEAR_EVENT_BYTES,
   type StreamEvent,
@@ -322,7 +323,7 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     }
   };
 
-  return {
+  const handlers: Handlers<EndpointContract> = {
     ready: () => Promise.resolve({}),
 
     gatewayRefusal: async ({ reason, count }) => {
@@ -919,6 +920,13 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       return { identity: identityWire(await identityOf(endpoint.engine.machine, userId)) };
     },
   };
+  // Sends run in the foreground: a page of history being decrypted gives way to them.
+  for (const method of SEND_METHODS) {
+    const handler = handlers[method] as (params: never, ctx: never) => Promise<unknown>;
+    (handlers as Record<string, unknown>)[method] = (params: never, ctx: never) =>
+      endpoint.foreground.run(() => handler(params, ctx));
+  }
+  return handlers;
 }
 
 function storageFull(): RpcError {

@@ -4,7 +4,11 @@
  * against the same endpoint data, policy and audit log:
  *
  *   gateway     HTTP/1.1 over the gateway's Unix socket (the gateway process, which runs the
- *               endpoint and vault processes);
+ *               endpoint and vault processes), requests made by this process's own client;
+ *   gateway, wrk
+ *               the same gateway listening on loopback TCP, loaded by wrk in its own process:
+ *               this process's Node client costs more CPU per request than the gateway does,
+ *               and on 2 cores it, not the gateway, set the rate (wrk cannot use a Unix socket);
  *   rpc         the endpoint compartment's RPC directly (spawnEndpoint's client over its
  *               socketpair): no gateway, but still cross-process;
  *   in-process  apiHandlers called directly on an in-process EndpointService, with the same
@@ -13,13 +17,17 @@
  *
  * For each: sequential latency (p50/p99, one request at a time) and throughput with
  * --concurrency requests in flight for a fixed time. The ratios are gateway / in-process and
- * gateway / rpc. Progress goes to stderr, the table (or, with --json, the rows) to stdout.
+ * gateway / rpc. Then a send's latency through the gateway, alone and while 50 slow readers
+ * (timelines, each its own token) keep every read slot busy: sends have slots of their own.
+ * Progress goes to stderr, the tables (or, with --json, the rows) to stdout.
  *
  *   node test/bench/gateway.ts [--quick] [--concurrency N] [--json]
  */
+import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs, promisify } from 'node:util';
 import { type Handlers, isRpcError } from '../../keyvault/common/rpc/index.ts';
 import { spawnVault } from '../../keyvault/spawn.ts';
 import { EventHub, apiHandlers } from '../../endpoint/api/index.ts';
@@ -59,6 +67,22 @@ const SEQUENTIAL = { status: QUICK ? 100 : 1000, timeline: QUICK ? 20 : 100 };
 const THROUGHPUT_MS = QUICK ? 2000 : 8000;
 const HISTORY = 25;
 const PAGE = 20;
+/** The slow readers, and the sends timed alone and among them. */
+const READERS = 50;
+const SENDS = QUICK ? 20 : 60;
+/** Goals: status at CONCURRENCY in flight through the gateway (loaded by wrk). */
+const GOAL = { rate: 5000, p50VsInProcess: 1.5, sendAmongReaders: 1.5 };
+
+const run = promisify(execFile);
+try {
+  await run('wrk', ['--version']).catch((e: unknown) => {
+    // wrk prints its version and exits 1; only a missing binary is an error.
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw e;
+  });
+} catch {
+  process.stderr.write('bench: wrk is missing (bash deploy/setup.sh installs it)\n');
+  process.exit(2);
+}
 
 // matrix-js-sdk logs debug lines through console.log; stdout is for the table.
 for (const method of ['log', 'info', 'debug', 'trace'] as const) {
@@ -78,7 +102,7 @@ function quantile(samples: number[], q: number): number {
 
 /** One request; resolves when it answered well, rejects (with a short reason) otherwise. */
 type Op = (worker: number) => Promise<void>;
-type Path = 'gateway' | 'rpc' | 'in-process' | 'in-process, no audit';
+type Path = 'gateway' | 'gateway, wrk' | 'rpc' | 'in-process' | 'in-process, no audit';
 type Operation = 'status' | 'timeline';
 
 interface Row {
@@ -94,6 +118,7 @@ interface Row {
   errors: Record<string, number>;
   /** gateway / in-process (with audit) and gateway / rpc: of seq p50, and of the rate. */
   p50VsInProcess?: number;
+  loadedP50VsInProcess?: number;
   p50VsRpc?: number;
   rateVsInProcess?: number;
   rateVsRpc?: number;
@@ -156,6 +181,109 @@ async function measure(operation: Operation, path: Path, op: Op): Promise<void> 
   );
 }
 
+interface WrkRun {
+  requestsPerSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: Record<string, number>;
+}
+
+/** Reads wrk's --latency report (its percentiles come from its own histogram). */
+function parseWrk(out: string): WrkRun {
+  const ms = (pct: string): number => {
+    const m = new RegExp(`^\\s*${pct}%\\s+([0-9.]+)(us|ms|s)$`, 'm').exec(out);
+    if (!m) throw new Error(`wrk printed no ${pct}% latency:\n${out}`);
+    const v = Number(m[1]);
+    return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v;
+  };
+  const rate = /^Requests\/sec:\s+([0-9.]+)/m.exec(out);
+  if (!rate) throw new Error(`wrk printed no rate:\n${out}`);
+  const errors: Record<string, number> = {};
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out);
+  if (non2xx) errors['non-2xx'] = Number(non2xx[1]);
+  const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  if (socket) {
+    const n = socket.slice(1).reduce((a, b) => a + Number(b), 0);
+    if (n > 0) errors.socket = n;
+  }
+  return { requestsPerSecond: Number(rate[1]), p50Ms: ms('50'), p99Ms: ms('99'), errors };
+}
+
+/**
+ * wrk against `url`, one token per request in turn (each client's rate bucket allows 1,000/s,
+ * so one token alone would meet its limit, not the gateway's): one connection for the
+ * sequential figures, CONCURRENCY for the loaded ones.
+ */
+async function measureWrk(
+  operation: Operation,
+  url: string,
+  tokens: readonly string[],
+  dir: string,
+): Promise<void> {
+  const script = join(dir, `wrk-${operation}.lua`);
+  const path = new URL(url).pathname + new URL(url).search;
+  await writeFile(
+    script,
+    [
+      `local tokens = { ${tokens.map((t) => JSON.stringify(t)).join(', ')} }`,
+      'local i = 0',
+      'request = function()',
+      '  i = i % #tokens + 1',
+      `  return wrk.format("GET", ${JSON.stringify(path)}, { ["Authorization"] = "Bearer " .. tokens[i] })`,
+      'end',
+      '',
+    ].join('\n'),
+    { mode: 0o600 },
+  );
+  const wrk = async (connections: number, ms: number): Promise<WrkRun> => {
+    const { stdout } = await run('wrk', [
+      '-t1',
+      `-c${connections}`,
+      `-d${Math.max(1, Math.round(ms / 1000))}s`,
+      '--latency',
+      '-s',
+      script,
+      url,
+    ]);
+    return parseWrk(stdout);
+  };
+  await wrk(1, 1000); // warm-up
+  // The sequential run gets as long as the loaded one: wrk counts by time, not requests.
+  const seq = await wrk(1, THROUGHPUT_MS);
+  const loaded = await wrk(CONCURRENCY, THROUGHPUT_MS);
+  const errors: Record<string, number> = {};
+  for (const r of [seq, loaded]) {
+    for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v;
+  }
+  const row: Row = {
+    operation,
+    path: 'gateway, wrk',
+    seqP50Ms: seq.p50Ms,
+    seqP99Ms: seq.p99Ms,
+    requestsPerSecond: loaded.requestsPerSecond,
+    loadedP50Ms: loaded.p50Ms,
+    loadedP99Ms: loaded.p99Ms,
+    errors,
+  };
+  rows.push(row);
+  const errs = Object.keys(errors).length ? ` errors ${JSON.stringify(errors)}` : '';
+  progress(
+    `  ${operation} via gateway, wrk: p50 ${row.seqP50Ms.toFixed(2)} ms, ${row.requestsPerSecond.toFixed(0)}/s at ${CONCURRENCY} in flight${errs}`,
+  );
+}
+
+interface SendRow {
+  load: string;
+  sends: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** Reads answered while the sends were timed (none when alone). */
+  reads: number;
+  readErrors: number;
+  p50VsAlone?: number;
+}
+const sendRows: SendRow[] = [];
+
 /** The same two operations for each path. */
 async function measureBoth(path: Path, status: Op, timeline: Op): Promise<void> {
   await measure('status', path, status);
@@ -163,6 +291,11 @@ async function measureBoth(path: Path, status: Op, timeline: Op): Promise<void> 
 }
 
 const workerNames = Array.from({ length: CONCURRENCY }, (_, i) => `w${i}`);
+const readerNames = Array.from({ length: READERS }, (_, i) => `reader${i}`);
+
+function quantiles(samples: number[]): { p50Ms: number; p99Ms: number } {
+  return { p50Ms: quantile(samples, 0.5), p99Ms: quantile(samples, 0.99) };
+}
 
 async function main(): Promise<void> {
   const stops: (() => Promise<unknown>)[] = [];
@@ -182,11 +315,19 @@ async function main(): Promise<void> {
       homeserver: hs.baseUrl,
       tpm,
       user: alice,
-      clients: workerNames.map((name) => ({
-        name,
-        capabilities: ['rooms.read', 'messages.read', 'rooms.create'],
-        requestsPerMinute: 60_000,
-      })),
+      clients: [
+        ...workerNames.map((name) => ({
+          name,
+          capabilities: ['rooms.read', 'messages.read', 'rooms.create'],
+          requestsPerMinute: 60_000,
+        })),
+        { name: 'sender', capabilities: ['messages.send'], requestsPerMinute: 60_000 },
+        ...readerNames.map((name) => ({
+          name,
+          capabilities: ['messages.read'],
+          requestsPerMinute: 60_000,
+        })),
+      ],
     });
     const token = (worker: number): string => prepared.tokens[`w${worker}`] ?? '';
     const auth = (worker: number) => ({ auth: { token: token(worker) } });
@@ -309,8 +450,84 @@ async function main(): Promise<void> {
           if (page.items.length !== PAGE) throw new Error(`${page.items.length} items`);
         },
       );
+
+      // --- a send, alone and among READERS slow readers ----------------------------------
+      const messagesPath = `/v1/rooms/${encodeURIComponent(roomId)}/messages`;
+      let sent = 0;
+      const timeSends = async (): Promise<number[]> => {
+        const ms: number[] = [];
+        for (let i = 0; i < SENDS; i++) {
+          const t = performance.now();
+          const res = await gateway.request(messagesPath, {
+            method: 'POST',
+            token: prepared.tokens.sender ?? '',
+            body: { body: `bench send ${sent++}` },
+          });
+          if (res.status !== 202) throw new Error(`a send answered HTTP ${res.status}`);
+          ms.push(performance.now() - t);
+          await sleep(20); // a person's pace, and the outbox's delivery in between
+        }
+        return ms;
+      };
+      progress(`send latency: ${SENDS} sends alone`);
+      await timeSends(); // warm-up (and the room's first Megolm session)
+      const alone = await timeSends();
+      sendRows.push({ load: 'alone', sends: SENDS, ...quantiles(alone), reads: 0, readErrors: 0 });
+      progress(`send latency: ${SENDS} sends while ${READERS} readers read timelines`);
+      const reading = { on: true, reads: 0, errors: 0 };
+      const readers = readerNames.map(async (name) => {
+        while (reading.on) {
+          const res = await gateway.request(timelinePath, {
+            token: prepared.tokens[name] ?? '',
+          });
+          if (res.status === 200) reading.reads++;
+          else reading.errors++;
+        }
+      });
+      await sleep(500); // every read slot taken, the rest queued
+      const before = reading.reads;
+      const among = await timeSends();
+      const reads = reading.reads - before;
+      reading.on = false;
+      await Promise.all(readers);
+      sendRows.push({
+        load: `${READERS} slow readers`,
+        sends: SENDS,
+        ...quantiles(among),
+        reads,
+        readErrors: reading.errors,
+        p50VsAlone: quantile(among, 0.5) / quantile(alone, 0.5),
+      });
     } finally {
       await gateway.stop();
+    }
+
+    // --- gateway, wrk: the same gateway on loopback TCP, loaded from another process -----
+    progress('gateway, wrk: starting the gateway on loopback TCP (and its endpoint and vault)');
+    const tcpConfig = join(dir, 'gateway-tcp.json');
+    await writeFile(
+      tcpConfig,
+      JSON.stringify({ tcp: { host: '127.0.0.1', port: 0 }, endpointConfig: 'endpoint.json' }),
+    );
+    const tcpGateway = await spawnGateway(tcpConfig, {
+      onStderr: (l) => {
+        if (!/listening on/.test(l)) process.stderr.write(`${l}\n`);
+      },
+    });
+    try {
+      const { tcp } = tcpGateway;
+      if (!tcp) throw new Error('the gateway did not say which TCP port it listens on');
+      const base = `http://${tcp.host}:${tcp.port}`;
+      const tokens = workerNames.map((_, w) => token(w));
+      await measureWrk('status', `${base}/v1/status`, tokens, dir);
+      await measureWrk(
+        'timeline',
+        `${base}/v1/rooms/${encodeURIComponent(roomId)}/timeline?limit=${PAGE}`,
+        tokens,
+        dir,
+      );
+    } finally {
+      await tcpGateway.stop();
     }
   } finally {
     progress('stopping everything');
@@ -319,19 +536,46 @@ async function main(): Promise<void> {
 
   for (const operation of ['status', 'timeline'] as const) {
     const of = (path: Path) => rows.find((r) => r.operation === operation && r.path === path);
-    const gw = of('gateway');
     const inproc = of('in-process');
     const rpc = of('rpc');
-    if (!gw || !inproc || !rpc) continue;
-    gw.p50VsInProcess = gw.seqP50Ms / inproc.seqP50Ms;
-    gw.p50VsRpc = gw.seqP50Ms / rpc.seqP50Ms;
-    gw.rateVsInProcess = gw.requestsPerSecond / inproc.requestsPerSecond;
-    gw.rateVsRpc = gw.requestsPerSecond / rpc.requestsPerSecond;
+    for (const gw of [of('gateway'), of('gateway, wrk')]) {
+      if (!gw || !inproc || !rpc) continue;
+      gw.p50VsInProcess = gw.seqP50Ms / inproc.seqP50Ms;
+      gw.loadedP50VsInProcess = gw.loadedP50Ms / inproc.loadedP50Ms;
+      gw.p50VsRpc = gw.seqP50Ms / rpc.seqP50Ms;
+      gw.rateVsInProcess = gw.requestsPerSecond / inproc.requestsPerSecond;
+      gw.rateVsRpc = gw.requestsPerSecond / rpc.requestsPerSecond;
+    }
   }
+
+  const wrkStatus = rows.find((r) => r.operation === 'status' && r.path === 'gateway, wrk');
+  const amongReaders = sendRows.find((r) => r.p50VsAlone !== undefined);
+  const goals = [
+    {
+      goal: `status through the gateway >= ${GOAL.rate} req/s at ${CONCURRENCY} in flight`,
+      met: (wrkStatus?.requestsPerSecond ?? 0) >= GOAL.rate,
+      shown: `${wrkStatus?.requestsPerSecond.toFixed(0) ?? '-'} req/s`,
+    },
+    {
+      goal: `status p50 through the gateway <= ${GOAL.p50VsInProcess}x in-process, one at a time`,
+      met: (wrkStatus?.p50VsInProcess ?? Infinity) <= GOAL.p50VsInProcess,
+      shown: `${wrkStatus?.p50VsInProcess?.toFixed(2) ?? '-'}x`,
+    },
+    {
+      goal: `status p50 through the gateway <= ${GOAL.p50VsInProcess}x in-process, ${CONCURRENCY} in flight`,
+      met: (wrkStatus?.loadedP50VsInProcess ?? Infinity) <= GOAL.p50VsInProcess,
+      shown: `${wrkStatus?.loadedP50VsInProcess?.toFixed(2) ?? '-'}x`,
+    },
+    {
+      goal: `send p50 among ${READERS} slow readers <= ${GOAL.sendAmongReaders}x alone`,
+      met: (amongReaders?.p50VsAlone ?? Infinity) <= GOAL.sendAmongReaders,
+      shown: `${amongReaders?.p50VsAlone?.toFixed(2) ?? '-'}x`,
+    },
+  ];
 
   if (args.json) {
     process.stdout.write(
-      `${JSON.stringify({ quick: QUICK, concurrency: CONCURRENCY, throughputMs: THROUGHPUT_MS, sequential: SEQUENTIAL, page: PAGE, rows }, null, 2)}\n`,
+      `${JSON.stringify({ quick: QUICK, concurrency: CONCURRENCY, throughputMs: THROUGHPUT_MS, sequential: SEQUENTIAL, page: PAGE, rows, sends: sendRows, goals }, null, 2)}\n`,
     );
     return;
   }
@@ -346,6 +590,7 @@ async function main(): Promise<void> {
     'loaded p99 ms',
     'errors',
     'p50 gw/in-proc',
+    'loaded p50 gw/in-proc',
     'p50 gw/rpc',
     'rate gw/in-proc',
     'rate gw/rpc',
@@ -360,17 +605,45 @@ async function main(): Promise<void> {
     r.loadedP99Ms.toFixed(2),
     String(Object.values(r.errors).reduce((a, b) => a + b, 0)),
     x(r.p50VsInProcess),
+    x(r.loadedP50VsInProcess),
     x(r.p50VsRpc),
     x(r.rateVsInProcess),
     x(r.rateVsRpc),
   ]);
-  const widths = header.map((h, i) =>
-    Math.max(h.length, ...table.map((row) => (row[i] ?? '').length)),
+  const print = (head: string[], body: string[][]): void => {
+    const widths = head.map((h, i) =>
+      Math.max(h.length, ...body.map((row) => (row[i] ?? '').length)),
+    );
+    const line = (cells: string[]): string =>
+      cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ');
+    process.stdout.write(
+      `${line(head)}\n${line(widths.map((w) => '-'.repeat(w)))}\n${body.map(line).join('\n')}\n\n`,
+    );
+  };
+  print(header, table);
+  print(
+    [
+      'send through the gateway',
+      'sends',
+      'p50 ms',
+      'p99 ms',
+      'reads meanwhile',
+      'read errors',
+      'p50 / alone',
+    ],
+    sendRows.map((r) => [
+      r.load,
+      String(r.sends),
+      r.p50Ms.toFixed(2),
+      r.p99Ms.toFixed(2),
+      String(r.reads),
+      String(r.readErrors),
+      x(r.p50VsAlone),
+    ]),
   );
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ');
-  process.stdout.write(
-    `${line(header)}\n${line(widths.map((w) => '-'.repeat(w)))}\n${table.map(line).join('\n')}\n`,
+  print(
+    ['goal', 'measured', 'met'],
+    goals.map((g) => [g.goal, g.shown, g.met ? 'yes' : 'NO']),
   );
   process.stdout.write(
     [
@@ -379,7 +652,9 @@ async function main(): Promise<void> {
       'Every path authorises each call against the policy (one client per worker, 60,000/min each, so no limit is reached) and, except "no audit", appends the decision to the audit log and waits for its fdatasync (group commit: concurrent calls share one).',
       `timeline = ${PAGE} messages from a stock peer: Synapse /messages, then each decrypted by the Rust OlmMachine, on every path.`,
       'in-process: apiHandlers called as functions, no validation or serialisation. rpc: + zod validation of params and result at both ends, JSON framing, one socketpair hop to the endpoint process.',
-      "gateway: + HTTP/1.1 over the Unix socket (keep-alive), fastify routing, zod validation of the request and response, and the gateway's in-flight bound (16 calls to the endpoint; more wait in its queue).",
+      "gateway: + HTTP/1.1 over the Unix socket (keep-alive), fastify routing, zod validation of the request and response, and the gateway's in-flight bound (16 calls to the endpoint; more wait in its queue); requests from this process's Node client, which shares the 2 cores.",
+      `gateway, wrk: the same, on loopback TCP, loaded by wrk (one thread, its own process; one connection for the sequential figures, ${CONCURRENCY} for the loaded ones; a token per request in turn); latency as wrk measures it.`,
+      `Sends: POST /messages (202 once the send is durable in the outbox) one at a time, ${SENDS} alone, then ${SENDS} while ${READERS} readers, each its own token, read ${PAGE}-message timelines without pause: every read slot busy, the rest of the readers queued.`,
       'Ratios: gw/in-proc and gw/rpc of the sequential p50 (above 1 is slower) and of the loaded rate (below 1 is fewer requests per second).',
     ].join('\n') + '\n',
   );

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { EventHub, apiHandlers } from '../../endpoint/api/index.ts';
 import type { Endpoint } from '../../endpoint/device.ts';
+import { Foreground } from '../../endpoint/foreground.ts';
 import type { FailedSend, Outbox, OutboxEntry } from '../../endpoint/outbox.ts';
 import { isRpcError } from '../../keyvault/common/rpc/index.ts';
 import { Authorizer, tokenSha256, validatePolicy } from '../../policy/index.ts';
@@ -55,6 +56,7 @@ function setup() {
   const endpoint = {
     userId: '@me:example.org',
     room: (roomId: string) => ({ roomId, membership: 'join', members: [], encrypted: true }),
+    foreground: new Foreground(),
   } as unknown as Endpoint;
   const handlers = apiHandlers({
     endpoint,

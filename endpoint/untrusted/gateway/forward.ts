@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { CallOptions, Params, Result, RpcClient } from '../../../keyvault/common/rpc/index.ts';
-import type { EndpointContract } from '../../contract.ts';
+import { type EndpointContract, SEND_METHODS } from '../../contract.ts';
 import { GatewayError } from './errors.ts';
 import type { Limits } from './limits.ts';
 
@@ -68,21 +68,11 @@ function laneKey(params: unknown): string {
 }
 
 /**
- * Calls that send (a message, a reaction, a redaction, an attachment's chunks): they get slots
- * of their own, so a send never waits behind a crowd of slow reads (timelines, attachment
- * downloads), and a flood of sends cannot take the reads' slots either. 4: a send's work at the
- * endpoint is a durable write, not homeserver round trips; a UI sends one at a time.
+ * Sends (SEND_METHODS) get slots of their own, so a send never waits behind a crowd of slow
+ * reads (timelines, attachment downloads), and a flood of sends cannot take the reads' slots
+ * either. 4: a send's work at the endpoint is a durable write; a UI sends one at a time.
  */
-export const SEND_METHODS: ReadonlySet<Method> = new Set<Method>([
-  'send',
-  'react',
-  'redact',
-  'retrySend',
-  'discardSend',
-  'uploadStart',
-  'uploadChunk',
-  'uploadFinish',
-]);
+export { SEND_METHODS };
 export const SEND_SLOTS = 4;
 
 export function endpointCalls(client: RpcClient<EndpointContract>, limits: Limits): EndpointCalls {
