@@ -188,6 +188,12 @@ fi
 (cd "$ROOT" && "$NODE_BIN" endpoint/untrusted/web/build.ts >"$TOOLS/web-build.log" 2>&1) ||
   die "the web UI did not build: $(tail -1 "$TOOLS/web-build.log")"
 
+# --- the compartments' bundles --------------------------------------------------------------
+# Plain JavaScript, about 30 MiB less per process than running the TypeScript (a second each
+# time). A bundle runs only while no source it was made from is newer (keyvault/common/entries.ts).
+(cd "$ROOT" && "$NODE_BIN" deploy/build-compartments.ts >"$TOOLS/compartments-build.log" 2>&1) ||
+  die "the compartments did not bundle: $(tail -1 "$TOOLS/compartments-build.log")"
+
 cat >"$TOOLS/env" <<EOF
 # Written by deploy/setup.sh: the tools it chose. Sourced by deploy/demo.sh and test/run.sh.
 export PATH="$(dirname "$NODE_BIN"):${TOOLS}/bin:\$PATH"

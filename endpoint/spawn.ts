@@ -1,5 +1,4 @@
 import type { ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
 import {
   type ClientOptions,
   type RpcClient,
@@ -8,9 +7,10 @@ import {
   socketChannel,
 } from '../keyvault/common/rpc/index.ts';
 import { spawnProcess } from '../keyvault/common/spawn.ts';
+import { runnableEntry } from '../keyvault/common/entries.ts';
 import { type EndpointContract, endpointContract } from './contract.ts';
 
-const MAIN = join(import.meta.dirname, 'main.ts');
+const MAIN = 'endpoint/main.ts';
 
 export interface SpawnedEndpoint {
   client: RpcClient<EndpointContract>;
@@ -49,7 +49,7 @@ export async function spawnEndpoint(
   const { gatewaySocket } = options;
   const child = spawnProcess({
     argv: [
-      MAIN,
+      runnableEntry(MAIN),
       'serve',
       '--config',
       configPath,

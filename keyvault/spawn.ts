@@ -1,10 +1,10 @@
 import type { ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
 import { type RemoteVault, vaultClient } from './client.ts';
 import { type ClientOptions, RpcCode, RpcError, socketChannel } from './common/rpc/index.ts';
 import { spawnProcess } from './common/spawn.ts';
+import { runnableEntry } from './common/entries.ts';
 
-const MAIN = join(import.meta.dirname, 'main.ts');
+const MAIN = 'keyvault/main.ts';
 
 export interface SpawnedVault {
   /** The vault in the child process, used like a local one. */
@@ -30,7 +30,7 @@ export async function spawnVault(
   options: { env?: NodeJS.ProcessEnv; client?: ClientOptions } = {},
 ): Promise<SpawnedVault> {
   const child = spawnProcess({
-    argv: [MAIN, 'serve', '--config', configPath],
+    argv: [runnableEntry(MAIN), 'serve', '--config', configPath],
     fds: ['pipe'],
     stdout: 'inherit',
     ...(options.env ? { env: options.env } : {}),

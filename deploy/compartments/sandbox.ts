@@ -22,6 +22,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { runnableEntry } from '../../keyvault/common/entries.ts';
 import { NODE_HARDENING_FLAGS, compartmentEnv } from '../../keyvault/common/spawn.ts';
 import { type Compartment, type Placeholders, expand } from './manifest.ts';
 
@@ -104,7 +105,8 @@ export function compartmentPaths(c: Compartment, where: Placeholders) {
     read: c.read.map(abs),
     write: c.write.map(abs),
     devices: c.devices.map(abs),
-    entry: join(where.code, c.entry),
+    // The bundle when it is up to date, else the source (keyvault/common/entries.ts).
+    entry: runnableEntry(c.entry, where.code),
     args: c.args.map((a) => expand(a, where)),
   };
 }

@@ -15,13 +15,15 @@
  *   node test/bench/endpoint.ts [--events N] [--json]
  */
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { Endpoint, isDecrypted } from '../../endpoint/device.ts';
 import { HomeserverClient } from '../../endpoint/matrix/index.ts';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
+import { spawnGateway } from '../../endpoint/untrusted/gateway/index.ts';
+import { runnableEntry } from '../../keyvault/common/entries.ts';
 import {
   type Swtpm,
   type Synapse,
@@ -234,17 +236,17 @@ async function startCompartment(
   tpm: Swtpm,
   user: SynapseUser,
   stderr: string[],
-): Promise<SpawnedEndpoint & { token: string }> {
+): Promise<SpawnedEndpoint & { token: string; endpointConfig: string }> {
   const { endpointConfig, tokens } = await prepareCompartments(dir, {
     homeserver: hs.baseUrl,
     tpm,
     user,
   });
   const spawned = await spawnEndpoint(endpointConfig, { onStderr: (l) => stderr.push(l) });
-  return Object.assign(spawned, { token: tokens.test ?? '' });
+  return Object.assign(spawned, { token: tokens.test ?? '', endpointConfig });
 }
 
-/** The endpoint compartment's vault process (its only child), for a footnote. */
+/** A compartment's child (the gateway's endpoint, the endpoint's vault: each has one). */
 async function childPid(pid: number): Promise<number | undefined> {
   const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
   const first = text.trim().split(/\s+/)[0];
@@ -454,11 +456,81 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
         stock: mib(stockMemory.peak),
       },
     );
+    if (vaultMemory) {
+      rows.push({
+        section: 5,
+        measurement: "the endpoint's vault process (VmRSS)",
+        unit: 'MiB',
+        ours: mib(vaultMemory.rss),
+      });
+    }
     notes.push(
-      `Memory: ours is the endpoint compartment process (spawnEndpoint, TPM vault on swtpm${vaultMemory ? `; its vault process, not counted, holds ${mib(vaultMemory.rss).toFixed(1)} MiB` : ''}); stock is a StockPeer in a child process. Each received the ${EVENTS} messages by sync (decrypting them) and then decrypted the newest ${RPC_WINDOW} again from /messages (the compartment's timeline call has no paging and at most 500 items, so the stock child did the same). No GC forced.`,
+      `Memory: ours is the endpoint compartment process (spawnEndpoint, TPM vault on swtpm; the vault's own row is its process); stock is a StockPeer in a child process. Each received the ${EVENTS} messages by sync (decrypting them) and then decrypted the newest ${RPC_WINDOW} again from /messages. No GC forced. Compartments run from their bundles (${runnableEntry('endpoint/main.ts').endsWith('.mjs') ? 'as here' : 'NOT here: a source was newer than its bundle, so these figures are the TypeScript sources'}; dist/compartments/, built by the set-up).`,
     );
     await erinChild.stop();
     await compartment.stop();
+
+    // The whole footprint: the same store behind the gateway, all three compartments.
+    progress(`5. memory: gateway, endpoint and vault, reading the newest ${RPC_WINDOW} over HTTP`);
+    const gwConfig = join(dir, 'gateway.json');
+    await writeFile(
+      gwConfig,
+      JSON.stringify({ socket: 'gw.sock', endpointConfig: compartment.endpointConfig }),
+    );
+    const gateway = await spawnGateway(gwConfig, {
+      onStderr: (l) => compartmentStderr.push(l),
+    });
+    try {
+      const timeline = `/v1/rooms/${encodeURIComponent(roomId)}/timeline?limit=100`;
+      let readable = 0;
+      let from: string | undefined;
+      while (readable < RPC_WINDOW) {
+        const res = await gateway.request(
+          from === undefined ? timeline : `${timeline}&from=${encodeURIComponent(from)}`,
+          { token: compartment.token },
+        );
+        if (res.status !== 200) throw new Error(`the gateway's timeline answered ${res.status}`);
+        const page = res.json() as {
+          items: { decrypted?: boolean; body?: string }[];
+          next?: string;
+        };
+        readable += page.items.filter(
+          (i) => i.decrypted === true && historyIndex(i.body) !== undefined,
+        ).length;
+        if (page.next === undefined || page.next === from) break;
+        from = page.next;
+      }
+      if (readable < RPC_WINDOW) {
+        throw new Error(`the stack decrypted ${readable} of the newest ${RPC_WINDOW}`);
+      }
+      const gatewayPid = gateway.process.pid ?? 0;
+      const endpointPid = await childPid(gatewayPid);
+      const stackVaultPid = endpointPid === undefined ? undefined : await childPid(endpointPid);
+      if (endpointPid === undefined || stackVaultPid === undefined) {
+        throw new Error('the stack has no endpoint or vault process to measure');
+      }
+      const [g, e, v] = await Promise.all(
+        [gatewayPid, endpointPid, stackVaultPid].map((pid) => processMemory(pid)),
+      );
+      if (!g || !e || !v) throw new Error('a compartment exited before it was measured');
+      rows.push(
+        { section: 5, measurement: 'stack: the gateway (VmRSS)', unit: 'MiB', ours: mib(g.rss) },
+        { section: 5, measurement: 'stack: the endpoint (VmRSS)', unit: 'MiB', ours: mib(e.rss) },
+        { section: 5, measurement: 'stack: the vault (VmRSS)', unit: 'MiB', ours: mib(v.rss) },
+        {
+          section: 5,
+          measurement: 'stack: all three compartments together (VmRSS)',
+          unit: 'MiB',
+          ours: mib(g.rss + e.rss + v.rss),
+          stock: mib(stockMemory.rss),
+        },
+      );
+      notes.push(
+        `Stack: the same store and device behind the gateway (spawnGateway: gateway, endpoint, vault), after reading the newest ${RPC_WINDOW} through the gateway's timeline route (its sync had nothing new to fetch); against the stock child's figure above, one process doing the same work.`,
+      );
+    } finally {
+      await gateway.stop();
+    }
 
     // 2. Send latency, interleaved so both see the same homeserver load.
     progress(`2. ${SENDS} sends each, interleaved`);

@@ -159,8 +159,12 @@ describe('unlaunched: the gateway starts the endpoint, which starts the vault', 
 
   it('each runs with --disable-sigusr1, no NODE_OPTIONS, and opens no inspector on SIGUSR1', async () => {
     expect(Object.values(processes).every((p) => p > 0)).toBe(true);
-    expect((await cmdline(processes.endpoint ?? 0)).join(' ')).toMatch(/endpoint\/main\.ts serve/);
-    expect((await cmdline(processes.vault ?? 0)).join(' ')).toMatch(/keyvault\/main\.ts serve/);
+    expect((await cmdline(processes.endpoint ?? 0)).join(' ')).toMatch(
+      /(endpoint\/main\.ts|dist\/compartments\/endpoint-main\.mjs) serve/,
+    );
+    expect((await cmdline(processes.vault ?? 0)).join(' ')).toMatch(
+      /(keyvault\/main\.ts|dist\/compartments\/keyvault-main\.mjs) serve/,
+    );
     await checkNoInspector(processes, stderr);
   });
 

@@ -1,7 +1,7 @@
 import { ConfigError } from '../../../keyvault/common/config-error.ts';
 import { readFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+import { REPO_ROOT } from '../../../keyvault/common/entries.ts';
 import { z } from 'zod';
 import { DEFAULT_LIMITS, type Limits } from './limits.ts';
 import type { ListenConfig } from './listen.ts';
@@ -102,7 +102,7 @@ export interface UiConfig {
 }
 
 /** Where the build puts the UI (endpoint/untrusted/web/build.ts). */
-export const DEFAULT_UI_DIR = fileURLToPath(new URL('../web/dist/', import.meta.url));
+export const DEFAULT_UI_DIR = join(REPO_ROOT, 'endpoint/untrusted/web/dist/');
 
 /** Reads and validates the config; every failure is one line naming the file and the field. */
 export async function loadGatewayConfig(path: string): Promise<GatewayConfig> {

@@ -1,6 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { runnableEntry } from '../../../keyvault/common/entries.ts';
 import {
   type SpawnOptions,
   type SpawnedProcess,
@@ -13,7 +13,7 @@ import {
   gatewayRequest,
 } from './client.ts';
 
-export const GATEWAY_MAIN = join(import.meta.dirname, 'main.ts');
+const GATEWAY_MAIN = 'endpoint/untrusted/gateway/main.ts';
 
 export interface SpawnedGateway {
   /** Where it listens (one of the two). */
@@ -44,7 +44,7 @@ export async function spawnGateway(
 ): Promise<SpawnedGateway> {
   return startGatewayProcess(
     {
-      argv: [GATEWAY_MAIN, 'serve', '--config', configPath],
+      argv: [runnableEntry(GATEWAY_MAIN), 'serve', '--config', configPath],
       ...(options.env ? { env: options.env } : {}),
     },
     options,
