@@ -29,6 +29,7 @@ import {
   contentOf,
   exclusionsFor,
   isRedacted,
+  PagePrefetch,
   mayBeItem,
   redactedView,
 } from './messages/index.ts';
@@ -210,6 +211,8 @@ export class Endpoint {
   readonly verifications: Verifications;
   /** Sends run in it; long reads (a page of history) give way to them between events. */
   readonly foreground = new Foreground();
+  /** History pages, the next one fetched while a reader pages back through this one. */
+  readonly #history: PagePrefetch;
   /**
    * Our own Olm-encrypted to-device protocols (attestation): the service sets the handler
    * and the types once it has built them; until then such messages are dropped.
@@ -238,6 +241,7 @@ export class Endpoint {
   private constructor(api: HomeserverApi, engine: CryptoEngine, options: EndpointOptions) {
     this.api = api;
     this.engine = engine;
+    this.#history = new PagePrefetch((roomId, options) => api.messages(roomId, options));
     this.userId = api.userId ?? '';
     this.deviceId = api.deviceId ?? '';
     this.#log = options.logger ?? { warn: () => undefined, info: () => undefined };
@@ -595,11 +599,7 @@ export class Endpoint {
     roomId: string,
     options: { limit: number; from?: string },
   ): Promise<{ items: MessageView[]; next?: string }> {
-    const page = await this.api.messages(roomId, {
-      dir: 'b',
-      limit: options.limit,
-      ...(options.from ? { from: options.from } : {}),
-    });
+    const page = await this.#history.page(roomId, options.limit, options.from);
     const classified: Classified[] = [];
     const bundled = new Map<string, EditView>();
     for (const event of page.chunk) {

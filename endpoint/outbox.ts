@@ -78,6 +78,7 @@ export class Outbox {
   #again = false;
   #stopped = false;
   #seq = 0;
+  #seqKnown = false;
   /** Transaction ids whose acceptance failed: never sent, never counted (see enqueue). */
   readonly #refused = new Set<string>();
   #holdTimer: NodeJS.Timeout | undefined;
@@ -196,9 +197,17 @@ export class Outbox {
     return out;
   }
 
+  /**
+   * The next sequence number. The store is read once per process (this process is the
+   * outbox's only writer), not on every send: reading every pending entry made each send's
+   * answer wait on as many store reads as there were sends queued.
+   */
   async #nextSeq(): Promise<number> {
-    const pending = await this.pending();
-    this.#seq = Math.max(this.#seq, ...pending.map((p) => p.seq + 1));
+    if (!this.#seqKnown) {
+      const pending = await this.pending();
+      this.#seq = Math.max(this.#seq, ...pending.map((p) => p.seq + 1));
+      this.#seqKnown = true;
+    }
     return this.#seq++;
   }
 

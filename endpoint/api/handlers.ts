@@ -214,15 +214,14 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
         `the message would be ${bytes} bytes before encryption; the limit is ${MAX_CLEAR_EVENT_BYTES} (the homeserver refuses events over 64 KiB once encrypted)`,
       );
     }
+    // Who the send leaves out is worked out while it is checked and queued, not after.
+    const exclusions = endpoint.exclusionsIn(roomId).catch(() => []);
     const changed = await endpoint.changedIdentitiesIn(roomId);
     if (changed.length > 0) {
       throw new RpcError('IDENTITY_CHANGED', new IdentityChangedError(changed).message);
     }
     const entry = await stored(() => outbox.enqueue(roomId, body, options));
-    return {
-      txnId: entry.txnId,
-      excluded: exclusionsWire(await endpoint.exclusionsIn(roomId).catch(() => [])),
-    };
+    return { txnId: entry.txnId, excluded: exclusionsWire(await exclusions) };
   };
 
   /** The rooms a client may see, with the policy's rules for each. */

@@ -16,6 +16,7 @@ export {
   tooLarge,
 } from './outgoing.ts';
 export { type Relation, type Relations, relationsOf } from './relations.ts';
+export { MAX_PREFETCHED, PREFETCH_TTL_MS, PagePrefetch } from './prefetch.ts';
 export {
   type AttachmentView,
   type Classified,
