@@ -602,8 +602,9 @@ export class Endpoint {
     const page = await this.#history.page(roomId, options.limit, options.from);
     const classified: Classified[] = [];
     const bundled = new Map<string, EditView>();
+    const budget = this.foreground.budget();
     for (const event of page.chunk) {
-      await this.foreground.yield();
+      await this.foreground.yield(budget);
       const c = await this.#classify(roomId, event);
       classified.push(c);
       if (c.role === 'item') {
@@ -702,6 +703,7 @@ export class Endpoint {
           this.#log.warn('ignoring an edit by someone other than its sender, or in the clear');
           return;
         }
+        this.#history.forget(roomId);
         this.#emit({ type: 'edit', roomId, edit });
         return;
       }
@@ -717,6 +719,7 @@ export class Endpoint {
         });
         return;
       case 'redaction':
+        this.#history.forget(roomId);
         this.#emit({
           type: 'redaction',
           roomId,

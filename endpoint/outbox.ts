@@ -79,6 +79,8 @@ export class Outbox {
   #stopped = false;
   #seq = 0;
   #seqKnown = false;
+  /** Failed sends being retried or discarded: a second call for one finds it gone. */
+  readonly #settling = new Set<string>();
   /** Transaction ids whose acceptance failed: never sent, never counted (see enqueue). */
   readonly #refused = new Set<string>();
   #holdTimer: NodeJS.Timeout | undefined;
@@ -160,21 +162,38 @@ export class Outbox {
    * never accepted it, so nothing is sent twice). false when there is no such failed send.
    */
   async retry(txnId: string): Promise<boolean> {
-    const found = (await this.#failedEntries()).find(([, f]) => f.entry.txnId === txnId);
-    if (found === undefined) return false;
-    const [failedKey, failed] = found;
-    const entry: OutboxEntry = { ...failed.entry, seq: await this.#nextSeq() };
-    await this.#state.update({ delete: [failedKey], put: [[key(entry), entry]] });
-    void this.pump();
-    return true;
+    return this.#settle(txnId, async (failedKey, failed) => {
+      const entry: OutboxEntry = { ...failed.entry, seq: await this.#nextSeq() };
+      await this.#state.update({ delete: [failedKey], put: [[key(entry), entry]] });
+      void this.pump();
+    });
   }
 
   /** Drops a failed send for good. false when there is no such failed send. */
   async discard(txnId: string): Promise<boolean> {
-    const found = (await this.#failedEntries()).find(([, f]) => f.entry.txnId === txnId);
-    if (found === undefined) return false;
-    await this.#state.delete(found[0]);
-    return true;
+    return this.#settle(txnId, async (failedKey) => {
+      await this.#state.delete(failedKey);
+    });
+  }
+
+  /**
+   * One retry or discard of a failed send at a time: two at once (a double click, two UIs)
+   * would both find it set aside, and two retries would queue it twice.
+   */
+  async #settle(
+    txnId: string,
+    work: (failedKey: string, failed: FailedSend) => Promise<void>,
+  ): Promise<boolean> {
+    if (this.#settling.has(txnId)) return false;
+    this.#settling.add(txnId);
+    try {
+      const found = (await this.#failedEntries()).find(([, f]) => f.entry.txnId === txnId);
+      if (found === undefined) return false;
+      await work(...found);
+      return true;
+    } finally {
+      this.#settling.delete(txnId);
+    }
   }
 
   async #failedEntries(): Promise<[string, FailedSend][]> {
@@ -200,12 +219,17 @@ export class Outbox {
   /**
    * The next sequence number. The store is read once per process (this process is the
    * outbox's only writer), not on every send: reading every pending entry made each send's
-   * answer wait on as many store reads as there were sends queued.
+   * answer wait on as many store reads as there were sends queued. Failed sends count too:
+   * their numbers order the failed list, so a restart must not hand them out again.
    */
   async #nextSeq(): Promise<number> {
     if (!this.#seqKnown) {
-      const pending = await this.pending();
-      this.#seq = Math.max(this.#seq, ...pending.map((p) => p.seq + 1));
+      const seqs = [
+        ...(await this.pending()).map((p) => p.seq),
+        ...(await this.#failedEntries()).map(([, f]) => f.entry.seq),
+      ];
+      // A loop, not Math.max(...seqs): a spread of a long queue overflows the stack.
+      for (const seq of seqs) if (seq >= this.#seq) this.#seq = seq + 1;
       this.#seqKnown = true;
     }
     return this.#seq++;

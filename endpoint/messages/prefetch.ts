@@ -5,8 +5,9 @@
  * a `from` token): a UI opening a room reads one page, and would leave every prefetch unused.
  *
  * What is kept is the homeserver's own answer (still encrypted), one use each, for
- * PREFETCH_TTL_MS, at most MAX_PREFETCHED pages: nothing a fresh fetch would not have given,
- * and a reader asking for it is authorised for the room before the page is used.
+ * PREFETCH_TTL_MS, at most MAX_PREFETCHED pages, dropped when the room gets a redaction or an
+ * edit (forget): nothing a fresh fetch would not have given, and a reader asking for it is
+ * authorised for the room before the page is used.
  */
 import type { MessagesPage } from '../matrix/api.ts';
 
@@ -19,6 +20,7 @@ export type FetchPage = (
 ) => Promise<MessagesPage>;
 
 interface Prefetched {
+  roomId: string;
   page: Promise<MessagesPage>;
   at: number;
 }
@@ -45,6 +47,16 @@ export class PagePrefetch {
       this.#start(roomId, limit, page.end);
     }
     return page;
+  }
+
+  /**
+   * Drops what is held for a room: a redaction or an edit changes the homeserver's answer for
+   * older pages, and a held one would show what a fresh fetch no longer gives.
+   */
+  forget(roomId: string): void {
+    for (const [key, held] of this.#pages) {
+      if (held.roomId === roomId) this.#pages.delete(key);
+    }
   }
 
   /** How many pages are held (for tests). */
@@ -75,7 +87,7 @@ export class PagePrefetch {
     }
     const page = this.#fetch(roomId, { dir: 'b', limit, from });
     page.catch(() => undefined); // unhandled until taken, and maybe never taken
-    this.#pages.set(keyOf(roomId, limit, from), { page, at: now });
+    this.#pages.set(keyOf(roomId, limit, from), { roomId, page, at: now });
   }
 }
 
