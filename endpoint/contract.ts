@@ -197,10 +197,11 @@ export const attestationResult = z
   })
   .strict();
 
-/** The vault's reachability and the disk's room (endpoint/health.ts). */
+/** The vault's and the homeserver's reachability and the disk's room (endpoint/health.ts). */
 export const health = z
   .object({
     vault: z.enum(['available', 'unavailable']),
+    homeserver: z.enum(['reachable', 'unreachable']),
     storage: z.enum(['ok', 'full', 'failed']),
     reason: z.string().max(600).optional(),
   })

@@ -196,6 +196,8 @@ export interface EndpointOptions {
    */
   rooms?: RoomSummary[];
   saveRooms?: (rooms: RoomSummary[]) => Promise<void>;
+  /** Told after each sync request whether the homeserver answered it. */
+  onHomeserver?: (reachable: boolean) => void;
 }
 
 /**
@@ -279,6 +281,7 @@ export class Endpoint {
       logger: this.#log,
       handlers: {
         saveSince,
+        ...(options.onHomeserver ? { homeserver: options.onHomeserver } : {}),
         verificationRequests: (requests) => this.verifications.received(requests),
         privateMessages: async (messages) => {
           await this.privateMessages?.(messages);

@@ -152,6 +152,12 @@ async function main(argv: string[]): Promise<number> {
           health.setStorage('full', 'the disk is full; sends are refused until space is freed');
         else health.setStorage('ok');
       },
+      onHomeserver: (reachable) => {
+        health.setHomeserver(
+          reachable ? 'reachable' : 'unreachable',
+          'the homeserver does not answer; sends wait in the outbox and go out when it does',
+        );
+      },
       dataDir: config.dataDir,
       homeserver: config.homeserver,
       user: config.user,

@@ -40,6 +40,8 @@ export interface ServiceOptions {
   allowFreshStore?: boolean;
   /** Every change of the store's condition (full disk, space again, stopped): health.ts. */
   onStoreHealth?: (health: DurableStoreHealth) => void;
+  /** After each sync request: whether the homeserver answered it (health.ts). */
+  onHomeserver?: (reachable: boolean) => void;
   /** Directory for the sealed store. */
   dataDir: string;
   homeserver: string;
@@ -124,6 +126,7 @@ export class EndpointService {
         ...(options.onStoreHealth ? { onHealth: options.onStoreHealth } : {}),
         // The crypto engine cannot redo a refused commit: on a full disk commits wait.
         holdWhileFull: true,
+        ...testCompactEvery(),
         ...(options.allowFreshStore ? { allowFresh: true } : {}),
         logger: log,
       });
@@ -167,6 +170,7 @@ export class EndpointService {
         saveRooms: (list) => state.put('rooms', list),
         ...(options.trust ? { trust: options.trust } : {}),
         ...(options.trustFor ? { trustFor: options.trustFor } : {}),
+        ...(options.onHomeserver ? { onHomeserver: options.onHomeserver } : {}),
         logger: log,
       });
       // A renewed certificate (a new chain file) is signed in at start: expiry refresh.
@@ -197,6 +201,28 @@ export class EndpointService {
     await this.store.close();
     this.#uninstall();
   }
+}
+
+/** The store's own threshold (store/durable-store.ts): the most a test may set. */
+const STORE_COMPACT_EVERY = 2000;
+
+/**
+ * MTE_TEST_STORE_COMPACT_EVERY: compact after that many journal records. For the soak
+ * (test/soak), which must kill the endpoint during compactions under load: at the store's
+ * 2,000 records (a few hundred messages) they come once in many kill rounds. Only a lower
+ * threshold is taken, since compacting more often only narrows what a crash or a cut journal
+ * tail can leave outside the counter's cover (store/README.md, Limits).
+ */
+function testCompactEvery(): { compactEvery?: number } {
+  const raw = process.env.MTE_TEST_STORE_COMPACT_EVERY;
+  if (raw === undefined || raw === '') return {};
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < 1 || value > STORE_COMPACT_EVERY) {
+    throw new Error(
+      `MTE_TEST_STORE_COMPACT_EVERY must be a whole number from 1 to ${STORE_COMPACT_EVERY}`,
+    );
+  }
+  return { compactEvery: value };
 }
 
 /**

@@ -37,6 +37,8 @@ export interface SyncHandlers {
   privateMessages?(messages: PrivateToDeviceMessage[]): Promise<void>;
   /** Persist the token only after everything before it was handled (resume point). */
   saveSince(token: string): Promise<void>;
+  /** Whether the last sync request was answered (false: it failed; the loop retries). */
+  homeserver?(reachable: boolean): void;
 }
 
 /** A membership event as the room list needs it; `displayName` null: none set. */
@@ -129,10 +131,19 @@ export class SyncLoop {
     const signal = this.#abort.signal;
     while (!signal.aborted) {
       try {
-        const sync = await this.#api.sync({
-          ...(this.#since ? { since: this.#since, timeoutMs: 30_000 } : { timeoutMs: 0 }),
-          signal,
-        });
+        let sync: SyncResponse;
+        try {
+          sync = await this.#api.sync({
+            ...(this.#since ? { since: this.#since, timeoutMs: 30_000 } : { timeoutMs: 0 }),
+            signal,
+          });
+        } catch (e) {
+          // Not answering at all, or not as the spec says: either way nothing arrives.
+          // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- stop() aborts during the await
+          if (!signal.aborted) this.#handlers.homeserver?.(false);
+          throw e;
+        }
+        this.#handlers.homeserver?.(true);
         await this.#handle(sync, this.#since === undefined);
         this.#since = sync.next_batch;
         await this.#handlers.saveSince(sync.next_batch);

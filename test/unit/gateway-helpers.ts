@@ -56,7 +56,7 @@ export function defaultHandlers(): Handlers<EndpointContract> {
         userId: '@bot:example.org',
         deviceId: 'DEVICE',
         pendingSends: 0,
-        health: { vault: 'available', storage: 'ok' },
+        health: { vault: 'available', homeserver: 'reachable', storage: 'ok' },
         client: { name: 'ui', capabilities: ['rooms.read'] },
       });
     },

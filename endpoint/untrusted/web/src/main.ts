@@ -170,6 +170,7 @@ function renderHealth(health: Health): void {
   const node = byId('health');
   const problems: string[] = [];
   if (health.vault !== 'available') problems.push('key vault unavailable');
+  if (health.homeserver !== 'reachable') problems.push('homeserver unreachable: sends wait');
   if (health.storage !== 'ok') problems.push(`storage ${health.storage}`);
   if (problems.length === 0) {
     node.hidden = true;

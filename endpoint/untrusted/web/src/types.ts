@@ -23,6 +23,7 @@ export type Capability =
 
 export interface Health {
   vault: 'available' | 'unavailable';
+  homeserver: 'reachable' | 'unreachable';
   storage: 'ok' | 'full' | 'failed';
   reason?: string | undefined;
 }
