@@ -465,7 +465,7 @@ async function main(): Promise<{ rows: Row[]; notes: string[] }> {
       });
     }
     notes.push(
-      `Memory: ours is the endpoint compartment process (spawnEndpoint, TPM vault on swtpm; the vault's own row is its process); stock is a StockPeer in a child process. Each received the ${EVENTS} messages by sync (decrypting them) and then decrypted the newest ${RPC_WINDOW} again from /messages. No GC forced. Compartments run from their bundles (${runnableEntry('endpoint/main.ts').endsWith('.mjs') ? 'as here' : 'NOT here: a source was newer than its bundle, so these figures are the TypeScript sources'}; dist/compartments/, built by the set-up).`,
+      `Memory: ours is the endpoint compartment process (spawnEndpoint, TPM vault on swtpm; the vault's own row is its process); stock is a StockPeer in a child process. Each received the ${EVENTS} messages by sync (decrypting them) and then decrypted the newest ${RPC_WINDOW} again from /messages. No GC forced. Compartments run from their bundles (${runnableEntry('endpoint/main.ts').endsWith('.mjs') ? 'as here' : 'NOT here: a source changed since the bundle was built, so these figures are the TypeScript sources'}; dist/compartments/, built by the set-up).`,
     );
     await erinChild.stop();
     await compartment.stop();

@@ -48,11 +48,15 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** The vault the endpoint started: its only child running keyvault/main.ts. */
+/** The vault the endpoint started: its only child running the vault (source or bundle). */
 function vaultPid(endpointPid: number): number {
-  const out = execFileSync('pgrep', ['-P', String(endpointPid), '-f', 'keyvault/main.ts serve'], {
-    encoding: 'utf8',
-  }).trim();
+  const out = execFileSync(
+    'pgrep',
+    ['-P', String(endpointPid), '-f', 'keyvault[/-]main[.](ts|mjs) serve'],
+    {
+      encoding: 'utf8',
+    },
+  ).trim();
   const pid = Number(out.split('\n')[0]);
   if (!Number.isInteger(pid) || pid <= 0) throw new Error(`no vault child of ${endpointPid}`);
   return pid;
