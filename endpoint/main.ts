@@ -175,6 +175,10 @@ async function main(argv: string[]): Promise<number> {
     password.fill(0);
   }
   const { endpoint, outbox } = service;
+  // A send the homeserver took says it answers, though sync may still be in its backoff.
+  const offDelivered = outbox.onSent(() => {
+    health.setHomeserver('reachable');
+  });
   const attestation = new AttestationService({
     engine: endpoint.engine,
     vault,
@@ -316,6 +320,7 @@ async function main(argv: string[]): Promise<number> {
   process.off('SIGHUP', onHup);
   offChanges();
   offFailed();
+  offDelivered();
   transfers.close();
   offHealth();
   offAttestation();

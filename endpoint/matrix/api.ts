@@ -91,6 +91,8 @@ export interface HomeserverApi {
     timeoutMs?: number;
     filter?: string;
     signal?: AbortSignal;
+    /** Each failed attempt the client retries by itself (it retries sync until aborted). */
+    onRetry?: () => void;
   }): Promise<SyncResponse>;
   createRoom(options: CreateRoomOptions): Promise<string>;
   invite(roomId: string, userId: string): Promise<void>;

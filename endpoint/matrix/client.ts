@@ -95,6 +95,7 @@ interface Call {
   maxBytes?: number;
   passStatuses?: readonly number[];
   extraSecrets?: readonly string[];
+  onRetry?: (() => void) | undefined;
 }
 
 export class HomeserverClient implements HomeserverApi {
@@ -202,6 +203,7 @@ export class HomeserverClient implements HomeserverApi {
     timeoutMs?: number;
     filter?: string;
     signal?: AbortSignal;
+    onRetry?: () => void;
   }): Promise<SyncResponse> {
     const endpoint = 'GET /sync';
     const timeoutMs = options.timeoutMs ?? 0;
@@ -219,6 +221,7 @@ export class HomeserverClient implements HomeserverApi {
       },
       retry: 'until-aborted',
       signal: options.signal,
+      onRetry: options.onRetry,
       timeoutMs: timeoutMs + this.#syncMarginMs,
       maxBytes: this.#maxLargeBytes,
     });
@@ -566,6 +569,7 @@ export class HomeserverClient implements HomeserverApi {
       signal: call.signal,
       ...(call.passStatuses ? { passStatuses: call.passStatuses } : {}),
       secrets: [...this.#secrets(), ...(call.extraSecrets ?? [])],
+      onRetry: call.onRetry,
     });
   }
 

@@ -71,6 +71,8 @@ export interface RetryOptions {
   attempts: number;
   /** Whether a retryable error may be retried by this call. */
   mayRetry(error: MatrixApiError): boolean;
+  /** Told of each failed attempt that will be retried (the caller may report an outage). */
+  onRetry?: ((error: MatrixApiError) => void) | undefined;
 }
 
 /** The base URL, timing, logger and lifetime of a transport, and its retry loop. */
@@ -108,6 +110,7 @@ export class TransportCore {
         if (attempt >= options.attempts) {
           throw withMessage(error, `${error.message} (gave up after ${attempt} attempts)`);
         }
+        options.onRetry?.(error);
         const wait = backoffDelay(this.#timing, error, attempt);
         this.#logger.warn(`${error.message}; retrying in ${wait} ms (attempt ${attempt})`);
         try {

@@ -62,6 +62,8 @@ export interface HttpRequest {
   passStatuses?: readonly number[];
   /** Strings to scrub from any message built from server data. */
   secrets: readonly string[];
+  /** Each failed attempt that will be retried. */
+  onRetry?: ((error: MatrixApiError) => void) | undefined;
 }
 
 export interface HttpResponse {
@@ -96,6 +98,7 @@ export class HttpTransport {
         signal: req.signal,
         attempts: req.retry.kind === 'bounded' ? req.retry.attempts : Infinity,
         mayRetry: (error) => req.idempotent || notProcessed(error),
+        onRetry: req.onRetry,
       },
       (signal) => this.#once(req, signal),
     );

@@ -136,6 +136,8 @@ export class SyncLoop {
           sync = await this.#api.sync({
             ...(this.#since ? { since: this.#since, timeoutMs: 30_000 } : { timeoutMs: 0 }),
             signal,
+            // The client retries sync by itself until aborted: a down homeserver never throws.
+            onRetry: () => this.#handlers.homeserver?.(false),
           });
         } catch (e) {
           // Not answering at all, or not as the spec says: either way nothing arrives.

@@ -133,6 +133,9 @@ export async function openTpmVault(
   const tpm = new TpmClient(transport, { commandTimeoutMs: timeoutMs });
   try {
     await guard('TPM2_Startup', () => tpm.startup());
+    // A vault killed mid-command left its objects loaded; after three such kills every load
+    // failed with OBJECT_MEMORY until the TPM was reset (found by test/soak).
+    await guard('flushing what an earlier vault left in the TPM', () => tpm.flushLeftovers());
   } catch (e) {
     await tpm.close().catch(() => undefined);
     throw e;

@@ -83,12 +83,23 @@ export class TpmClient {
   async #recover(): Promise<void> {
     this.#recovering = true;
     try {
-      const leftovers = [...(await this.transientHandles()), ...(await this.loadedSessions())];
-      for (const handle of leftovers) await this.flush(handle);
+      await this.flushLeftovers();
       this.#abandoned = false;
     } finally {
       this.#recovering = false;
     }
+  }
+
+  /**
+   * Flushes every transient object and loaded session the TPM holds. Only for a TPM this
+   * client has to itself (swtpm's one connection, /dev/tpm0's one open; /dev/tpmrm0 shows a
+   * connection only its own handles): what is there then was left by a process that died
+   * before its finally blocks ran (a killed vault), and nothing can use it any more, while
+   * the TPM's few object slots (3 in swtpm) stay taken until it is reset.
+   */
+  async flushLeftovers(): Promise<void> {
+    const leftovers = [...(await this.transientHandles()), ...(await this.loadedSessions())];
+    for (const handle of leftovers) await this.flush(handle);
   }
 
   /** TPM2_Startup(CLEAR), tolerating a TPM that has already started. */

@@ -61,4 +61,46 @@ describe('the homeserver shown unreachable while sync fails, and reachable again
     expect(health.current.homeserver).toBe('reachable');
     expect(health.current.reason).toBeUndefined();
   }, 20_000);
+
+  it("counts the client's own retries too: a sync that is retried until the homeserver answers", async () => {
+    let asked = 0;
+    const api = {
+      userId: '@me:example.org',
+      sync: (options: { signal: AbortSignal; onRetry?: () => void }) => {
+        asked++;
+        if (asked > 1) {
+          return new Promise((_resolve, reject) => {
+            options.signal.addEventListener('abort', () => {
+              reject(new Error('aborted'));
+            });
+          });
+        }
+        // What HomeserverClient does while the homeserver is down: retry, never throw.
+        options.onRetry?.();
+        options.onRetry?.();
+        return Promise.resolve({ next_batch: 's1' });
+      },
+    } as unknown as HomeserverApi;
+    const engine = {
+      receiveSyncAll: () => Promise.resolve({ verificationRequests: [], privateMessages: [] }),
+      processOutgoing: () => Promise.resolve(),
+    } as unknown as CryptoEngine;
+    const seen: boolean[] = [];
+    const loop = new SyncLoop({
+      api,
+      engine,
+      handlers: {
+        timeline: () => Promise.resolve(),
+        invited: () => Promise.resolve(),
+        joined: () => Promise.resolve(),
+        left: () => Promise.resolve(),
+        saveSince: () => Promise.resolve(),
+        homeserver: (reachable) => seen.push(reachable),
+      },
+    });
+    loop.start();
+    await waitUntil('the second sync', () => asked >= 2, { timeoutMs: 5_000, intervalMs: 10 });
+    await loop.stop();
+    expect(seen).toEqual([false, false, true]);
+  });
 });
