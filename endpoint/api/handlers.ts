@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { RpcError } from '../../keyvault/common/rpc/index.ts';
 import type { Handlers } from '../../keyvault/common/rpc/index.ts';
 import {
@@ -102,6 +103,8 @@ const MAX_SHARED_ROOMS = 20;
 const MAX_MEMBERS_LISTED = 100;
 const MAX_ROOMS_LISTED = 500;
 const MAX_FAILED_LISTED = 100;
+/** How long the status waits for the store's count of pending sends (see status). */
+const STATUS_STORE_WAIT_MS = 250;
 export const PAGE_BUDGET_BYTES = 640 * 1024;
 
 /**
@@ -322,6 +325,9 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
     }
   };
 
+  /** The outbox's size as the status last read it (see status). */
+  let lastPendingCount = 0;
+
   const handlers: Handlers<EndpointContract> = {
     ready: () => Promise.resolve({}),
 
@@ -348,10 +354,25 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
 
     status: async ({ auth }) => {
       const client = await guard(auth.token, 'status');
+      // The count is read from the store, which waits behind a compaction, which waits for
+      // the vault's counter: while the vault is down that read hangs, and the status must
+      // still answer, saying so. So it waits a moment, then gives the last count it read.
+      const counted = outbox.pending().then((p) => (lastPendingCount = p.length));
+      counted.catch(() => undefined);
+      const waited = new AbortController();
+      const pendingSends = await Promise.race([
+        counted,
+        sleep(STATUS_STORE_WAIT_MS, undefined, { signal: waited.signal }).then(
+          () => lastPendingCount,
+          () => lastPendingCount,
+        ),
+      ]).finally(() => {
+        waited.abort();
+      });
       return {
         userId: endpoint.userId,
         deviceId: endpoint.deviceId,
-        pendingSends: (await outbox.pending()).length,
+        pendingSends,
         health: health.current,
         client: { name: client.name, capabilities: [...client.capabilities].sort() },
       };
