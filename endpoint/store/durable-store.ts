@@ -43,6 +43,9 @@ import { lockDirectory } from './lock.ts';
 import { UnsafeFilesError, assertPrivateDir } from '../../keyvault/common/hygiene.ts';
 import { Replayer } from './replay.ts';
 
+/** After an abandoned compaction (safe: the journal goes on), the next automatic one waits this long. */
+const ABANDONED_RETRY_MS = 5_000;
+
 export interface DurableStoreOptions {
   /**
    * The store's directory (created 0700 when missing). One process at a time. It must be
@@ -472,6 +475,9 @@ class Store implements DurableStore, CaptureSink {
         this.#log.warn(
           `store: compaction abandoned, journal continues (${errorCode(result.error)})`,
         );
+        // Not again on the next commit: each try writes and fsyncs a whole snapshot, and what
+        // stopped this one (a vault that is down, mostly) rarely clears within seconds.
+        this.#compactAfter = Date.now() + ABANDONED_RETRY_MS;
         if (isNoSpace(result.error)) {
           this.#compactAfter = Date.now() + 30 * this.#fullRetryMs;
           throw new StoreError(

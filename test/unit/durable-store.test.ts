@@ -521,6 +521,31 @@ describe('durable store', () => {
     });
   });
 
+  it('after an abandoned compaction, commits do not each try again (one whole snapshot each)', async () => {
+    const dir = freshDir();
+    let increments = 0;
+    // The vault is down: every counter increment fails, as long as it stays down.
+    const counter = new MemoryCounter();
+    await session(dir, counter, () => Promise.resolve()); // created with a working counter
+    const down: StoreCounter = {
+      read: () => counter.read(),
+      increment: () => {
+        increments++;
+        return Promise.reject(new Error('vault unreachable'));
+      },
+    };
+    const store = await open(dir, down, { compactEvery: 2, compactOnClose: false });
+    const db = await kvDb(store);
+    for (let i = 0; i < 20; i++) await put(db, { [`k${i}`]: i });
+    await store.flush();
+    await new Promise((r) => setTimeout(r, 50));
+    // One try, then a pause: not one per commit past the threshold.
+    expect(increments).toBe(1);
+    expect(store.stats().failed).toBeNull();
+    db.close();
+    await store.close();
+  });
+
   it('keeps typed app state in the same sealed store', async () => {
     const dir = freshDir();
     const counter = new MemoryCounter();
