@@ -5,7 +5,15 @@ import tseslint from 'typescript-eslint';
 import { boundaries } from './eslint.boundaries.js';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', '.tools/', 'endpoint/untrusted/web/dist/', 'dist/', 'test/artifacts/'] },
+  {
+    ignores: [
+      'node_modules/',
+      '.tools/',
+      'endpoint/untrusted/web/dist/',
+      'dist/',
+      'test/artifacts/',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   {
