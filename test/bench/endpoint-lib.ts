@@ -87,3 +87,11 @@ export async function processMemory(pid: number): Promise<Memory> {
 export function say(message: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(message)}\n`);
 }
+
+/** The q-quantile of the samples (nearest rank); NaN when there are none. */
+export function quantile(samples: number[], q: number): number {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
+}
+
+export const median = (samples: number[]): number => quantile(samples, 0.5);

@@ -42,6 +42,8 @@ import {
   type Memory,
   historyBody,
   historyIndex,
+  median,
+  quantile,
   processMemory,
   stockHistory,
 } from './endpoint-lib.ts';
@@ -86,12 +88,6 @@ interface Row {
   /** Ours divided by stock. */
   ratio?: number;
 }
-
-function quantile(samples: number[], q: number): number {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
-}
-const median = (samples: number[]): number => quantile(samples, 0.5);
 
 /** For waitUntil: an error from a condition ends the run at once. */
 const poll = { timeoutMs: 60_000, intervalMs: 100, failOnError: true };

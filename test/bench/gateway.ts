@@ -37,6 +37,7 @@ import { spawnGateway } from '../../endpoint/untrusted/gateway/index.ts';
 import { EndpointService } from '../../endpoint/service.ts';
 import { spawnEndpoint } from '../../endpoint/spawn.ts';
 import { AuditLog, Authorizer, PolicyHolder, roomTrust } from '../../policy/index.ts';
+import { quantile } from './endpoint-lib.ts';
 import {
   type Swtpm,
   type Synapse,
@@ -93,11 +94,6 @@ const started = performance.now();
 function progress(message: string): void {
   const s = ((performance.now() - started) / 1000).toFixed(1).padStart(5);
   process.stderr.write(`[${s}s] ${message}\n`);
-}
-
-function quantile(samples: number[], q: number): number {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
 }
 
 /** One request; resolves when it answered well, rejects (with a short reason) otherwise. */

@@ -44,7 +44,14 @@ import {
   type PantalaimonUser,
   startPantalaimon,
 } from '../fixtures/pantalaimon.ts';
-import { historyBody, historyIndex, processMemory, stockHistory } from './endpoint-lib.ts';
+import {
+  historyBody,
+  historyIndex,
+  median,
+  processMemory,
+  quantile,
+  stockHistory,
+} from './endpoint-lib.ts';
 
 const USAGE = `Usage: node test/bench/peers.ts [--events N] [--json]
 
@@ -109,12 +116,6 @@ interface Row {
   /** Undefined when a side it needs was not measured. */
   met?: boolean;
 }
-
-function quantile(samples: number[], q: number): number {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
-}
-const median = (samples: number[]): number => quantile(samples, 0.5);
 
 const poll = { timeoutMs: 60_000, intervalMs: 100, failOnError: true };
 
