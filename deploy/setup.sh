@@ -6,6 +6,8 @@
 #                    when the machine's node is not 24 (the system's node is never replaced)
 #   npm 11           into .tools/npm, only when the machine's npm is missing or older
 #   Synapse          a Python venv in .tools/venv, pinned by deploy/synapse-requirements.txt
+#   Dendrite         the second homeserver the suites run on, v0.13.8 built with `go install`
+#                    into .tools/dendrite (Go 1.21 or newer; about 3 minutes, once)
 #   schemathesis     the local API's fuzzer, a venv of its own in .tools/fuzz-venv, pinned by
 #                    deploy/fuzz-requirements.txt (Python 3.11 or newer)
 #   npm ci           the locked dependencies, rebuilt only when package-lock.json changes
@@ -154,6 +156,34 @@ if [ "$(cat "$TOOLS/venv/.requirements.sha256" 2>/dev/null)" != "$req_hash" ] ||
   echo "$req_hash" >"$TOOLS/venv/.requirements.sha256"
 fi
 
+# --- Dendrite, built from the Go module proxy ----------------------------------------------
+# The end-to-end suites run on a second homeserver too, and the federation test pairs it with
+# Synapse. Pinned by version; the module proxy's checksum database checks what it fetches.
+# Only the binaries are kept: the module and build caches (about 1 GB) go once it is built.
+DENDRITE_VERSION=v0.13.8
+DENDRITE_TOOLS=(dendrite generate-keys)
+dendrite_ready() {
+  [ "$(cat "$TOOLS/dendrite/VERSION" 2>/dev/null)" = "$DENDRITE_VERSION" ] || return 1
+  for tool in "${DENDRITE_TOOLS[@]}"; do [ -x "$TOOLS/dendrite/bin/$tool" ] || return 1; done
+}
+if ! dendrite_ready; then
+  GO=$(command -v go || true)
+  [ -n "$GO" ] || [ ! -x /usr/local/go/bin/go ] || GO=/usr/local/go/bin/go
+  [ -n "$GO" ] || die "Dendrite needs Go 1.21 or newer to build, and no go command was found (install Go, or put it on PATH)"
+  say "building Dendrite $DENDRITE_VERSION into .tools/dendrite with $("$GO" version | cut -d' ' -f3) (about 3 minutes)"
+  rm -rf "$TOOLS/dendrite" "$TOOLS/go-build"
+  mkdir -p "$TOOLS/dendrite/bin"
+  packages=()
+  for tool in "${DENDRITE_TOOLS[@]}"; do packages+=("github.com/matrix-org/dendrite/cmd/$tool@$DENDRITE_VERSION"); done
+  if ! GOBIN="$TOOLS/dendrite/bin" GOPATH="$TOOLS/go-build/path" GOCACHE="$TOOLS/go-build/cache" \
+    GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=1 "$GO" install "${packages[@]}" >"$TOOLS/dendrite.log" 2>&1; then
+    rm -rf "$TOOLS/go-build"
+    die "go install could not build Dendrite $DENDRITE_VERSION (details in .tools/dendrite.log)"
+  fi
+  rm -rf "$TOOLS/go-build"
+  echo "$DENDRITE_VERSION" >"$TOOLS/dendrite/VERSION"
+fi
+
 # --- schemathesis in a venv of its own -----------------------------------------------------
 # Apart from Synapse's venv so that neither pins the other's dependencies.
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
@@ -199,6 +229,7 @@ cat >"$TOOLS/env" <<EOF
 export PATH="$(dirname "$NODE_BIN"):${TOOLS}/bin:\$PATH"
 export MTE_SYNAPSE_PYTHON="$TOOLS/venv/bin/python"
 export MTE_SCHEMATHESIS="$TOOLS/fuzz-venv/bin/schemathesis"
+export MTE_DENDRITE_BIN="$TOOLS/dendrite/bin"
 export MTE_CHROMIUM="$(command -v chromium || echo /usr/bin/chromium)"
 EOF
-say "ready: node $("$NODE_BIN" --version), npm $(npm --version), $("$TOOLS/venv/bin/python" -c 'import synapse; print("synapse", synapse.__version__)'), schemathesis $(fuzz_version), $(swtpm --version | head -1 | sed 's/,.*//')"
+say "ready: node $("$NODE_BIN" --version), npm $(npm --version), $("$TOOLS/venv/bin/python" -c 'import synapse; print("synapse", synapse.__version__)'), dendrite $DENDRITE_VERSION, schemathesis $(fuzz_version), $(swtpm --version | head -1 | sed 's/,.*//')"

@@ -95,6 +95,11 @@ export const exclusionReason = z.enum([
   'not-verified',
   /** The homeserver lists no device for this user. */
   'no-devices',
+  /**
+   * The user's server did not answer when our homeserver asked it for their devices (over
+   * federation), so no device of theirs is known and none gets the key until it answers.
+   */
+  'device-list-unavailable',
 ]);
 export const exclusion = z
   .object({

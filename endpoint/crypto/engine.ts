@@ -28,6 +28,7 @@ import {
   decryptionSettings,
   encryptionSettings,
 } from './settings.ts';
+import { DeviceListFailures } from './device-list-failures.ts';
 import type { VaultX509Signer } from './x509.ts';
 
 /**
@@ -108,6 +109,7 @@ export class CryptoEngine {
   #outgoingAgain = false;
   #outgoingRunning = false;
   readonly #roomLocks = new Map<string, Promise<unknown>>();
+  readonly #deviceListFailures = new DeviceListFailures();
 
   private constructor(machine: OlmMachine, options: EngineOptions) {
     this.machine = machine;
@@ -325,6 +327,14 @@ export class CryptoEngine {
     return response.master_keys?.[userId] !== undefined;
   }
 
+  /**
+   * Whether the last /keys/query for this user failed because their server did not answer our
+   * homeserver (so the devices we know, if any, may be out of date or missing).
+   */
+  deviceListUnavailable(userId: string): boolean {
+    return this.#deviceListFailures.unavailable(userId);
+  }
+
   /** A user's devices as the crypto core knows them, with their trust. */
   async devices(userId: string): Promise<DeviceInfo[]> {
     const devices = await this.machine.getUserDevices(new UserId(userId), 0);
@@ -498,6 +508,7 @@ export class CryptoEngine {
       response = await this.#api.keysUpload(request.body);
     } else if (request instanceof KeysQueryRequest) {
       response = await this.#api.keysQuery(request.body);
+      this.#deviceListFailures.record(request.body, response);
     } else if (request instanceof KeysClaimRequest) {
       response = await this.#api.keysClaim(request.body);
     } else if (request instanceof SignatureUploadRequest) {

@@ -3,7 +3,11 @@ import type { TrustSettings } from '../crypto/settings.ts';
 import { identityOf } from '../verification/index.ts';
 
 export type ExclusionReason =
-  'no-cross-signing' | 'not-cross-signed' | 'not-verified' | 'no-devices';
+  | 'no-cross-signing'
+  | 'not-cross-signed'
+  | 'not-verified'
+  | 'no-devices'
+  | 'device-list-unavailable';
 export interface Exclusion {
   userId: string;
   deviceId?: string;
@@ -33,7 +37,10 @@ export async function exclusionsFor(
       (d) => !(userId === self.userId && d.deviceId === self.deviceId),
     );
     if (devices.length === 0) {
-      if (userId !== self.userId) out.push({ userId, reason: 'no-devices' });
+      if (userId !== self.userId) {
+        const unavailable = engine.deviceListUnavailable(userId);
+        out.push({ userId, reason: unavailable ? 'device-list-unavailable' : 'no-devices' });
+      }
       continue;
     }
     if (trust.sharing === 'verified-devices-only') {

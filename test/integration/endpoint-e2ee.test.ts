@@ -3,9 +3,9 @@ import { Endpoint, type TimelineItem, isDecrypted } from '../../endpoint/device.
 import { HomeserverClient } from '../../endpoint/matrix/index.ts';
 import {
   StockPeer,
-  type Synapse,
-  type SynapseUser,
-  startSynapse,
+  type Homeserver,
+  type HomeserverUser,
+  startHomeserver,
   waitUntil,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
@@ -13,16 +13,16 @@ import { useFixture } from '../fixtures/lifecycle.ts';
 // Our endpoint against stock matrix-js-sdk clients on a real Synapse. The default policy is
 // MSC4153's: room keys go only to cross-signed devices, so the peers set up cross-signing as
 // Element does at first login.
-const synapse = useFixture(() => startSynapse());
+const synapse = useFixture(() => startHomeserver());
 const stops: (() => Promise<void>)[] = [];
 afterAll(async () => {
   for (const stop of stops.reverse()) await stop().catch(() => undefined);
 });
 
 async function endpointFor(
-  hs: Synapse,
+  hs: Homeserver,
   localpart: string,
-): Promise<{ endpoint: Endpoint; user: SynapseUser }> {
+): Promise<{ endpoint: Endpoint; user: HomeserverUser }> {
   const user = await hs.registerUser(localpart);
   const api = new HomeserverClient({ baseUrl: hs.baseUrl });
   await api.login(localpart, user.password);
@@ -32,9 +32,9 @@ async function endpointFor(
 }
 
 async function peerFor(
-  hs: Synapse,
+  hs: Homeserver,
   localpart: string,
-): Promise<{ peer: StockPeer; user: SynapseUser }> {
+): Promise<{ peer: StockPeer; user: HomeserverUser }> {
   const user = await hs.registerUser(localpart);
   const peer = await StockPeer.start(hs.baseUrl, user);
   await peer.bootstrapCrossSigning(user.password);
@@ -69,7 +69,7 @@ function nextMessage(
 describe('our endpoint and stock matrix-js-sdk clients', () => {
   let alice: Endpoint;
   let bob: StockPeer;
-  let bobUser: SynapseUser;
+  let bobUser: HomeserverUser;
   let dm: string;
 
   it('exchange messages both ways in an encrypted DM', async () => {

@@ -7,11 +7,11 @@ import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
 import { type RpcError, isRpcError } from '../../keyvault/common/rpc/index.ts';
 import {
   StockPeer,
-  type SynapseUser,
+  type HomeserverUser,
   makeTempDir,
   prepareCompartments,
   startSwtpm,
-  startSynapse,
+  startHomeserver,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 import { waitUntil } from '../fixtures/process.ts';
@@ -19,14 +19,14 @@ import { waitUntil } from '../fixtures/process.ts';
 // What a stock client's user does every day, against our endpoint (as a process, through its
 // RPC: the gateway adds only HTTP framing, tested in gateway-*.test.ts), real Synapse and stock
 // matrix-js-sdk peers: bob (cross-signed, as Element sets up) and carol (no cross-signing).
-const synapse = useFixture(() => startSynapse());
+const synapse = useFixture(() => startHomeserver());
 const tpm = useFixture(() => startSwtpm());
 
 let dir: string;
-let alice: SynapseUser;
+let alice: HomeserverUser;
 let bob: StockPeer;
 let carol: StockPeer;
-let carolUser: SynapseUser;
+let carolUser: HomeserverUser;
 let endpoint: SpawnedEndpoint;
 let tokens: Record<string, string>;
 const stderr: string[] = [];

@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Endpoint, IdentityChangedError } from '../../endpoint/device.ts';
 import { HomeserverClient } from '../../endpoint/matrix/index.ts';
 import { acknowledgeIdentity, identityOf } from '../../endpoint/verification/index.ts';
-import { StockPeer, startSynapse, waitUntil } from '../fixtures/index.ts';
+import { StockPeer, startHomeserver, waitUntil } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
 
 // The race a security review asked about: a contact's identity is pinned and the check a
@@ -12,7 +12,7 @@ import { useFixture } from '../fixtures/lifecycle.ts';
 // new key cross-signs (what a homeserver that wanted to read along would serve). The room key
 // must not go to that device: encrypt runs the identity check again after the refresh and
 // before any key leaves (endpoint/device.ts sendContent's beforeShare).
-const synapse = useFixture(() => startSynapse());
+const synapse = useFixture(() => startHomeserver());
 const stops: (() => Promise<void>)[] = [];
 afterAll(async () => {
   for (const stop of stops.reverse()) await stop().catch(() => undefined);

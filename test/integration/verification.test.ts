@@ -19,10 +19,10 @@ import {
 import {
   type SasOutcome,
   StockPeer,
-  type SynapseUser,
+  type HomeserverUser,
   makeTempDir,
   startSwtpm,
-  startSynapse,
+  startHomeserver,
 } from '../fixtures/index.ts';
 import { VerificationPhase } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import { useFixture } from '../fixtures/lifecycle.ts';
@@ -34,7 +34,7 @@ import { type InProcessEndpoint, startInProcessEndpoint } from '../fixtures/stac
 // Synapse, with the endpoint's keys in a swtpm-backed vault. Each peer is an independent SAS
 // implementation: the emoji both sides show must agree, and each must end up verified by the
 // other. The stream events are read through subscribe/events, as the gateway's SSE does.
-const synapse = useFixture(() => startSynapse());
+const synapse = useFixture(() => startHomeserver());
 const tpm = useFixture(() => startSwtpm());
 
 const token = generateToken();
@@ -45,7 +45,7 @@ let service: EndpointService;
 let rpc: RpcClient<EndpointContract>;
 let endpoint: InProcessEndpoint;
 let dataDir: string;
-let alice: SynapseUser;
+let alice: HomeserverUser;
 let bob: StockPeer;
 let bobPassword: string;
 let carol: StockPeer;

@@ -500,6 +500,7 @@ const REASONS: Readonly<Record<ExclusionWire['reason'], string>> = {
   'not-cross-signed': 'device not cross-signed',
   'not-verified': 'not verified',
   'no-devices': 'no devices',
+  'device-list-unavailable': 'their server did not answer for their devices',
 };
 
 /** One line naming who cannot read the message (the first ten, then how many more). */

@@ -57,6 +57,7 @@ const EXCLUSION_REASONS: Readonly<Record<string, string>> = {
   'not-cross-signed': 'device not cross-signed',
   'not-verified': 'device not verified',
   'no-devices': 'no devices',
+  'device-list-unavailable': 'their server did not answer for their devices',
 };
 
 export function exclusionReason(reason: string): string {
