@@ -457,7 +457,8 @@ describe('our endpoint on Synapse, stock clients on Dendrite', () => {
       await dendrite().up();
     }
     // The conversation goes on. Synapse delivers what Dendrite missed by its catch-up, which
-    // took about a minute here after Dendrite was back (its wake-up timer); nothing is lost.
+    // took from seconds to a minute here after Dendrite was back (its wake-up timer); nothing is
+    // lost.
     await bob.sendText(room, 'back again');
     await decryptedAt(alice, room, 'back again');
     await call('send', { auth: auth(), roomId: room, body: 'welcome back' });
