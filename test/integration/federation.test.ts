@@ -26,7 +26,8 @@ import { freePort, waitUntil } from '../fixtures/process.ts';
 // certificate against a test CA. What federation changes for the endpoint: device lists that
 // arrive late over federation, /keys/query answered by a remote server (or not at all),
 // to-device messages between servers, membership learned later.
-const federation = useFixture(() => startFederation());
+// Two homeservers, each allowed its own start-up time.
+const federation = useFixture(() => startFederation(), 240_000);
 const tpm = useFixture(() => startSwtpm());
 const tpm2 = useFixture(() => startSwtpm());
 const synapse = () => federation().synapse;
@@ -59,8 +60,15 @@ async function startOurs(hs: Homeserver, swtpm: Swtpm, name: string): Promise<Ou
   const auth = () => ({ token });
   const stream: StreamEvent[] = [];
   const streaming = { on: true };
+  let streamDone: Promise<void> = Promise.resolve();
+  stops.push(async () => {
+    streaming.on = false;
+    await streamDone;
+    await endpoint.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
   const { subscription, cursor } = await call('subscribe', { auth: auth() });
-  const streamDone = (async () => {
+  streamDone = (async () => {
     let after = cursor;
     while (streaming.on) {
       try {
@@ -72,12 +80,6 @@ async function startOurs(hs: Homeserver, swtpm: Swtpm, name: string): Promise<Ou
       }
     }
   })();
-  stops.push(async () => {
-    streaming.on = false;
-    await streamDone;
-    await endpoint.stop();
-    await rm(dir, { recursive: true, force: true });
-  });
   return { user, call, auth, stream };
 }
 
@@ -359,32 +361,33 @@ describe('our endpoint on Synapse, stock clients on Dendrite', () => {
 
   it('a member whose server does not answer for their devices gets no key, and the send says so', async () => {
     const carol = await stockPeer(dendrite(), await dendrite().registerUser('carol'));
-    // bob invites her: had we, our endpoint would have fetched her devices at once. Through
-    // the bare API, because matrix-js-sdk's invite also hands her the room's keys (MSC4268)
-    // when history is shared, and then she could read what we send in those sessions anyway.
-    const invited = await fetch(
-      `${dendrite().baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(room)}/invite`,
-      {
-        method: 'POST',
-        headers: {
-          authorization: `Bearer ${bobUser.accessToken}`,
-          'content-type': 'application/json',
-        },
-        body: JSON.stringify({ user_id: carol.userId }),
-      },
-    );
-    expect(invited.status).toBe(200);
-    // Synapse must hold the invitation before the gate closes: carol's join is authorised by it.
     const admin = await synapse().registerUser(undefined, { admin: true });
-    await waitUntil(
-      "carol's invitation on Synapse",
-      async () => (await membershipOnSynapse(admin, room, carol.userId)) === 'invite',
-      poll,
-    );
-    // From here Dendrite does not answer Synapse (Dendrite can still reach Synapse): carol's
-    // join arrives, but when our endpoint asks for her devices Synapse's query times out.
+    // From here Dendrite does not answer Synapse; Dendrite can still reach Synapse, so the
+    // invitation and carol's join arrive, but whenever our endpoint asks for her devices (at
+    // the invitation or at the join) Synapse's query to Dendrite times out.
     federation().gate.close();
     try {
+      // bob invites her (had we, our endpoint would ask for her devices before sending it),
+      // through the bare API: matrix-js-sdk's invite also hands her the room's keys (MSC4268)
+      // when history is shared, and then she could read what we send in those sessions anyway.
+      const invited = await fetch(
+        `${dendrite().baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(room)}/invite`,
+        {
+          method: 'POST',
+          headers: {
+            authorization: `Bearer ${bobUser.accessToken}`,
+            'content-type': 'application/json',
+          },
+          body: JSON.stringify({ user_id: carol.userId }),
+        },
+      );
+      expect(invited.status).toBe(200);
+      // Synapse must hold the invitation first: carol's join is authorised by it.
+      await waitUntil(
+        "carol's invitation on Synapse",
+        async () => (await membershipOnSynapse(admin, room, carol.userId)) === 'invite',
+        poll,
+      );
       await carol.acceptInvite(room, 60_000);
       await waitUntil(
         'carol in the room at our endpoint',
