@@ -184,6 +184,10 @@ function tlsHandshake(port: number, ca: string | undefined): Promise<string> {
       socket.destroy();
       resolve(e.code ?? e.message);
     });
+    socket.setTimeout(10_000, () => {
+      socket.destroy();
+      resolve('timeout');
+    });
   });
 }
 
@@ -233,8 +237,13 @@ describe('our endpoint on Synapse, stock clients on Dendrite', () => {
       federation: { port, ...(await f.certificate('rogue', 'self')), caFile: f.ca.certFile },
     });
     stops.push(() => rogue.stop());
-    // It is up and speaks TLS; only its certificate is not one the CA issued.
-    expect(await tlsHandshake(port, undefined)).toBe('ok');
+    // It is up and speaks TLS (its listener may come up just after its client API); only its
+    // certificate is not one the CA issued.
+    await waitUntil(
+      "the rogue server's TLS listener",
+      async () => (await tlsHandshake(port, undefined)) === 'ok',
+      poll,
+    );
     expect(await tlsHandshake(port, await readFile(f.ca.certFile, 'utf8'))).toBe(
       'DEPTH_ZERO_SELF_SIGNED_CERT',
     );
