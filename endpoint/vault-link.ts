@@ -24,6 +24,9 @@ import { RpcCode, isRpcError } from '../keyvault/common/rpc/index.ts';
 import {
   type ActivationRequest,
   type AttestationIdentity,
+  type BackedUpSession,
+  type BackupDecryptResult,
+  type BackupKeyInfo,
   type PcrSelection,
   type PublicKeyInfo,
   type Quote,
@@ -179,6 +182,12 @@ export class VaultLink implements Vault {
   }
   random(n: number): Promise<Uint8Array> {
     return this.#call((v) => v.random(n));
+  }
+  backupKey(): Promise<BackupKeyInfo | null> {
+    return this.#call((v) => v.backupKey());
+  }
+  backupDecrypt(publicKey: string, sessions: BackedUpSession[]): Promise<BackupDecryptResult[]> {
+    return this.#call((v) => v.backupDecrypt(publicKey, sessions));
   }
   status(): Promise<VaultStatus> {
     return this.#call((v) => v.status());

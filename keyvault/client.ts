@@ -12,6 +12,9 @@ import {
 import {
   type ActivationRequest,
   type AttestationIdentity,
+  type BackedUpSession,
+  type BackupDecryptResult,
+  type BackupKeyInfo,
   type BackendName,
   type PcrSelection,
   type PublicKeyInfo,
@@ -88,6 +91,14 @@ export class RemoteVault implements Vault {
 
   status(): Promise<VaultStatus> {
     return this.#call('status', {});
+  }
+
+  backupKey(): Promise<BackupKeyInfo | null> {
+    return this.#call('backupKey', {});
+  }
+
+  backupDecrypt(publicKey: string, sessions: BackedUpSession[]): Promise<BackupDecryptResult[]> {
+    return this.#call('backupDecrypt', { publicKey, sessions });
   }
 
   /** Closes the channel; the vault compartment exits when its only channel closes. */

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { bytes, defineContract, noParams } from './common/rpc/index.ts';
-import { PURPOSE_ALGORITHM, SIGNING_PURPOSES } from './vault.ts';
+import { backedUpRoomKey, encryptedSessionData } from './backup/megolm-v1.ts';
+import { backupPublicKey } from './backup/key-file.ts';
+import { BACKUP_KEY_MODES, PURPOSE_ALGORITHM, SIGNING_PURPOSES } from './vault.ts';
 
 /**
  * The vault's RPC contract: what the endpoint may ask of the keyvault compartment, and nothing
@@ -28,6 +30,10 @@ const pcr = z.number().int().min(0).max(23);
 const label = z.string().max(512);
 
 export const MAX_SIGN_MESSAGE_BYTES = 64 * 1024;
+/** Sessions per backupDecrypt call: a restore sends its download in batches of this many. */
+export const MAX_BACKUP_BATCH = 128;
+
+const matrixId = z.string().min(1).max(255);
 
 export const vaultContract = defineContract({
   storeKey: {
@@ -117,6 +123,54 @@ export const vaultContract = defineContract({
         warnings: z.array(z.string().max(1024)).max(16),
       })
       .strict(),
+  },
+  backupKey: {
+    params: noParams,
+    result: z
+      .object({
+        mode: z.enum(BACKUP_KEY_MODES),
+        publicKey: backupPublicKey,
+        createdAt: z.iso.datetime(),
+        canDecrypt: z.boolean(),
+      })
+      .strict()
+      .nullable(),
+  },
+  backupDecrypt: {
+    params: z
+      .object({
+        publicKey: backupPublicKey,
+        sessions: z
+          .array(
+            z
+              .object({ roomId: matrixId, sessionId: matrixId, sessionData: encryptedSessionData })
+              .strict(),
+          )
+          .max(MAX_BACKUP_BATCH),
+      })
+      .strict(),
+    result: z
+      .array(
+        z.discriminatedUnion('ok', [
+          z
+            .object({
+              roomId: matrixId,
+              sessionId: matrixId,
+              ok: z.literal(true),
+              session: backedUpRoomKey,
+            })
+            .strict(),
+          z
+            .object({
+              roomId: matrixId,
+              sessionId: matrixId,
+              ok: z.literal(false),
+              code: z.enum(['BACKUP_BAD_INPUT', 'BACKUP_MAC_MISMATCH', 'BACKUP_NOT_A_ROOM_KEY']),
+            })
+            .strict(),
+        ]),
+      )
+      .max(MAX_BACKUP_BATCH),
   },
 });
 export type VaultContract = typeof vaultContract;

@@ -21,12 +21,20 @@ import {
   type VaultStatus,
 } from './vault.ts';
 import { UsageError, oneLine, parseCommandLine, pickCommand, runMain } from './common/cli-main.ts';
+import {
+  BACKUP_KEY_ACTIONS,
+  BACKUP_KEY_HELP,
+  type BackupKeyAction,
+  type BackupKeyArgs,
+  backupKeyCommand,
+} from './backup/cli.ts';
 
 const COMMANDS = {
   init: 'provision what is missing (store key, counter, signing keys); never replaces a key',
   status: 'show the backend, what is provisioned, and any warnings',
   doctor: 'check the hardware can do what the config needs; exit 1 if a check fails',
   serve: 'run the vault compartment: serve the vault RPC on file descriptor 3',
+  'backup-key': "show, create or import the key backup's key (show|create|import)",
 } as const;
 type Command = keyof typeof COMMANDS;
 
@@ -39,7 +47,7 @@ The keyvault compartment: the only process that touches the TPM or HSM.
 
 Commands:
 ${Object.entries(COMMANDS)
-  .map(([name, what]) => `  ${name.padEnd(8)}${what}`)
+  .map(([name, what]) => `  ${name.padEnd(12)}${what}`)
   .join('\n')}
 
 Options:
@@ -82,23 +90,54 @@ VAULT_WRONG_PIN), so its peer learns why, and exits 1 when the channel closes.
 
 ${NO_SECRETS}
 `,
+  'backup-key': BACKUP_KEY_HELP,
 };
 
 type Invocation =
-  { command: 'help'; text: string } | { command: Command; config: string; json: boolean };
+  | { command: 'help'; text: string }
+  | { command: Exclude<Command, 'backup-key'>; config: string; json: boolean }
+  | { command: 'backup-key'; config: string; args: BackupKeyArgs };
 
 function parse(argv: string[]): Invocation {
   const parsed = parseCommandLine(argv, {
     config: { type: 'string' },
     json: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
+    mode: { type: 'string' },
+    'escrow-cert': { type: 'string' },
+    out: { type: 'string' },
+    replace: { type: 'boolean', default: false },
   });
-  const { values, positionals } = parsed;
+  const { values } = parsed;
+  // backup-key takes an action word after it; every other command takes none.
+  const positionals = [...parsed.positionals];
+  const action = positionals[0] === 'backup-key' ? positionals.splice(1, 1)[0] : undefined;
   const picked = pickCommand(positionals, values.help, { main: HELP, commands: COMMAND_HELP });
   if ('help' in picked) return { command: 'help', text: picked.help };
   const name = picked.command;
   if (values.config === undefined) throw new UsageError(`${name}: --config FILE is required`);
   if (name === 'serve' && values.json) throw new UsageError('serve: --json is not an option here');
+  const backupOptions = [values.mode, values['escrow-cert'], values.out];
+  if (name === 'backup-key') {
+    if (action === undefined || !(BACKUP_KEY_ACTIONS as readonly string[]).includes(action)) {
+      throw new UsageError(`backup-key: expected one of ${BACKUP_KEY_ACTIONS.join(', ')}`);
+    }
+    return {
+      command: name,
+      config: values.config,
+      args: {
+        action: action as BackupKeyAction,
+        json: values.json,
+        mode: values.mode,
+        escrowCert: values['escrow-cert'],
+        out: values.out,
+        replace: values.replace,
+      },
+    };
+  }
+  if (backupOptions.some((v) => v !== undefined) || values.replace) {
+    throw new UsageError(`${name}: --mode, --escrow-cert, --out and --replace are for backup-key`);
+  }
   return { command: name, config: values.config, json: values.json };
 }
 
@@ -136,6 +175,8 @@ async function run(argv: string[]): Promise<number> {
         return await init(vault, invocation.json);
       case 'status':
         return await status(vault, invocation.json);
+      case 'backup-key':
+        return await backupKeyCommand(vault, config.stateDir, invocation.args);
     }
   } finally {
     await vault.close();
@@ -263,12 +304,16 @@ function refusingVault(reason: VaultError, backend: BackendName = 'dev'): VaultB
     activateCredential: refuse,
     random: refuse,
     status: refuse,
+    backupKey: refuse,
+    backupDecrypt: refuse,
   };
   return {
     backend,
     ...calls,
     provision: refuse,
     doctor: refuse,
+    sealSecret: refuse,
+    unsealSecret: refuse,
     close: () => Promise.resolve(),
   };
 }

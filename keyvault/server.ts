@@ -37,6 +37,8 @@ export function serveVault(
       activateCredential: (request) => vault.activateCredential(request),
       random: ({ n }) => vault.random(n),
       status: () => vault.status(),
+      backupKey: () => vault.backupKey(),
+      backupDecrypt: ({ publicKey, sessions }) => vault.backupDecrypt(publicKey, sessions),
     },
     options,
   );

@@ -3,6 +3,7 @@
  * (issue 3). Backends: `tpm` (keyvault/tpm), `pkcs11` (keyvault/pkcs11), `dev` (keyvault/dev).
  * The endpoint reaches a vault only through the RPC contract in keyvault/contract.ts.
  */
+import type { BackedUpRoomKey } from './backup/megolm-v1.ts';
 import { RpcError } from './common/rpc/index.ts';
 
 /** Signing purposes, each fixed at provisioning to one key and one algorithm. */
@@ -100,6 +101,50 @@ export interface DoctorCheck {
   detail: string;
 }
 
+/**
+ * Where the key backup's private key lives (keyvault/backup). `vault`: sealed here, and only a
+ * fixed-purpose decrypt uses it. `recovery-key`: printed once to the admin as a Matrix recovery
+ * key, not kept. `escrow`: encrypted to an institution's recovery certificate, not kept.
+ */
+export const BACKUP_KEY_MODES = ['vault', 'recovery-key', 'escrow'] as const;
+export type BackupKeyMode = (typeof BACKUP_KEY_MODES)[number];
+
+export interface BackupKeyInfo {
+  mode: BackupKeyMode;
+  /** The backup's Curve25519 public key, unpadded base64 (`auth_data.public_key`). */
+  publicKey: string;
+  /** ISO 8601, when the key was made or imported. */
+  createdAt: string;
+  /** Whether this vault holds the private key (vault mode, or a key imported to restore). */
+  canDecrypt: boolean;
+}
+
+/** One session as `/room_keys/keys` returns it, to decrypt during a restore. */
+export interface BackedUpSession {
+  roomId: string;
+  sessionId: string;
+  sessionData: { ephemeral: string; ciphertext: string; mac: string };
+}
+
+/** A decrypted room key (its JSON, checked to be one), or why this session was not. */
+export type BackupDecryptResult =
+  | { roomId: string; sessionId: string; ok: true; session: BackedUpRoomKey }
+  | {
+      roomId: string;
+      sessionId: string;
+      ok: false;
+      code: 'BACKUP_BAD_INPUT' | 'BACKUP_MAC_MISMATCH' | 'BACKUP_NOT_A_ROOM_KEY';
+    };
+
+/**
+ * A secret a backend sealed for the vault's own later use: a TPM sealed object (to the PCRs),
+ * AES-GCM under the token's KEK, or (dev) in clear. Never sent to the endpoint.
+ */
+export type SealedSecret =
+  | { backend: 'tpm'; private: string; public: string }
+  | { backend: 'pkcs11'; iv: string; ciphertext: string }
+  | { backend: 'dev'; clear: string };
+
 export interface Vault {
   readonly backend: BackendName;
   /** The 32-byte store key. Released once per vault lifetime; a second call is refused. */
@@ -121,6 +166,14 @@ export interface Vault {
   activateCredential(request: ActivationRequest): Promise<Uint8Array>;
   random(n: number): Promise<Uint8Array>;
   status(): Promise<VaultStatus>;
+  /** The key backup's key as this vault knows it, or null before `vault backup-key create`. */
+  backupKey(): Promise<BackupKeyInfo | null>;
+  /**
+   * Decrypts backed-up sessions with the sealed backup key, for a restore. Refused unless
+   * `publicKey` is this vault's backup key and the vault holds its private half. Answers only
+   * room keys (keyvault/backup/megolm-v1.ts): never the key, never other plaintext.
+   */
+  backupDecrypt(publicKey: string, sessions: BackedUpSession[]): Promise<BackupDecryptResult[]>;
   close(): Promise<void>;
 }
 
@@ -130,6 +183,10 @@ export interface VaultBackend extends Vault {
   provision(): Promise<ProvisionReport>;
   /** Checks the hardware can do everything the configuration needs. */
   doctor(): Promise<DoctorCheck[]>;
+  /** Seals a secret to this TPM/token (keyvault/backup keeps the backup key so). */
+  sealSecret(secret: Uint8Array): Promise<SealedSecret>;
+  /** The secret, or VAULT_FOREIGN_OR_TAMPERED / VAULT_POLICY_MISMATCH. The caller zeroises it. */
+  unsealSecret(sealed: SealedSecret): Promise<Uint8Array>;
 }
 
 export const VaultCode = {
@@ -162,6 +219,8 @@ export const VaultCode = {
   Unavailable: 'VAULT_UNAVAILABLE',
   /** State files with the wrong owner, mode, or a symlink (keyvault/common/hygiene.ts). */
   UnsafeFiles: 'VAULT_UNSAFE_FILES',
+  /** No backup key here, or not the one asked for, or only its public half (keyvault/backup). */
+  BackupKey: 'VAULT_BACKUP_KEY',
 } as const;
 export type VaultErrorCode = (typeof VaultCode)[keyof typeof VaultCode];
 

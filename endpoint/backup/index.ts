@@ -1,4 +1,3 @@
-export { type RecoveryKeyError, decodeRecoveryKey, encodeRecoveryKey } from './recovery-key.ts';
 export {
   BACKUP_ALGORITHM,
   type BackupRefusal,

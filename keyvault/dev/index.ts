@@ -12,7 +12,11 @@ import { promisify } from 'node:util';
 import { type DevConfig, devConfig } from '../config.ts';
 import {
   type AttestationIdentity,
+  type BackedUpSession,
+  type BackupDecryptResult,
+  type BackupKeyInfo,
   type DoctorCheck,
+  type SealedSecret,
   PURPOSE_ALGORITHM,
   type ProvisionReport,
   type PublicKeyInfo,
@@ -39,6 +43,7 @@ import {
   writeState,
 } from './state.ts';
 import { serialized } from '../serialized.ts';
+import { backupKeyInfo, decryptBackedUp } from '../backup/decrypt.ts';
 
 const MAX_MESSAGE_BYTES = 64 * 1024;
 const generate = promisify(generateKeyPair);
@@ -247,6 +252,32 @@ class DevVault implements VaultBackend {
       }
     });
     return checks;
+  }
+
+  /** In clear, like every dev secret: the backend is insecure by design (DEV_WARNING). */
+  sealSecret(secret: Uint8Array): Promise<SealedSecret> {
+    this.#open();
+    return Promise.resolve({ backend: 'dev', clear: Buffer.from(secret).toString('base64') });
+  }
+
+  unsealSecret(sealed: SealedSecret): Promise<Uint8Array> {
+    this.#open();
+    if (sealed.backend !== 'dev') {
+      return Promise.reject(
+        new VaultError(VaultCode.ForeignOrTampered, 'the secret was sealed by another backend'),
+      );
+    }
+    return Promise.resolve(new Uint8Array(Buffer.from(sealed.clear, 'base64')));
+  }
+
+  backupKey(): Promise<BackupKeyInfo | null> {
+    this.#open();
+    return backupKeyInfo(this.stateDir);
+  }
+
+  backupDecrypt(publicKey: string, sessions: BackedUpSession[]): Promise<BackupDecryptResult[]> {
+    this.#open();
+    return decryptBackedUp(this, this.stateDir, publicKey, sessions);
   }
 
   close(): Promise<void> {

@@ -5,7 +5,11 @@ import {
   VaultCode,
   VaultError,
   type AttestationIdentity,
+  type BackedUpSession,
+  type BackupDecryptResult,
+  type BackupKeyInfo,
   type DoctorCheck,
+  type SealedSecret,
   type ProvisionReport,
   type PublicKeyInfo,
   type Quote,
@@ -20,7 +24,15 @@ import { findVaultObject, type ObjectRole } from './objects.ts';
 import { checkTokenSerial, findKek, provision } from './provision.ts';
 import type { TokenConnection } from './session.ts';
 import { checkPurpose, publicKey, sign } from './signing.ts';
-import { checkStoreKeyVault, kekMissing, orphanStoreKeyFile, unsealStoreKey } from './store-key.ts';
+import {
+  checkStoreKeyVault,
+  kekMissing,
+  orphanStoreKeyFile,
+  sealSecretUnderKek,
+  unsealSecretUnderKek,
+  unsealStoreKey,
+} from './store-key.ts';
+import { backupKeyInfo, decryptBackedUp } from '../backup/decrypt.ts';
 import { readStoreKeyFile, storeKeyFileExists } from './store-key-file.ts';
 import {
   checkIdentityToken,
@@ -169,6 +181,50 @@ export class Pkcs11Vault implements VaultBackend {
         return new Uint8Array(p11.C_GenerateRandom(session, Buffer.alloc(n)));
       });
     });
+  }
+
+  sealSecret(secret: Uint8Array): Promise<SealedSecret> {
+    return this.#serial(async () => {
+      const vault = await this.#vault();
+      const sealed = await this.#conn.run('sealing a secret', (p11, session) => {
+        const kek = findKek(p11, session, vault);
+        if (!kek) throw kekMissing(this.#config.stateDir);
+        return sealSecretUnderKek(p11, session, kek, this.#conn.identity.serial, vault, secret);
+      });
+      return { backend: 'pkcs11', ...sealed };
+    });
+  }
+
+  /** Not queued itself: it runs inside backupDecrypt's turn (or a caller's own). */
+  async #unseal(sealed: SealedSecret): Promise<Uint8Array> {
+    if (sealed.backend !== 'pkcs11') {
+      throw new VaultError(VaultCode.ForeignOrTampered, 'the secret was sealed by another backend');
+    }
+    const vault = await this.#vault();
+    return this.#conn.run('unsealing a secret', (p11, session) => {
+      const kek = findKek(p11, session, vault);
+      if (!kek) throw kekMissing(this.#config.stateDir);
+      return unsealSecretUnderKek(p11, session, kek, this.#conn.identity.serial, vault, sealed);
+    });
+  }
+
+  unsealSecret(sealed: SealedSecret): Promise<Uint8Array> {
+    return this.#serial(() => this.#unseal(sealed));
+  }
+
+  backupKey(): Promise<BackupKeyInfo | null> {
+    return backupKeyInfo(this.#config.stateDir);
+  }
+
+  backupDecrypt(publicKey: string, sessions: BackedUpSession[]): Promise<BackupDecryptResult[]> {
+    return this.#serial(() =>
+      decryptBackedUp(
+        { unsealSecret: (s) => this.#unseal(s) },
+        this.#config.stateDir,
+        publicKey,
+        sessions,
+      ),
+    );
   }
 
   provision(): Promise<ProvisionReport> {

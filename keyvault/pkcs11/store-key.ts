@@ -112,3 +112,66 @@ export function orphanStoreKeyFile(stateDir: string): VaultError {
     `a store-key file exists in ${stateDir} but no vault identity (pkcs11-vault.json): it belongs to another vault, or was written before vaults had their own id; this vault will not use it`,
   );
 }
+
+/** GCM additional data for a sealed secret: its own label, so no store-key file opens as one. */
+function secretAad(tokenSerial: string, vaultIdHex: string): Buffer {
+  return Buffer.from(`mte-pkcs11-sealed-secret/v1\0${tokenSerial}\0${vaultIdHex}`, 'utf8');
+}
+
+/** Encrypts a vault-internal secret (the backup key) under the KEK, bound to token and vault. */
+export function sealSecretUnderKek(
+  p11: PKCS11,
+  session: Handle,
+  kek: Handle,
+  tokenSerial: string,
+  scope: VaultScope,
+  secret: Uint8Array,
+): { iv: string; ciphertext: string } {
+  const iv = p11.C_GenerateRandom(session, Buffer.alloc(12));
+  p11.C_EncryptInit(session, gcm(iv, secretAad(tokenSerial, scope.hex)), kek);
+  const ciphertext = p11.C_Encrypt(
+    session,
+    Buffer.from(secret),
+    Buffer.alloc(secret.length + TAG_BYTES),
+  );
+  return { iv: iv.toString('base64'), ciphertext: Buffer.from(ciphertext).toString('base64') };
+}
+
+export function unsealSecretUnderKek(
+  p11: PKCS11,
+  session: Handle,
+  kek: Handle,
+  tokenSerial: string,
+  scope: VaultScope,
+  sealed: { iv: string; ciphertext: string },
+): Uint8Array {
+  const iv = Buffer.from(sealed.iv, 'base64');
+  const ciphertext = Buffer.from(sealed.ciphertext, 'base64');
+  if (iv.length !== 12 || ciphertext.length <= TAG_BYTES || ciphertext.length > 4096) {
+    throw new VaultError(VaultCode.ForeignOrTampered, 'the sealed secret has the wrong shape');
+  }
+  const out = Buffer.alloc(ciphertext.length);
+  try {
+    p11.C_DecryptInit(session, gcm(iv, secretAad(tokenSerial, scope.hex)), kek);
+    let plain: Buffer;
+    try {
+      plain = p11.C_Decrypt(session, ciphertext, out);
+    } catch (e) {
+      const code = ckrOf(e);
+      if (
+        code === pkcs11js.CKR_ENCRYPTED_DATA_INVALID ||
+        code === pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE ||
+        code === pkcs11js.CKR_GENERAL_ERROR
+      ) {
+        throw new VaultError(
+          VaultCode.ForeignOrTampered,
+          "the sealed secret does not decrypt under this vault's KEK: it was altered, or belongs to another vault or token",
+        );
+      }
+      throw e;
+    }
+    return Uint8Array.from(plain);
+  } finally {
+    out.fill(0);
+  }
+}

@@ -105,6 +105,10 @@ export function purposeBound(inner: VaultBackend, owner: VaultOwner | undefined)
     attestationIdentity: () => inner.attestationIdentity(),
     activateCredential: (request) => inner.activateCredential(request),
     random: (n) => inner.random(n),
+    backupKey: () => inner.backupKey(),
+    backupDecrypt: (publicKey, sessions) => inner.backupDecrypt(publicKey, sessions),
+    sealSecret: (secret) => inner.sealSecret(secret),
+    unsealSecret: (sealed) => inner.unsealSecret(sealed),
     status: async () => {
       const status = await inner.status();
       return owner ? status : { ...status, warnings: [...status.warnings, OWNER_MISSING] };

@@ -13,7 +13,11 @@ import {
   ACTIVATION_PROOF_LABEL,
   type ActivationRequest,
   type AttestationIdentity,
+  type BackedUpSession,
+  type BackupDecryptResult,
+  type BackupKeyInfo,
   type DoctorCheck,
+  type SealedSecret,
   PURPOSE_ALGORITHM,
   type PcrSelection,
   type ProvisionReport,
@@ -27,6 +31,7 @@ import {
   type VaultStatus,
 } from '../vault.ts';
 import { serialized } from '../serialized.ts';
+import { backupKeyInfo, decryptBackedUp } from '../backup/decrypt.ts';
 import { COMMAND_TIMEOUT_MS, COUNTER_ATTRIBUTES, type NvRef, TpmClient } from './client.ts';
 import * as cmd from './commands.ts';
 import { Reader } from './marshal.ts';
@@ -561,6 +566,28 @@ class TpmVault implements VaultBackend {
       );
     }
     return checks;
+  }
+
+  /** Sealed like the store key: under this vault's primary, to its PCRs. */
+  async sealSecret(secret: Uint8Array): Promise<SealedSecret> {
+    const state = await this.#provisioned('storeKey');
+    return { backend: 'tpm', ...fromBlobs(await this.#seal(state, secret)) };
+  }
+
+  async unsealSecret(sealed: SealedSecret): Promise<Uint8Array> {
+    if (sealed.backend !== 'tpm') {
+      throw new VaultError(VaultCode.ForeignOrTampered, 'the secret was sealed by another backend');
+    }
+    const state = await this.#provisioned('storeKey');
+    return this.#unseal(state, toBlobs(sealed), 'sealed secret');
+  }
+
+  backupKey(): Promise<BackupKeyInfo | null> {
+    return backupKeyInfo(this.#config.stateDir);
+  }
+
+  backupDecrypt(publicKey: string, sessions: BackedUpSession[]): Promise<BackupDecryptResult[]> {
+    return decryptBackedUp(this, this.#config.stateDir, publicKey, sessions);
   }
 
   async close(): Promise<void> {

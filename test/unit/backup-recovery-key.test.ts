@@ -4,7 +4,7 @@ import {
   encodeRecoveryKey as sdkEncode,
 } from 'matrix-js-sdk/lib/crypto-api/recovery-key.js';
 import { describe, expect, it } from 'vitest';
-import { decodeRecoveryKey, encodeRecoveryKey } from '../../endpoint/backup/index.ts';
+import { decodeRecoveryKey, encodeRecoveryKey } from '../../keyvault/backup/index.ts';
 
 // Ours against matrix-js-sdk's, the code Element uses to print and read recovery keys.
 describe('Matrix recovery keys', () => {
