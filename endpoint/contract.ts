@@ -208,7 +208,60 @@ export const health = z
   .strict();
 
 /** What the event stream carries. `seq` increases by one per event the endpoint saw. */
+/** The key backup (endpoint/backup): state, counts, and why uploads stopped, if they did. */
+export const backupStatus = z
+  .object({
+    /** no-key: the vault has none yet; off: no backup made; refused: uploads stopped. */
+    state: z.enum(['no-key', 'off', 'active', 'refused']),
+    key: z
+      .object({
+        mode: z.enum(['vault', 'recovery-key', 'escrow']),
+        publicKey: z.string(),
+        /** The vault holds the private half (vault mode, or a key imported to restore). */
+        canDecrypt: z.boolean(),
+      })
+      .strict()
+      .optional(),
+    version: z.string().optional(),
+    counts: z.object({ total: z.number().int(), backedUp: z.number().int() }).strict(),
+    /** Room keys the policy kept out of the backup (rooms.backup: not-attested-only). */
+    skipped: z.number().int(),
+    serverCount: z.number().int().optional(),
+    refusal: z.object({ code: z.string(), message: z.string() }).strict().optional(),
+    lastError: z.string().optional(),
+  })
+  .strict();
+export type BackupStatusWire = z.infer<typeof backupStatus>;
+
+export const recoverResult = z
+  .object({
+    version: z.string(),
+    total: z.number().int(),
+    imported: z.number().int(),
+    failed: z.record(z.string(), z.number().int()),
+  })
+  .strict();
+
 export const streamEvent = z.discriminatedUnion('type', [
+  z
+    .object({
+      seq: z.number().int(),
+      /**
+       * The key backup changed state (made, refused: the homeserver swapped the version or
+       * key, back to active), or a restore moved on (`progress`).
+       */
+      type: z.literal('backup'),
+      status: backupStatus.optional(),
+      progress: z
+        .object({
+          phase: z.enum(['download', 'decrypt', 'import']),
+          done: z.number().int(),
+          total: z.number().int(),
+        })
+        .strict()
+        .optional(),
+    })
+    .strict(),
   z
     .object({
       seq: z.number().int(),
@@ -717,6 +770,17 @@ export const endpointContract = defineContract({
     params: z.object({ auth, userId }).strict(),
     result: z.object({ identity }).strict(),
   },
+  /** backup: the key backup's state and counts. */
+  backupStatus: { params: z.object({ auth }).strict(), result: backupStatus },
+  /** backup: make a backup version with the vault's backup key and upload every room key. */
+  backupCreate: { params: z.object({ auth }).strict(), result: backupStatus },
+  /** backup: a new version, every key uploaded to it, then the old one deleted. */
+  backupRotate: {
+    params: z.object({ auth }).strict(),
+    result: backupStatus.extend({ deletedVersion: z.string().optional() }).strict(),
+  },
+  /** backup: restore room keys from the current backup (the vault decrypts them). */
+  backupRecover: { params: z.object({ auth }).strict(), result: recoverResult },
 });
 export type EndpointContract = typeof endpointContract;
 

@@ -18,7 +18,14 @@ import { vaultClient } from '../keyvault/client.ts';
 import { spawnVault } from '../keyvault/spawn.ts';
 import { serve, serveOneAtATime, socketChannel } from '../keyvault/common/rpc/index.ts';
 import { onParentExit, refuseInspector } from '../keyvault/common/spawn.ts';
-import { AuditLog, Authorizer, PolicyHolder, auditLogOptions, roomTrust } from '../policy/index.ts';
+import {
+  AuditLog,
+  Authorizer,
+  PolicyHolder,
+  auditLogOptions,
+  mayBackUpRoom,
+  roomTrust,
+} from '../policy/index.ts';
 import { MAX_EVENT_LOG_BYTES, loadVerifierPolicy } from '../attestation/index.ts';
 import {
   EventHub,
@@ -30,6 +37,7 @@ import {
 import { liveStreamOwners } from './api/events.ts';
 import { Transfers } from './messages/index.ts';
 import { AttestationService } from './attestation/service.ts';
+import { BackupService } from './backup/service.ts';
 import { endpointContract } from './contract.ts';
 import { loadEndpointConfig } from './config.ts';
 import { loadX509Material } from './crypto/x509.ts';
@@ -213,6 +221,35 @@ async function main(argv: string[]): Promise<number> {
   const offHealth = health.onChange((now) => {
     hub.push({ type: 'health', health: now });
   });
+  const backup = await BackupService.start({
+    machine: endpoint.engine.machine,
+    api: endpoint.api,
+    vault,
+    state: service.store.appState,
+    settings: () => ({
+      mode: policy.current.backup.mode,
+      mayBackUp: (roomId) => mayBackUpRoom(policy.current, roomId),
+    }),
+    onEvent: (event) => {
+      hub.push(
+        event.kind === 'state'
+          ? { type: 'backup', status: event.status }
+          : {
+              type: 'backup',
+              progress: { phase: event.phase, done: event.done, total: event.total },
+            },
+      );
+    },
+    audit: (code) =>
+      audit.append({
+        client: null,
+        action: 'backup.refused',
+        target: null,
+        decision: 'deny',
+        reason: code,
+      }),
+    logger: log,
+  });
   const reload = async (): Promise<void> => {
     const result = await policy.reload();
     if (result.ok && !result.changed) return;
@@ -249,6 +286,7 @@ async function main(argv: string[]): Promise<number> {
     health,
     attestation,
     transfers,
+    backup,
   });
   // The gateway parses untrusted input and may be compromised: what it sends can end its own
   // channel (an oversize or torn frame, a hang-up mid-request), never this process. With
@@ -324,6 +362,7 @@ async function main(argv: string[]): Promise<number> {
   transfers.close();
   offHealth();
   offAttestation();
+  await backup.stop();
   endpoint.privateMessages = undefined;
   endpoint.isAttested = undefined;
   endpoint.attestMissing = undefined;

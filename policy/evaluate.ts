@@ -328,3 +328,13 @@ export function roomTrust(policy: Policy, roomId?: string): RoomTrust {
     },
   };
 }
+
+/**
+ * Whether a room's keys may go to the server-side key backup: every room's, unless the policy
+ * keeps `attested-only` rooms out (a restore lands on hardware nobody attested).
+ */
+export function mayBackUpRoom(policy: Policy, roomId: string): boolean {
+  return (
+    policy.backup.rooms === 'all' || roomTrust(policy, roomId).roomKeyRecipients !== 'attested-only'
+  );
+}

@@ -42,6 +42,7 @@ export {
   UNAUTHENTICATED_LIMIT,
   decryptionTrustFor,
   hashToken,
+  mayBackUpRoom,
   roomTrust,
   sharingStrategyFor,
 } from './evaluate.ts';
@@ -58,8 +59,11 @@ export { PolicyError, PolicyHolder, loadPolicyFile, parsePolicy, validatePolicy 
 export type { ParseResult, PolicyProblem, ReloadResult } from './load.ts';
 export { LockError } from '../keyvault/common/lock.ts';
 export {
+  BACKUP_MODES,
+  BACKUP_ROOMS,
   CAPABILITIES,
   DEFAULT_AUDIT,
+  DEFAULT_BACKUP,
   DEFAULT_RATE_LIMIT,
   DEFAULT_ROOM_RULES,
   EXAMPLE_POLICY,
@@ -69,6 +73,7 @@ export {
 } from './schema.ts';
 export type {
   AuditSettings,
+  BackupSettings,
   Capability,
   Policy,
   PolicyClient,

@@ -20,6 +20,8 @@ export const CAPABILITIES = [
   'verification',
   'attestation',
   'events.stream',
+  /** See and manage the server-side key backup: status, create, rotate, recover. */
+  'backup',
 ] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
@@ -211,6 +213,27 @@ const auditSection = z
   });
 export type AuditSettings = z.output<typeof auditSection>;
 
+/**
+ * Key backup (endpoint/backup): which key mode the vault's backup key must be in before the
+ * endpoint backs anything up (`mode`, unset: any), and which rooms' keys may leave the
+ * machine: `all`, or `not-attested-only`, which keeps the keys of rooms whose rule is
+ * `attested-only` out of the backup (a restored copy would not be on attested hardware).
+ */
+export const BACKUP_MODES = ['vault', 'recovery-key', 'escrow'] as const;
+export const BACKUP_ROOMS = ['all', 'not-attested-only'] as const;
+export const DEFAULT_BACKUP = { rooms: 'all' } as const;
+const backupSection = z
+  .object({
+    mode: z
+      .enum(BACKUP_MODES, { error: () => `expected one of ${BACKUP_MODES.join(', ')}` })
+      .optional(),
+    rooms: z
+      .enum(BACKUP_ROOMS, { error: () => `expected one of ${BACKUP_ROOMS.join(', ')}` })
+      .default('all'),
+  })
+  .strict();
+export type BackupSettings = z.output<typeof backupSection>;
+
 export const policySchema = z
   .object({
     version: z.literal(1, { error: () => 'expected 1 (the only policy version there is)' }),
@@ -226,6 +249,7 @@ export const policySchema = z
       .default({ default: DEFAULT_ROOM_RULES, overrides: {} }),
     clients: z.array(policyClient).max(256).default([]),
     audit: auditSection.default(DEFAULT_AUDIT),
+    backup: backupSection.default(DEFAULT_BACKUP),
   })
   .strict()
   .superRefine((policy, ctx) => {

@@ -41,6 +41,8 @@ import type { EnqueueOptions, Outbox } from '../outbox.ts';
 import { type EventHub, streamOwner } from './events.ts';
 import { HealthState } from '../health.ts';
 import type { AttestationView } from '../attestation/service.ts';
+import type { BackupService } from '../backup/service.ts';
+import { VaultCode, VaultError } from '../../keyvault/vault.ts';
 import { StoreCode, isStoreError } from '../store/index.ts';
 import {
   IdentityError,
@@ -79,7 +81,12 @@ export interface ApiDependencies {
   attestation?: AttestationApi;
   /** Attachment uploads and downloads in progress (one per endpoint; made here if absent). */
   transfers?: Transfers;
+  /** Server-side key backup (endpoint/backup/); absent when the endpoint runs without. */
+  backup?: BackupApi;
 }
+
+/** What the backup routes need of endpoint/backup/service.ts. */
+export type BackupApi = Pick<BackupService, 'status' | 'create' | 'rotate' | 'recover'>;
 
 /** What the attestation routes need of endpoint/attestation/service.ts. */
 export interface AttestationApi {
@@ -323,6 +330,13 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
         'the audit log cannot be written, so nothing is being done',
       );
     }
+  };
+
+  const backupService = (): BackupApi => {
+    if (!deps.backup) {
+      throw new RpcError('BACKUP_UNAVAILABLE', 'key backup is not set up on this endpoint');
+    }
+    return deps.backup;
   };
 
   /** The outbox's size as the status last read it (see status). */
@@ -755,6 +769,9 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
           case 'message':
             return mayRead && client.mayAccessRoom(event.roomId);
           case 'health':
+          case 'backup':
+            // The endpoint's own condition, like health: a homeserver swapping the backup
+            // is something every UI should be able to show.
             return true;
           case 'attestation':
             return mayAttest && mayConcern(client, event.result.userId);
@@ -909,6 +926,26 @@ export function apiHandlers(deps: ApiDependencies): Handlers<EndpointContract> {
       }
     },
 
+    backupStatus: async ({ auth }) => {
+      await guard(auth.token, 'backup');
+      return backupCall(() => backupService().status());
+    },
+
+    backupCreate: async ({ auth }) => {
+      await guard(auth.token, 'backup', { operation: 'backup.create' });
+      return backupCall(() => backupService().create());
+    },
+
+    backupRotate: async ({ auth }) => {
+      await guard(auth.token, 'backup', { operation: 'backup.rotate' });
+      return backupCall(() => backupService().rotate());
+    },
+
+    backupRecover: async ({ auth }) => {
+      await guard(auth.token, 'backup', { operation: 'backup.recover' });
+      return backupCall(() => backupService().recover());
+    },
+
     activate: async ({ auth, credentialBlob, encryptedSecret, challengeId }) => {
       await guard(auth.token, 'attestation', { operation: 'attestation.activate' });
       try {
@@ -1002,6 +1039,21 @@ function transfer<T>(work: () => T): T {
 
 function byteSize(value: unknown): number {
   return Buffer.byteLength(JSON.stringify(value), 'utf8');
+}
+
+/**
+ * A backup call: homeserver failures as upstream() makes them, and the vault's refusals of a
+ * restore (no key, another key, a tampered key file) as one code a UI can show.
+ */
+async function backupCall<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await upstream(work);
+  } catch (e) {
+    if (e instanceof VaultError && e.code !== VaultCode.Unavailable) {
+      throw new RpcError('BACKUP_CANNOT_DECRYPT', e.message);
+    }
+    throw e;
+  }
 }
 
 /** Homeserver failures, as codes a UI can act on. Nothing of the server's body is passed on. */

@@ -8,3 +8,11 @@ export {
   checkBackupVersion,
   signedAuthData,
 } from './version-check.ts';
+export {
+  type BackupDependencies,
+  type BackupEvent,
+  type BackupState,
+  type BackupStatus,
+  type RecoverResult,
+  BackupService,
+} from './service.ts';

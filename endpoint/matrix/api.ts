@@ -170,6 +170,20 @@ export interface HomeserverApi {
     type: string,
     stateKey: string,
   ): Promise<Record<string, unknown> | undefined>;
+  /** GET /room_keys/version: the current key backup version's JSON, or undefined if none. */
+  backupVersion(): Promise<Record<string, unknown> | undefined>;
+  /** POST /room_keys/version: a new backup version (it becomes current); its version string. */
+  backupCreateVersion(algorithm: string, authData: object): Promise<string>;
+  /** DELETE /room_keys/version/{version}; an already-deleted version is not an error. */
+  backupDeleteVersion(version: string): Promise<void>;
+  /**
+   * PUT /room_keys/keys?version=: the crypto engine's KeysBackupRequest body, passed through;
+   * the raw response (`{etag, count}`) for markRequestAsSent. A version that is no longer
+   * current answers M_WRONG_ROOM_KEYS_VERSION.
+   */
+  backupUpload(version: string, body: string): Promise<string>;
+  /** GET /room_keys/keys?version=: every backed-up session (large: up to maxLargeBodyBytes). */
+  backupDownload(version: string): Promise<Record<string, unknown>>;
   readonly userId: string | undefined;
   readonly deviceId: string | undefined;
 }

@@ -42,7 +42,7 @@ export type RetryPolicy = { kind: 'until-aborted' } | { kind: 'bounded'; attempt
 export interface HttpRequest {
   /** A template such as "PUT /rooms/{roomId}/send/{eventType}/{txnId}", used in messages. */
   endpoint: string;
-  method: 'GET' | 'POST' | 'PUT';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   /** Already encoded, starting with "/". */
   path: string;
   query?: Record<string, string | undefined>;

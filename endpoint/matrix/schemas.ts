@@ -165,6 +165,11 @@ export const emptyResponse = z.object({});
 const oneTimeKeyCounts = z.record(z.string(), z.number().int().min(0));
 const keysByUser = z.record(z.string(), jsonObject);
 export const keysUploadResponse = z.object({ one_time_key_counts: oneTimeKeyCounts });
+export const backupVersionCreated = z.object({ version: z.string().min(1).max(255) });
+export const backupUploaded = z.object({
+  etag: z.string().max(255),
+  count: z.number().int().nonnegative(),
+});
 export const keysQueryResponse = z.object({
   device_keys: z.record(z.string(), keysByUser).exactOptional(),
   failures: jsonObject.exactOptional(),

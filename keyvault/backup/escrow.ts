@@ -16,6 +16,8 @@ import {
   RecipientInfo,
   RecipientInfos,
   CMSVersion,
+  ContentEncryptionAlgorithmIdentifier,
+  KeyEncryptionAlgorithmIdentifier,
   id_data,
   id_envelopedData,
 } from '@peculiar/asn1-cms';
@@ -99,7 +101,7 @@ export function encryptForEscrow(pem: string, content: Uint8Array): Uint8Array {
           serialNumber: parsed.tbsCertificate.serialNumber,
         }),
       }),
-      keyEncryptionAlgorithm: new AlgorithmIdentifier({
+      keyEncryptionAlgorithm: new KeyEncryptionAlgorithmIdentifier({
         algorithm: id_RSAES_OAEP,
         parameters: AsnConvert.serialize(oaep),
       }),
@@ -110,7 +112,7 @@ export function encryptForEscrow(pem: string, content: Uint8Array): Uint8Array {
       recipientInfos: new RecipientInfos([new RecipientInfo({ ktri })]),
       encryptedContentInfo: new EncryptedContentInfo({
         contentType: id_data,
-        contentEncryptionAlgorithm: new AlgorithmIdentifier({
+        contentEncryptionAlgorithm: new ContentEncryptionAlgorithmIdentifier({
           algorithm: AES_256_CBC,
           parameters: AsnConvert.serialize(new OctetString(iv)),
         }),

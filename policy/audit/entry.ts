@@ -69,6 +69,14 @@ export const AUDIT_ACTIONS = [
   'attestation.result',
   'attestation.evidence',
   'attestation.activate',
+  /**
+   * Key backup: a backup version made (create, rotate), a restore, and the homeserver's
+   * current backup refused for uploads (the reason is the refusal's code).
+   */
+  'backup.create',
+  'backup.rotate',
+  'backup.recover',
+  'backup.refused',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 type LogAction = (typeof LOG_ACTIONS)[number];

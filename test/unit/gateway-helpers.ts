@@ -265,8 +265,32 @@ export function defaultHandlers(): Handlers<EndpointContract> {
       checkToken(p);
       return Promise.resolve({ proof: Buffer.alloc(32).toString('base64') });
     },
+    backupStatus: async (p) => {
+      checkToken(p);
+      return Promise.resolve(BACKUP_STATUS);
+    },
+    backupCreate: async (p) => {
+      checkToken(p);
+      return Promise.resolve(BACKUP_STATUS);
+    },
+    backupRotate: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ ...BACKUP_STATUS, deletedVersion: '1' });
+    },
+    backupRecover: async (p) => {
+      checkToken(p);
+      return Promise.resolve({ version: '2', total: 3, imported: 3, failed: {} });
+    },
   };
 }
+
+export const BACKUP_STATUS = {
+  state: 'active',
+  key: { mode: 'vault', publicKey: 'a'.repeat(43), canDecrypt: true },
+  version: '2',
+  counts: { total: 3, backedUp: 3 },
+  skipped: 0,
+} as const;
 
 export const ATTESTED = {
   userId: '@bob:example.org',

@@ -24,6 +24,7 @@ import { contactRoutes } from './routes/contacts.ts';
 import { messageRoutes } from './routes/messages.ts';
 import { verificationRoutes } from './routes/verification.ts';
 import { attestationRoutes } from './routes/attestation.ts';
+import { backupRoutes } from './routes/backup.ts';
 import { roomRoutes } from './routes/rooms.ts';
 import { outboxRoutes } from './routes/outbox.ts';
 import { downloadPlugin, uploadPlugin } from './routes/attachments.ts';
@@ -105,6 +106,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   void app.register(jsonRoutesPlugin, { ctx, routes: contactRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: verificationRoutes });
   void app.register(jsonRoutesPlugin, { ctx, routes: attestationRoutes });
+  void app.register(jsonRoutesPlugin, { ctx, routes: backupRoutes });
   void app.register(eventsPlugin, { ctx, subscribers: new Subscribers(limits) });
   void app.register(openApiPlugin, { document: openApiDocument() });
   methodNotAllowed(app, allRoutes);

@@ -75,6 +75,24 @@ export const RPC_STATUS: Readonly<Record<string, number>> = Object.freeze({
   STORE_UNAVAILABLE: 503,
   /** No attestation on this endpoint (no TPM vault, or no verifier policy), or not right now. */
   ATTESTATION_UNAVAILABLE: 503,
+  /** No key backup on this endpoint (started without the vault's backup operations). */
+  BACKUP_UNAVAILABLE: 503,
+  /** The vault has no backup key yet (`vault backup-key create`, or `import` to restore). */
+  BACKUP_NO_KEY: 409,
+  /** The vault cannot decrypt: only the public half here, or its key file is not right. */
+  BACKUP_CANNOT_DECRYPT: 409,
+  /** The vault's key is not the current backup's (a wrong recovery key): nothing imported. */
+  BACKUP_WRONG_KEY: 409,
+  /** The backup is already on with the vault's key (rotate makes a new version). */
+  BACKUP_EXISTS: 409,
+  /** The vault's key is not in the mode the policy asks for (policy `backup.mode`). */
+  BACKUP_MODE_MISMATCH: 409,
+  /** A rotation could not upload every key to the new version; the old one was kept. */
+  BACKUP_INCOMPLETE: 409,
+  /** The homeserver holds no key backup to restore. */
+  BACKUP_NONE: 404,
+  /** The homeserver's backup is not one we read (another algorithm, or malformed). */
+  BACKUP_UNREADABLE: 502,
   /** The endpoint's disk is full; it recovers by itself once space is freed. */
   STORAGE_FULL: 507,
   BUSY: 503,

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { GatewayContext, JsonRoute, RouteDoc } from '../route.ts';
 import { registerJsonRoute } from '../route.ts';
 import { attestationRoutes } from './attestation.ts';
+import { backupRoutes } from './backup.ts';
 import { downloadRoute, uploadRoute } from './attachments.ts';
 import { contactRoutes } from './contacts.ts';
 import { eventsRoute } from './events.ts';
@@ -21,6 +22,7 @@ export const jsonRoutes: readonly JsonRoute[] = [
   ...contactRoutes,
   ...verificationRoutes,
   ...attestationRoutes,
+  ...backupRoutes,
 ];
 
 /** Every route the gateway serves, in the OpenAPI document's order. */

@@ -219,6 +219,7 @@ const TYPES = new Set([
   'identity',
   'health',
   'attestation',
+  'backup',
   'gap',
   'sent',
   'send-failed',
@@ -269,6 +270,14 @@ function onEvent(type: string, data: unknown): void {
       break;
     case 'attestation':
       onAttestation(event.result);
+      break;
+    case 'backup':
+      // A refusal means the homeserver swapped the key backup: say so, whatever the UI shows.
+      if (event.status?.state === 'refused' && event.status.refusal) {
+        showAlert(
+          `KEY BACKUP STOPPED: ${event.status.refusal.code}: ${event.status.refusal.message}`,
+        );
+      }
       break;
     case 'sent':
       onSent(event);

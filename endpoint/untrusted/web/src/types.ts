@@ -176,6 +176,20 @@ export interface FailedSend {
   reason: string;
 }
 
+/** The key backup's state (GET /v1/backup; `backup` events). */
+export interface BackupStatus {
+  state: 'no-key' | 'off' | 'active' | 'refused';
+  key?:
+    | { mode: 'vault' | 'recovery-key' | 'escrow'; publicKey: string; canDecrypt: boolean }
+    | undefined;
+  version?: string | undefined;
+  counts: { total: number; backedUp: number };
+  skipped: number;
+  serverCount?: number | undefined;
+  refusal?: { code: string; message: string } | undefined;
+  lastError?: string | undefined;
+}
+
 /** The stream's events (`event:` is the `type`). */
 export type StreamEvent =
   | { seq: number; type: 'message'; roomId: string; item: TimelineItem }
@@ -185,6 +199,13 @@ export type StreamEvent =
   | { seq: number; type: 'identity'; userId: string; identity: Identity }
   | { seq: number; type: 'health'; health: Health }
   | { seq: number; type: 'attestation'; result: AttestationResult }
+  | {
+      seq: number;
+      type: 'backup';
+      status?: BackupStatus | undefined;
+      progress?:
+        { phase: 'download' | 'decrypt' | 'import'; done: number; total: number } | undefined;
+    }
   | {
       seq: number;
       type: 'edit';
