@@ -185,6 +185,8 @@ export interface EndpointOptions {
   masterKey?: MasterKeySigner;
   /** More signatures on the master key before its first upload (the X.509 one). */
   extraMasterSignatures?: ExtraMasterSignatures;
+  /** Replace a published identity that is not the vault's (cross-signing.ts). */
+  replaceIdentity?: boolean;
   /** X.509 identities: CAs whose users are verified, our own signer (crypto/x509.ts). */
   x509?: EngineOptions['x509'];
   /** Where the previous run stopped syncing (from the sealed store). */
@@ -385,6 +387,7 @@ export class Endpoint {
         ...(options.extraMasterSignatures
           ? { extraMasterSignatures: options.extraMasterSignatures }
           : {}),
+        ...(options.replaceIdentity === true ? { replaceForeign: true } : {}),
       },
     );
     const endpoint = new Endpoint(api, engine, options);

@@ -47,6 +47,7 @@ import { EndpointService } from './service.ts';
 import { type VaultConnection, VaultLink } from './vault-link.ts';
 
 const usage = `Usage: node endpoint/main.ts serve --config FILE [--vault-fd N] [--gateway-socket PATH]
+                                         [--replace-identity]
        node endpoint/main.ts reset-store --config FILE --reason TEXT [--json] [--vault-fd N]
 
 Runs the endpoint compartment: launches the vault (or, with --vault-fd, uses the vault channel
@@ -62,7 +63,13 @@ the next gateway that connects on PATH (a Unix socket, mode 0600, in a 0700 dire
 launcher or the gateway's parent), one at a time; it stops on SIGTERM, SIGINT, or when the
 process that started it exits.
 
-reset-store starts a new device on purpose (see reset-store --help).`;
+reset-store starts a new device on purpose (see reset-store --help).
+
+--replace-identity, for one start after a recovery onto new hardware (the old vault's
+cross-signing master key is gone with it): publishes this vault's master key as the
+account's identity in place of the old one. Peers see the identity change and must verify
+again (or accept the new key through an institution's X.509 certificate). Without it, an
+account whose identity is not the vault's is never replaced.`;
 
 /** Long polls of the event stream hold a slot each; the gateway bounds them (64) below this. */
 const MAX_IN_FLIGHT = 256;
@@ -79,6 +86,7 @@ async function main(argv: string[]): Promise<number> {
       config: { type: 'string' },
       'vault-fd': { type: 'string' },
       'gateway-socket': { type: 'string' },
+      'replace-identity': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
     allowPositionals: true,
@@ -173,6 +181,7 @@ async function main(argv: string[]): Promise<number> {
       trustFor: (roomId) => roomTrust(policy.current, roomId).trust,
       logger: log,
       ...(x509 ? { x509 } : {}),
+      ...(values['replace-identity'] === true ? { replaceIdentity: true } : {}),
     });
   } catch (e) {
     offVault();

@@ -54,6 +54,8 @@ export interface ServiceOptions {
   logger?: Logger;
   /** More signatures on the vault's master key before its first upload (the X.509 one). */
   extraMasterSignatures?: ExtraMasterSignatures;
+  /** Replace the account's identity if it is not the vault's (`serve --replace-identity`). */
+  replaceIdentity?: boolean;
   /**
    * X.509 identities (the config's `x509`, loaded): peers signed by these CAs are verified;
    * with a chain, our master key is signed by the vault's x509-identity key (crypto/x509.ts).
@@ -162,6 +164,7 @@ export class EndpointService {
         password: options.password,
         // The master key never leaves the vault: the endpoint gets signatures, not the seed.
         masterKey: vaultMasterKeySigner(options.vault),
+        ...(options.replaceIdentity === true ? { replaceIdentity: true } : {}),
         ...(extraMasterSignatures ? { extraMasterSignatures } : {}),
         ...(x509 ? { x509: x509.engine } : {}),
         ...(since ? { since } : {}),

@@ -44,6 +44,8 @@ export async function spawnEndpoint(
      * directory of mode 0700. Without it, the endpoint stops when its channel closes.
      */
     gatewaySocket?: string;
+    /** `--replace-identity` (recovery onto new hardware; see endpoint/main.ts). */
+    replaceIdentity?: boolean;
   } = {},
 ): Promise<SpawnedEndpoint> {
   const { gatewaySocket } = options;
@@ -54,6 +56,7 @@ export async function spawnEndpoint(
       '--config',
       configPath,
       ...(gatewaySocket === undefined ? [] : ['--gateway-socket', gatewaySocket]),
+      ...(options.replaceIdentity === true ? ['--replace-identity'] : []),
     ],
     fds: ['pipe'],
     onStderr: options.onStderr ?? (() => undefined),

@@ -52,7 +52,7 @@ export type ExtraMasterSignatures = (
   canonicalMasterKeyBytes: Uint8Array,
 ) => Promise<Record<string, string>>;
 
-export type CrossSigningOutcome = 'created' | 'present' | 'uploaded' | 'foreign';
+export type CrossSigningOutcome = 'created' | 'present' | 'uploaded' | 'foreign' | 'replaced';
 
 /** The vault's `cross-signing-master` key as a MasterKeySigner; the vault may be an RPC client. */
 export function vaultMasterKeySigner(vault: Pick<Vault, 'publicKey' | 'sign'>): MasterKeySigner {
@@ -137,6 +137,11 @@ export interface VaultCrossSigningContext {
   master: MasterKeySigner;
   uia: UiaAuth | undefined;
   extraMasterSignatures?: ExtraMasterSignatures | undefined;
+  /**
+   * Replace a published identity that is not the vault's (the operator asked, for this start:
+   * `serve --replace-identity`, after a recovery onto new hardware). Peers see the change.
+   */
+  replaceForeign?: boolean | undefined;
   warn: (message: string) => void;
   info: (message: string) => void;
 }
@@ -152,6 +157,13 @@ export async function ensureVaultCrossSigning(
   const masterPublic = await ctx.master.publicKeyBase64();
   const published = await publishedIdentity(ctx.api, userId);
   const publishedMaster = keyOf(published.master);
+  if (published.master && publishedMaster !== masterPublic && ctx.replaceForeign === true) {
+    ctx.warn(
+      "crypto: replacing the account's published cross-signing identity with the vault's master key, as asked (--replace-identity): peers see the identity change and must verify again",
+    );
+    await bootstrap(ctx, userId, masterPublic, false);
+    return 'replaced';
+  }
   if (published.master && publishedMaster !== masterPublic) {
     // Replacing an identity breaks every peer's trust in this user (and their pins): never
     // automatic. The operator resets it deliberately, or verifies this device from the other.

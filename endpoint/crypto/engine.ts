@@ -272,7 +272,11 @@ export class CryptoEngine {
    */
   async ensureCrossSigning(
     uia: { user: string; password: string } | undefined,
-    master?: { signer: MasterKeySigner; extraMasterSignatures?: ExtraMasterSignatures },
+    master?: {
+      signer: MasterKeySigner;
+      extraMasterSignatures?: ExtraMasterSignatures;
+      replaceForeign?: boolean;
+    },
   ): Promise<CrossSigningOutcome> {
     const auth: UiaAuth | undefined = uia && {
       type: 'm.login.password',
@@ -287,6 +291,7 @@ export class CryptoEngine {
         master: master.signer,
         uia: auth,
         extraMasterSignatures: master.extraMasterSignatures,
+        replaceForeign: master.replaceForeign,
         warn: (m) => {
           this.#log.warn(m);
         },
