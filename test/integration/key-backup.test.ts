@@ -1,7 +1,10 @@
 import { execFile } from 'node:child_process';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { decodeRecoveryKey as sdkDecodeRecoveryKey } from 'matrix-js-sdk/lib/crypto-api/recovery-key.js';
+import {
+  decodeRecoveryKey as sdkDecodeRecoveryKey,
+  encodeRecoveryKey as sdkEncodeRecoveryKey,
+} from 'matrix-js-sdk/lib/crypto-api/recovery-key.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { StreamEvent } from '../../endpoint/contract.ts';
 import { type SpawnedEndpoint, spawnEndpoint } from '../../endpoint/spawn.ts';
@@ -430,5 +433,51 @@ describe('key backup and recovery', () => {
       const missing = (bodies.get(roomId) ?? []).filter((body) => !shown.has(body));
       expect(missing, `undecrypted on B in ${roomId}`).toEqual([]);
     }
+  }, 180_000);
+
+  it('our endpoint restores a backup a stock client made (its recovery key, imported into our vault)', async () => {
+    const stock = await StockPeer.start(
+      synapse().baseUrl,
+      await synapse().login(alice.localpart, alice.password),
+    );
+    stops.push(() => stock.stop());
+    // The stock device reads our backup, then replaces it with its own (a new key it made).
+    const ours = await serverBackup(alice);
+    await stock.crypto.storeSessionBackupPrivateKey(
+      sdkDecodeRecoveryKey(recoveryKey),
+      ours?.version ?? '',
+    );
+    await stock.crypto.restoreKeyBackup();
+    await stock.crypto.resetKeyBackup();
+    const theirs = await waitUntil(
+      "the stock client's backup holds its keys",
+      async () => {
+        const info = await serverBackup(alice);
+        return info && info.version !== ours?.version && info.count >= (ours?.count ?? 1)
+          ? info
+          : undefined;
+      },
+      poll,
+    );
+    const theirKey = await stock.crypto.getSessionBackupPrivateKey();
+    const stockRecoveryKey = sdkEncodeRecoveryKey(theirKey ?? new Uint8Array()) ?? '';
+    await stock.stop();
+
+    await b.stop();
+    const imported = await vaultCommand(
+      ['backup-key', 'import', '--replace', '--config', b.vaultConfig],
+      stockRecoveryKey,
+    );
+    expect(imported.code, imported.stderr).toBe(0);
+    b = await b.restart();
+    const result = await b.call('backupRecover', { auth: { token: b.token } });
+    expect(result).toMatchObject({
+      version: theirs.version,
+      total: theirs.count,
+      imported: expect.any(Number) as number,
+      failed: {},
+    });
+    // Every session is one B already had from our backup, or a new one: all taken, none refused.
+    expect(result.total).toBe(theirs.count);
   }, 180_000);
 });
