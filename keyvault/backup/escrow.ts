@@ -21,18 +21,20 @@ import {
   id_data,
   id_envelopedData,
 } from '@peculiar/asn1-cms';
-import { RsaEsOaepParams, id_RSAES_OAEP, id_mgf1, sha256 } from '@peculiar/asn1-rsa';
+import { RsaEsOaepParams, id_RSAES_OAEP } from '@peculiar/asn1-rsa';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
-import { AlgorithmIdentifier, Certificate, KeyUsage, id_ce_keyUsage } from '@peculiar/asn1-x509';
+import { Certificate, KeyUsage, id_ce_keyUsage } from '@peculiar/asn1-x509';
 import { VaultCode, VaultError } from '../vault.ts';
 
 /**
  * Escrow of the backup key to an institution: the recovery key's text, in a CMS EnvelopedData
- * (RFC 5652) for the institution's recovery certificate. Key transport is RSAES-OAEP with
- * SHA-256 and MGF1-SHA-256, the content AES-256-CBC: what `openssl cms -decrypt` and an HSM's
- * CKM_RSA_PKCS_OAEP both take, so the institution can open it with the key in its HSM and
- * nothing of ours. The vault keeps only the public half; whoever holds the certificate's private
- * key can restore, and nobody else.
+ * (RFC 5652) for the institution's recovery certificate. Key transport is RSAES-OAEP with its
+ * default parameters (SHA-1, MGF1-SHA-1, RFC 3560), the content AES-256-CBC: what
+ * `openssl cms -decrypt` and an HSM's CKM_RSA_PKCS_OAEP both take, so the institution can open
+ * it with the key in its HSM and nothing of ours. SHA-1 because HSMs are where this key lives
+ * and several accept nothing else for OAEP (SoftHSM2 2.6 answers CKR_ARGUMENTS_BAD to SHA-256);
+ * OAEP's security does not rest on SHA-1's collision resistance. The vault keeps only the
+ * public half; whoever holds the certificate's private key can restore, and nobody else.
  */
 const AES_256_CBC = '2.16.840.1.101.3.4.1.42';
 const MIN_RSA_BITS = 2048;
@@ -83,16 +85,11 @@ export function encryptForEscrow(pem: string, content: Uint8Array): Uint8Array {
     const cipher = createCipheriv('aes-256-cbc', cek, iv);
     const ciphertext = Buffer.concat([cipher.update(content), cipher.final()]);
     const encryptedKey = publicEncrypt(
-      { key: cert.publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+      { key: cert.publicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' },
       cek,
     );
-    const oaep = new RsaEsOaepParams({
-      hashAlgorithm: sha256,
-      maskGenAlgorithm: new AlgorithmIdentifier({
-        algorithm: id_mgf1,
-        parameters: AsnConvert.serialize(sha256),
-      }),
-    });
+    // Every field at its DEFAULT: DER leaves them out, an empty SEQUENCE.
+    const oaep = new RsaEsOaepParams();
     const ktri = new KeyTransRecipientInfo({
       version: CMSVersion.v0,
       rid: new RecipientIdentifier({
