@@ -152,7 +152,7 @@ describe('policy CLI', { timeout: 30_000 }, () => {
     expect(unknown).toMatchObject({ code: 1, stdout: '' });
     expect(unknown.stderr).toBe(
       'policy: unknown capability "keys.export" (valid: rooms.read, messages.read, messages.send, ' +
-        'rooms.create, rooms.manage, rooms.join, contacts.read, verification, attestation, events.stream)\n',
+        'rooms.create, rooms.manage, rooms.join, contacts.read, verification, attestation, events.stream, backup)\n',
     );
 
     const room = await cli(...base, '--name', 'x', '--room', 'general');
