@@ -263,6 +263,20 @@ function routes(): Route[] {
         }),
     },
     {
+      name: 'GET /v1/backup',
+      capability: 'backup',
+      // The vault has no backup key: the state says so.
+      allowed: [200],
+      call: (t) => json('/v1/backup', t),
+    },
+    ...(['', '/rotate', '/recover'] as const).map((step): Route => ({
+      name: `POST /v1/backup${step}`,
+      capability: 'backup',
+      // No backup key in the vault: BACKUP_NO_KEY, after authorisation.
+      allowed: [409],
+      call: (t) => json(`/v1/backup${step}`, t, { method: 'POST', body: {} }),
+    })),
+    {
       name: 'GET /v1/events (SSE)',
       capability: 'events.stream',
       allowed: [200],
