@@ -31,6 +31,7 @@ import {
   StockPeer,
   type Swtpm,
   type Synapse,
+  type SynapseUser,
   prepareCompartments,
   startSwtpm,
   startSynapse,
@@ -56,7 +57,10 @@ Then verification: we verify the stock client by emoji (SAS; both screens are pr
 demo CA (deploy/x509) vouches for our identity (signed by the vault's TPM key) and for a
 second stock client's, so each sees the other verified without emoji; and the first client
 resets its identity: the contact turns verification-violation, sending to it is refused
-(409 IDENTITY_CHANGED) until we acknowledge the change through the API.
+(409 IDENTITY_CHANGED) until we acknowledge the change through the API. A second endpoint
+(dave's) and ours attest each other with TPM quotes. Then dave's machine dies: his endpoint
+backed up its room keys (recovery-key mode), and a new machine on a fresh TPM recovers his
+history with the recovery key.
 Then everything is stopped again.
 
   --json   print one JSON object with the results instead of progress lines
@@ -100,6 +104,7 @@ interface Contact {
 /** What the verification steps found, for --json. */
 interface Summary {
   attestation?: { first: unknown; back: unknown; refused: unknown };
+  backup?: { backedUp: number; restored: unknown; decrypted: number };
   sas?: {
     flowId: string;
     ours: Emoji[];
@@ -233,6 +238,15 @@ async function main(): Promise<number> {
     // A second endpoint (dave's) on its own TPM, for mutual attestation at the end. Each TPM is
     // manufactured with an EK certificate by its own local CA, as a vendor would.
     let daveTpm: Swtpm | undefined;
+    let daveMachine:
+      | {
+          dir: string;
+          user: SynapseUser;
+          vaultConfig: string;
+          endpointConfig: string;
+          token: string;
+        }
+      | undefined;
     const tpm = await step<Swtpm>('TPM 2.0 (swtpm) and the keyvault on it', async () => {
       const asRoot = process.getuid?.() === 0;
       const t = await startSwtpm({
@@ -804,9 +818,95 @@ async function main(): Promise<number> {
           `    after PCR 7 changed on dave's TPM → failed: ${refused.failures[0]?.message ?? ''}`,
         );
         summary.attestation = { first, back, refused };
+        await daveEndpoint.stop();
+        daveMachine = { dir: daveDir, user: dave, vaultConfig: daveStack.vaultConfig, endpointConfig: daveStack.endpointConfig, token: daveAuth.token }; // prettier-ignore
         return [
           undefined,
           'mutual attestation over Olm to-device messages (credential activation, then quotes); a changed PCR is refused with its reason',
+        ];
+      },
+    );
+
+    await step(
+      "Key backup: dave's machine dies, a new one on a fresh TPM recovers his history",
+      async () => {
+        const old = daveMachine;
+        if (!old) throw new Error("dave's endpoint did not start");
+        const vaultCli = (argv: string[], stdin = ''): Promise<string> =>
+          new Promise((resolve, reject) => {
+            const child = execFile(process.execPath, [join(import.meta.dirname, '..', '..', 'keyvault', 'main.ts'), ...argv], (error, stdout, stderr) => {
+            if (error) reject(new Error(stderr.trim() || error.message));
+            else resolve(stdout);
+          }); // prettier-ignore
+            child.stdin?.end(stdin);
+          });
+        // The admin makes the backup key in dave's vault (with his endpoint stopped: the simulator
+        // takes one client at a time); the recovery key is printed once, and kept off the machine.
+        const made = JSON.parse(
+        await vaultCli(['backup-key', 'create', '--mode', 'recovery-key', '--config', old.vaultConfig, '--json']),
+      ) as { recoveryKey: string; publicKey: string }; // prettier-ignore
+        say(
+          `    vault backup-key create --mode recovery-key → ${made.recoveryKey.slice(0, 9)}… (shown once)`,
+        );
+        const auth = { token: old.token };
+        const first = await spawnEndpoint(old.endpointConfig);
+        stops.push(() => first.stop());
+        await first.client.call('backupCreate', { auth });
+        const roomId = (await first.client.call('createRoom', { auth, invite: [bob.userId] }))
+          .roomId;
+        await bob.acceptInvite(roomId);
+        await bob.waitForMember(roomId, old.user.userId);
+        const history = ['the plan is on page 3', 'budget approved', 'see you on Monday'];
+        for (const body of history) await bob.sendText(roomId, body);
+        await waitFor('dave decrypting the history', async () => {
+        const page = await first.client.call('timeline', { auth, roomId, limit: 50 });
+        return page.items.some((i) => i.body === history.at(-1)) || undefined;
+      }, 60_000); // prettier-ignore
+        const backedUp = await waitFor('the backup to hold every room key', async () => {
+        const s = await first.client.call('backupStatus', { auth });
+        return s.counts.total > 0 && s.counts.backedUp === s.counts.total ? s : undefined;
+      }, 60_000); // prettier-ignore
+        say(
+          `    backup status → ${backedUp.state}, ${backedUp.counts.backedUp} of ${backedUp.counts.total} room keys backed up (version ${backedUp.version ?? '?'})`,
+        );
+        // The machine dies: the endpoint, its sealed store and its vault state are gone, and the
+        // new machine has a TPM of its own.
+        await first.stop();
+        await rm(old.dir, { recursive: true, force: true });
+        const freshTpm = await startSwtpm();
+        stops.push(() => freshTpm.stop());
+        const newDir = join(dir, 'dave-new');
+        await mkdir(newDir);
+        const fresh = await prepareCompartments(newDir, {
+          homeserver: synapse.baseUrl,
+          tpm: freshTpm,
+          user: old.user,
+        });
+        await vaultCli(['backup-key', 'import', '--config', fresh.vaultConfig], made.recoveryKey);
+        say(
+          '    new machine: vault init, backup-key import < recovery key, serve --replace-identity',
+        );
+        const second = await spawnEndpoint(fresh.endpointConfig, { replaceIdentity: true });
+        stops.push(() => second.stop());
+        const newAuth = { token: fresh.tokens.test ?? '' };
+        await waitFor('the new device to know the room', async () =>
+        (await second.client.call('rooms', { auth: newAuth })).rooms.some((r) => r.roomId === roomId) || undefined, 60_000); // prettier-ignore
+        const restored = await second.client.call('backupRecover', { auth: newAuth });
+        say(`    backup recover → ${restored.imported} of ${restored.total} room keys imported`);
+        const page = await second.client.call('timeline', { auth: newAuth, roomId, limit: 50 });
+        const read = history.filter((b) =>
+          page.items.some((i) => i.body === b && i.encrypted === true),
+        );
+        if (read.length !== history.length)
+          throw new Error(
+            `only ${read.length} of ${history.length} old messages decrypt on the new machine`,
+          );
+        for (const body of read) say(`    on the new machine: "${body}"`);
+        summary.backup = { backedUp: backedUp.counts.backedUp, restored, decrypted: read.length };
+        await second.stop();
+        return [
+          undefined,
+          `all ${history.length} old messages decrypt on a new TPM, from the backup`,
         ];
       },
     );

@@ -49,6 +49,8 @@ const STATE_KEY = 'backup';
 
 /** How often the current version is asked again while uploads go through without error. */
 const RECHECK_MS = 60_000;
+/** Decrypted sessions imported into the core at once during a restore. */
+const IMPORT_BATCH = 1024;
 /** A pass also runs this often, for our own new sessions (no callback announces those). */
 const PASS_EVERY_MS = 5_000;
 
@@ -295,12 +297,18 @@ export class BackupService {
       const total = sessions.length;
       const failed: Record<string, number> = {};
       let imported = 0;
+      let decrypted: BackupDecryptResult[] = [];
       for (let i = 0; i < total; i += MAX_BACKUP_BATCH) {
         const batch = sessions.slice(i, i + MAX_BACKUP_BATCH);
-        const results = await vault.backupDecrypt(key.publicKey, batch);
-        this.#emit({ kind: 'progress', phase: 'decrypt', done: i + batch.length, total });
-        imported += await importBatch(machine, results, version, failed);
-        this.#emit({ kind: 'progress', phase: 'import', done: i + batch.length, total });
+        decrypted.push(...(await vault.backupDecrypt(key.publicKey, batch)));
+        const done = i + batch.length;
+        this.#emit({ kind: 'progress', phase: 'decrypt', done, total });
+        // Imported in larger batches: each import is one pass through the core's store.
+        if (decrypted.length >= IMPORT_BATCH || done === total) {
+          imported += await importBatch(machine, decrypted, version, failed);
+          decrypted = [];
+          this.#emit({ kind: 'progress', phase: 'import', done, total });
+        }
       }
       return { version, total, imported, failed };
     });

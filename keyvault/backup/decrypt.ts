@@ -7,7 +7,7 @@ import {
   VaultError,
 } from '../vault.ts';
 import { infoOf, readBackupKeyFile } from './key-file.ts';
-import { decryptSession, publicKeyOf } from './megolm-v1.ts';
+import { decryptSession, privateKeyObject, publicKeyOf } from './megolm-v1.ts';
 
 /**
  * The vault's two backup operations on the RPC: the key's public facts, and the fixed-purpose
@@ -50,8 +50,9 @@ export async function decryptBackedUp(
         'the sealed backup key does not match the public key recorded beside it: the file was altered',
       );
     }
+    const key = privateKeyObject(scalar);
     return sessions.map(({ roomId, sessionId, sessionData }) => {
-      const result = decryptSession(scalar, sessionData);
+      const result = decryptSession(key, sessionData);
       return result.ok
         ? { roomId, sessionId, ok: true, session: result.key }
         : { roomId, sessionId, ok: false, code: result.error.code };

@@ -72,7 +72,7 @@ export function publicKeyOf(privateKey: Uint8Array): string {
  * wrong backup key, or data made for another key) and JSON that is not a room key.
  */
 export function decryptSession(
-  privateKey: Uint8Array,
+  privateKey: Uint8Array | KeyObject,
   data: EncryptedSessionData,
 ): { ok: true; key: BackedUpRoomKey } | { ok: false; error: BackupDecryptError } {
   const ephemeral = decodeBase64(data.ephemeral, 32);
@@ -147,13 +147,13 @@ export function encryptSession(publicKey: string, session: BackedUpRoomKey): Enc
 }
 
 function deriveKeys(
-  privateKey: Uint8Array,
+  privateKey: Uint8Array | KeyObject,
   ephemeral: Uint8Array,
 ): { aesKey: Buffer; macKey: Buffer; iv: Buffer } | undefined {
   let secret: Buffer;
   try {
     secret = diffieHellman({
-      privateKey: privateKeyObject(privateKey),
+      privateKey: privateKey instanceof Uint8Array ? privateKeyObject(privateKey) : privateKey,
       publicKey: publicKeyObject(ephemeral),
     });
   } catch {
@@ -175,7 +175,11 @@ function deriveKeys(
 const PKCS8_X25519 = Buffer.from('302e020100300506032b656e04220420', 'hex');
 const SPKI_X25519 = Buffer.from('302a300506032b656e032100', 'hex');
 
-function privateKeyObject(scalar: Uint8Array): KeyObject {
+/**
+ * The scalar as a Node key, made once for a batch of decryptions (making it per session was
+ * most of a restore's time). It lives in this process only, as long as the caller keeps it.
+ */
+export function privateKeyObject(scalar: Uint8Array): KeyObject {
   if (scalar.length !== 32) throw new Error('a backup private key is 32 bytes');
   const der = Buffer.concat([PKCS8_X25519, scalar]);
   try {
