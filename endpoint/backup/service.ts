@@ -142,7 +142,10 @@ export class BackupService {
     this.#deps = deps;
   }
 
-  /** Resumes the backup this endpoint made, if any; never fails the endpoint's start. */
+  /**
+   * Resumes the backup this endpoint made, if any, in the background: a homeserver that does
+   * not answer must not hold up the endpoint's start (the first pass checks and enables).
+   */
   static async start(deps: BackupDependencies): Promise<BackupService> {
     const service = new BackupService(deps);
     service.#ours = await deps.state.get(STATE_KEY, ourBackupSchema);
@@ -151,16 +154,6 @@ export class BackupService {
       service.schedule();
       return Promise.resolve();
     });
-    if (service.#ours) {
-      try {
-        await service.#enable(service.#ours);
-      } catch (e) {
-        service.#lastError = message(e);
-        deps.logger?.warn(
-          `backup: cannot resume (${service.#lastError}); retrying in the background`,
-        );
-      }
-    }
     service.#timer = setInterval(() => {
       service.schedule();
     }, PASS_EVERY_MS);
@@ -378,16 +371,21 @@ export class BackupService {
 
   /** Checks the server's current version is ours, resets the core's marks once, enables. */
   async #enable(ours: StoredBackup): Promise<void> {
-    const { machine, state } = this.#deps;
     this.#enabled = false;
-    if (!ours.reset) {
-      // Marks from an earlier version: every key must go to this one. Recorded, so a crash
-      // right after making the version still resets at the next start.
-      await machine.disableBackup();
-      ours.reset = true;
-      await state.put(STATE_KEY, ours);
-    }
+    await this.#resetOnce(ours);
     await this.#check();
+  }
+
+  /**
+   * Marks from an earlier version: every key must go to this one. Recorded, so a crash right
+   * after making the version still resets at the next start.
+   */
+  async #resetOnce(ours: StoredBackup): Promise<void> {
+    if (ours.reset) return;
+    await this.#deps.machine.disableBackup();
+    this.#enabled = false;
+    ours.reset = true;
+    await this.#deps.state.put(STATE_KEY, ours);
   }
 
   async #check(): Promise<void> {
@@ -436,6 +434,7 @@ export class BackupService {
   async #pass(): Promise<void> {
     const ours = this.#ours;
     if (!ours) return;
+    await this.#resetOnce(ours);
     if (this.#refusal || !this.#enabled || Date.now() - this.#lastCheck > RECHECK_MS) {
       await this.#check();
     }
