@@ -66,12 +66,42 @@ export function unsealStoreKey(
   scope: VaultScope,
 ): Uint8Array {
   checkStoreKeyVault(file, scope);
-  const out = Buffer.alloc(STORE_KEY_BYTES + TAG_BYTES);
+  const plain = decryptUnderKek(
+    p11,
+    session,
+    kek,
+    gcm(file.iv, storeKeyAad(file.tokenSerial, scope.hex)),
+    Buffer.from(file.ciphertext),
+    'the store-key file',
+  );
+  if (plain.length !== STORE_KEY_BYTES) {
+    plain.fill(0);
+    throw new VaultError(
+      VaultCode.ForeignOrTampered,
+      'the decrypted store key has the wrong length',
+    );
+  }
+  return plain;
+}
+
+/**
+ * AES-GCM decryption under the KEK; a failed tag (CKR_GENERAL_ERROR on SoftHSM 2.6, see above)
+ * is tampering, named after `what`. The caller owns (and zeroises) the plaintext.
+ */
+function decryptUnderKek(
+  p11: PKCS11,
+  session: Handle,
+  kek: Handle,
+  mechanism: Mechanism,
+  ciphertext: Buffer,
+  what: string,
+): Uint8Array {
+  const out = Buffer.alloc(ciphertext.length);
   try {
-    p11.C_DecryptInit(session, gcm(file.iv, storeKeyAad(file.tokenSerial, scope.hex)), kek);
+    p11.C_DecryptInit(session, mechanism, kek);
     let plain: Buffer;
     try {
-      plain = p11.C_Decrypt(session, Buffer.from(file.ciphertext), out);
+      plain = p11.C_Decrypt(session, ciphertext, out);
     } catch (e) {
       const code = ckrOf(e);
       if (
@@ -81,18 +111,12 @@ export function unsealStoreKey(
       ) {
         throw new VaultError(
           VaultCode.ForeignOrTampered,
-          "the store-key file does not decrypt under this vault's KEK: it was altered, or belongs to another vault or token",
+          `${what} does not decrypt under this vault's KEK: it was altered, or belongs to another vault or token`,
         );
       }
       throw e;
     }
-    if (plain.length !== STORE_KEY_BYTES) {
-      throw new VaultError(
-        VaultCode.ForeignOrTampered,
-        'the decrypted store key has the wrong length',
-      );
-    }
-    return new Uint8Array(plain);
+    return Uint8Array.from(plain);
   } finally {
     out.fill(0);
   }
@@ -150,28 +174,12 @@ export function unsealSecretUnderKek(
   if (iv.length !== 12 || ciphertext.length <= TAG_BYTES || ciphertext.length > 4096) {
     throw new VaultError(VaultCode.ForeignOrTampered, 'the sealed secret has the wrong shape');
   }
-  const out = Buffer.alloc(ciphertext.length);
-  try {
-    p11.C_DecryptInit(session, gcm(iv, secretAad(tokenSerial, scope.hex)), kek);
-    let plain: Buffer;
-    try {
-      plain = p11.C_Decrypt(session, ciphertext, out);
-    } catch (e) {
-      const code = ckrOf(e);
-      if (
-        code === pkcs11js.CKR_ENCRYPTED_DATA_INVALID ||
-        code === pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE ||
-        code === pkcs11js.CKR_GENERAL_ERROR
-      ) {
-        throw new VaultError(
-          VaultCode.ForeignOrTampered,
-          "the sealed secret does not decrypt under this vault's KEK: it was altered, or belongs to another vault or token",
-        );
-      }
-      throw e;
-    }
-    return Uint8Array.from(plain);
-  } finally {
-    out.fill(0);
-  }
+  return decryptUnderKek(
+    p11,
+    session,
+    kek,
+    gcm(iv, secretAad(tokenSerial, scope.hex)),
+    ciphertext,
+    'the sealed secret',
+  );
 }
