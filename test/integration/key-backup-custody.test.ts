@@ -12,6 +12,7 @@ import { loadVaultConfig, openVault } from '../../keyvault/open.ts';
 import type { SealedSecret } from '../../keyvault/vault.ts';
 import {
   type HomeserverUser,
+  type SoftHsm,
   StockPeer,
   type Swtpm,
   makeTempDir,
@@ -29,13 +30,15 @@ const run = promisify(execFile);
 
 // Where the backup's private key is, and where it is not. Vault mode: sealed in the TPM vault,
 // used only by the vault's decrypt; kill -9 during a burst of new sessions loses no upload.
-// Escrow mode: encrypted to an institution's recovery certificate whose key lives in an HSM
-// (SoftHSM2); a new machine restores only after the institution opens the escrow in that HSM.
-// In both, a core dump of the running endpoint and its files never hold the private key.
+// Escrow mode, with each machine's vault on a SoftHSM2 token: the key is encrypted to an
+// institution's recovery certificate whose key lives in the institution's own HSM (another
+// SoftHSM2 token); a new machine restores only after the institution opens the escrow there.
+// In both, the running endpoint's memory and its files never hold the private key.
 const synapse = useFixture(() => startSynapse());
 const tpmV = useFixture(() => startSwtpm());
-const tpmE1 = useFixture(() => startSwtpm());
-const tpmE2 = useFixture(() => startSwtpm());
+// The escrow machines' vaults are SoftHSM2 tokens of their own (the pkcs11 backend).
+const hsmE1 = useFixture(() => startSoftHsm({ label: 'machine-1' }));
+const hsmE2 = useFixture(() => startSoftHsm({ label: 'machine-2' }));
 const hsm = useFixture(() => startSoftHsm({ label: 'institution' }));
 
 const poll = { timeoutMs: 90_000, intervalMs: 250 };
@@ -44,11 +47,16 @@ afterAll(async () => {
   for (const stop of stops.reverse()) await stop().catch(() => undefined);
 });
 
-async function vaultCommand(args: string[], stdin = ''): Promise<{ code: number; out: string }> {
+async function vaultCommand(
+  args: string[],
+  stdin = '',
+  env?: NodeJS.ProcessEnv,
+): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {
     const child = execFile(
       process.execPath,
       [join(repoRoot, 'keyvault', 'main.ts'), ...args],
+      env ? { env } : {},
       (error, stdout, stderr) => {
         resolve({ code: error ? 1 : 0, out: error ? stderr : stdout });
       },
@@ -58,6 +66,8 @@ async function vaultCommand(args: string[], stdin = ''): Promise<{ code: number;
 }
 
 interface Machine {
+  /** The vault's environment (SoftHSM2's config), where it needs one. */
+  env?: NodeJS.ProcessEnv;
   dir: string;
   vaultConfig: string;
   endpointConfig: string;
@@ -69,12 +79,13 @@ interface Machine {
 async function prepare(
   name: string,
   user: HomeserverUser,
-  tpm: Swtpm,
+  vault: { tpm: Swtpm } | { pkcs11: SoftHsm },
 ): Promise<Omit<Machine, 'endpoint' | 'call'>> {
   const dir = await makeTempDir(`key-backup-custody-${name}`);
-  const p = await prepareCompartments(dir, { homeserver: synapse().baseUrl, tpm, user });
+  const p = await prepareCompartments(dir, { homeserver: synapse().baseUrl, ...vault, user });
   stops.push(() => rm(dir, { recursive: true, force: true }));
   return {
+    ...('pkcs11' in vault ? { env: vault.pkcs11.env } : {}),
     dir,
     vaultConfig: p.vaultConfig,
     endpointConfig: p.endpointConfig,
@@ -87,6 +98,7 @@ async function launch(
   replaceIdentity = false,
 ): Promise<Machine> {
   const endpoint = await spawnEndpoint(m.endpointConfig, {
+    ...(m.env ? { env: m.env } : {}),
     onStderr: () => undefined,
     ...(replaceIdentity ? { replaceIdentity: true } : {}),
   });
@@ -225,7 +237,7 @@ describe('the backup key in custody: vault mode', () => {
     bob = await StockPeer.start(synapse().baseUrl, bobUser);
     stops.push(() => bob.stop());
     await bob.bootstrapCrossSigning(bobUser.password);
-    const prepared = await prepare('vault', victor, tpmV());
+    const prepared = await prepare('vault', victor, { tpm: tpmV() });
     const made = await vaultCommand(['backup-key', 'create', '--config', prepared.vaultConfig]);
     expect(made.code, made.out).toBe(0);
     expect(made.out).toContain('vault mode');
@@ -387,9 +399,9 @@ describe('the backup key in custody: escrow to an institution HSM', () => {
     stops.push(() => bob.stop());
     await bob.bootstrapCrossSigning(bobUser.password);
 
-    const first = await prepare('escrow-1', erin, tpmE1());
+    const first = await prepare('escrow-1', erin, { pkcs11: hsmE1() });
     const escrowFile = join(work, 'erin.p7m');
-    const made = await vaultCommand(['backup-key', 'create', '--mode', 'escrow', '--escrow-cert', cert, '--out', escrowFile, '--config', first.vaultConfig, '--json']); // prettier-ignore
+    const made = await vaultCommand(['backup-key', 'create', '--mode', 'escrow', '--escrow-cert', cert, '--out', escrowFile, '--config', first.vaultConfig, '--json'], '', first.env); // prettier-ignore
     expect(made.code, made.out).toBe(0);
     expect(JSON.parse(made.out)).toMatchObject({ mode: 'escrow', canDecrypt: false });
     const e1 = await launch(first);
@@ -441,14 +453,14 @@ describe('the backup key in custody: escrow to an institution HSM', () => {
     const searched = await memoryContains(e1.endpoint.process.pid ?? 0, spellings(decoded.key));
     expect(searched.found).toBe(false);
     await e1.endpoint.stop();
-    await tpmE1().stop();
+    await hsmE1().stop(); // machine 1's token is gone with it
     for (const path of await filesUnder(first.dir)) {
       expect(await fileContains(path, spellings(decoded.key)), path).toBe(false);
     }
 
     // The new machine, on another TPM: the institution's answer imported, the backup restored.
-    const second = await prepare('escrow-2', erin, tpmE2());
-    const imported = await vaultCommand(['backup-key', 'import', '--mode', 'escrow', '--config', second.vaultConfig], recoveryKey); // prettier-ignore
+    const second = await prepare('escrow-2', erin, { pkcs11: hsmE2() });
+    const imported = await vaultCommand(['backup-key', 'import', '--mode', 'escrow', '--config', second.vaultConfig], recoveryKey, second.env); // prettier-ignore
     expect(imported.code, imported.out).toBe(0);
     const e2 = await launch(second, true);
     await waitUntil(
