@@ -326,9 +326,21 @@ describe('key backup and recovery', () => {
       poll,
     );
     expect(refused.refusal?.code).toBe('BACKUP_VERSION_CHANGED');
-    expect(a.stream.some((e) => e.type === 'backup' && e.status?.state === 'refused')).toBe(true);
-    const audit = await auditText(a.dir);
-    expect(audit).toMatch(/"action":"backup.refused".*"reason":"BACKUP_VERSION_CHANGED"/);
+    // The event and the audit line follow the state change (the stream is polled).
+    await waitUntil(
+      'a backup event saying uploads are refused',
+      () =>
+        a.stream.some(
+          (e) => e.type === 'backup' && e.status?.refusal?.code === 'BACKUP_VERSION_CHANGED',
+        ),
+      poll,
+    );
+    await waitUntil(
+      'the refusal in the audit log',
+      async () =>
+        /"action":"backup.refused".*"reason":"BACKUP_VERSION_CHANGED"/.test(await auditText(a.dir)),
+      poll,
+    );
     expect(await sessionsInServerBackup(alice, rogue)).toBe(0);
     expect((await serverBackup(alice))?.count).toBe(0);
 
