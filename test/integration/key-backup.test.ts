@@ -361,6 +361,44 @@ describe('key backup and recovery', () => {
     expect((await serverBackup(alice))?.count).toBe(resumed.counts.total);
   }, 180_000);
 
+  it('rotation to a new key: a new version holds every key before the old one is deleted', async () => {
+    const old = await serverBackup(alice);
+    // The admin makes a new key (with the endpoint stopped: swtpm takes one client at a time).
+    await a.stop();
+    const made = await vaultCommand([
+      'backup-key',
+      'create',
+      '--mode',
+      'recovery-key',
+      '--replace',
+      '--config',
+      a.vaultConfig,
+      '--json',
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    const fresh = JSON.parse(made.stdout) as { recoveryKey: string; publicKey: string };
+    expect(fresh.recoveryKey).not.toBe(recoveryKey);
+    a = await a.restart();
+    const rotated = await a.call('backupRotate', { auth: { token: a.token } });
+    expect(rotated).toMatchObject({ state: 'active', deletedVersion: old?.version });
+    expect(rotated.version).not.toBe(old?.version);
+    expect(rotated.counts.backedUp).toBe(rotated.counts.total);
+    const now = await serverBackup(alice);
+    expect(now).toEqual({
+      version: rotated.version,
+      count: rotated.counts.total,
+      publicKey: fresh.publicKey,
+    });
+    // The old version is gone only now, with every key in the new one.
+    const gone = await fetch(
+      `${synapse().baseUrl}/_matrix/client/v3/room_keys/version/${old?.version ?? ''}`,
+      { headers: { authorization: `Bearer ${alice.accessToken}` } },
+    );
+    expect(gone.status).toBe(404);
+    // From here on the new recovery key is the one to keep.
+    recoveryKey = fresh.recoveryKey;
+  }, 120_000);
+
   it('a stock matrix-js-sdk client of the same user restores our backup with the recovery key', async () => {
     const stock = await StockPeer.start(
       synapse().baseUrl,
