@@ -229,6 +229,8 @@ export const backupStatus = z
     serverCount: z.number().int().optional(),
     refusal: z.object({ code: z.string(), message: z.string() }).strict().optional(),
     lastError: z.string().optional(),
+    /** The vault's key is not the one the version uses (a new key was made): rotate. */
+    rotateNeeded: z.boolean().optional(),
   })
   .strict();
 export type BackupStatusWire = z.infer<typeof backupStatus>;

@@ -72,6 +72,11 @@ export interface BackupStatus {
   refusal?: { code: BackupRefusal; message: string };
   /** The last upload or check that failed for another reason (the homeserver is down...). */
   lastError?: string;
+  /**
+   * The vault's key is no longer the one our version uses (the admin made a new one): uploads
+   * go on to the old version, with the old key, until a rotation moves the backup.
+   */
+  rotateNeeded?: boolean;
 }
 
 export type BackupEvent =
@@ -189,6 +194,9 @@ export class BackupService {
       ...(this.#serverCount === undefined ? {} : { serverCount: this.#serverCount }),
       ...(this.#refusal ? { refusal: this.#refusal } : {}),
       ...(this.#lastError === undefined ? {} : { lastError: this.#lastError }),
+      ...(key && this.#ours && key.publicKey !== this.#ours.publicKey
+        ? { rotateNeeded: true }
+        : {}),
     };
   }
 

@@ -379,7 +379,12 @@ describe('key backup and recovery', () => {
     const fresh = JSON.parse(made.stdout) as { recoveryKey: string; publicKey: string };
     expect(fresh.recoveryKey).not.toBe(recoveryKey);
     a = await a.restart();
+    expect(await a.call('backupStatus', { auth: { token: a.token } })).toMatchObject({
+      rotateNeeded: true,
+      version: old?.version,
+    });
     const rotated = await a.call('backupRotate', { auth: { token: a.token } });
+    expect(rotated.rotateNeeded).toBeUndefined();
     expect(rotated).toMatchObject({ state: 'active', deletedVersion: old?.version });
     expect(rotated.version).not.toBe(old?.version);
     expect(rotated.counts.backedUp).toBe(rotated.counts.total);

@@ -42,6 +42,11 @@ function statusLines(s: BackupStatusWire): string[] {
   if (s.serverCount !== undefined) lines.push(`on server    ${s.serverCount}`);
   if (s.refusal) lines.push(`REFUSED      ${s.refusal.code}: ${clean(s.refusal.message)}`);
   if (s.lastError !== undefined) lines.push(`last error   ${clean(s.lastError)}`);
+  if (s.rotateNeeded === true) {
+    lines.push(
+      'ROTATE       the vault has a new backup key: backup.ts rotate moves the backup to it',
+    );
+  }
   return lines;
 }
 
