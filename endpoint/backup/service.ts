@@ -49,6 +49,8 @@ const STATE_KEY = 'backup';
 
 /** How often the current version is asked again while uploads go through without error. */
 const RECHECK_MS = 60_000;
+/** How long stop() waits for a pass in flight. */
+const STOP_GRACE_MS = 2_000;
 /** Decrypted sessions imported into the core at once during a restore. */
 const IMPORT_BATCH = 1024;
 /** A pass also runs this often, for our own new sessions (no callback announces those). */
@@ -167,10 +169,21 @@ export class BackupService {
     return service;
   }
 
-  stop(): Promise<void> {
+  /**
+   * No new pass starts; one in flight gets 2 s to finish. An upload cut off there is simply
+   * not marked sent, so it goes up again at the next start (a homeserver that does not answer
+   * must not hold up the endpoint's stop through the client's retries).
+   */
+  async stop(): Promise<void> {
     this.#stopped = true;
     clearInterval(this.#timer);
-    return this.#running ?? Promise.resolve();
+    if (!this.#running) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.#running,
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, STOP_GRACE_MS))),
+    ]);
+    clearTimeout(timer);
   }
 
   async status(): Promise<BackupStatus> {
