@@ -709,8 +709,24 @@ class Soak {
       // A compaction comes every compactEvery records; past this the round kills anyway.
       timer = setTimeout(kill, 30_000);
     } else {
-      // Up to 1.5 s: on a loaded 2-core machine fewer sends fit in each round.
-      timer = setTimeout(kill, 100 + Math.floor(this.#random() * 1400));
+      // Up to 1.5 s: on a loaded 2-core machine fewer sends fit in each round. If nothing is
+      // in flight just then (between two sends), the kill waits for the next send, up to 2 s
+      // more: a round meant to kill under load should, rather than count on the timing.
+      const inFlight = (): boolean =>
+        state.aliceInFlight > 0 || state.bobInFlight > 0 || this.#undelivered(life) > 0;
+      const fire = (deadline: number): void => {
+        if (inFlight() || Date.now() >= deadline) kill();
+        else
+          timer = setTimeout(() => {
+            fire(deadline);
+          }, 5);
+      };
+      timer = setTimeout(
+        () => {
+          fire(Date.now() + 2000);
+        },
+        100 + Math.floor(this.#random() * 1400),
+      );
     }
     const roundBob: string[] = [];
     const alice = (async () => {
