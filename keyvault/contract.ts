@@ -29,6 +29,9 @@ const algorithm = z.enum(Object.values(PURPOSE_ALGORITHM));
 const pcr = z.number().int().min(0).max(23);
 const label = z.string().max(512);
 
+/** A backed-up session's `session_data`, as backupDecrypt takes it (for its callers). */
+export { encryptedSessionData };
+
 export const MAX_SIGN_MESSAGE_BYTES = 64 * 1024;
 /** Sessions per backupDecrypt call: a restore sends its download in batches of this many. */
 export const MAX_BACKUP_BATCH = 128;

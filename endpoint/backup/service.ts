@@ -1,7 +1,6 @@
 import { type OlmMachine, RequestType, RoomId } from '@matrix-org/matrix-sdk-crypto-wasm';
 import { z } from 'zod';
-import { MAX_BACKUP_BATCH } from '../../keyvault/contract.ts';
-import { encryptedSessionData } from '../../keyvault/backup/megolm-v1.ts';
+import { MAX_BACKUP_BATCH, encryptedSessionData } from '../../keyvault/contract.ts';
 import { RpcError } from '../../keyvault/common/rpc/index.ts';
 import type {
   BackedUpSession,

@@ -531,7 +531,8 @@ export class CryptoEngine {
       );
       response = JSON.stringify({ event_id: eventId });
     } else {
-      // Key backup is never enabled here (a malicious server may offer one: see the notes).
+      // Key backup requests never come this way: endpoint/backup asks backupRoomKeys() itself,
+      // and only for the version it made and checked.
       this.#log.warn(`crypto: ignoring an outgoing request of type ${String(request.type)}`);
       return;
     }

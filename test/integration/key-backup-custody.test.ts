@@ -21,9 +21,10 @@ import {
   startSoftHsm,
   startSwtpm,
   startSynapse,
+  vaultCommand,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
-import { repoRoot, waitUntil } from '../fixtures/process.ts';
+import { waitUntil } from '../fixtures/process.ts';
 import { openssl } from '../fixtures/x509.ts';
 
 const run = promisify(execFile);
@@ -46,24 +47,6 @@ const stops: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
   for (const stop of stops.reverse()) await stop().catch(() => undefined);
 });
-
-async function vaultCommand(
-  args: string[],
-  stdin = '',
-  env?: NodeJS.ProcessEnv,
-): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    const child = execFile(
-      process.execPath,
-      [join(repoRoot, 'keyvault', 'main.ts'), ...args],
-      env ? { env } : {},
-      (error, stdout, stderr) => {
-        resolve({ code: error ? 1 : 0, out: error ? stderr : stdout });
-      },
-    );
-    child.stdin?.end(stdin);
-  });
-}
 
 interface Machine {
   /** The vault's environment (SoftHSM2's config), where it needs one. */
@@ -239,8 +222,8 @@ describe('the backup key in custody: vault mode', () => {
     await bob.bootstrapCrossSigning(bobUser.password);
     const prepared = await prepare('vault', victor, { tpm: tpmV() });
     const made = await vaultCommand(['backup-key', 'create', '--config', prepared.vaultConfig]);
-    expect(made.code, made.out).toBe(0);
-    expect(made.out).toContain('vault mode');
+    expect(made.code, made.stderr).toBe(0);
+    expect(made.stdout).toContain('vault mode');
     v = await launch(prepared);
     expect(await v.call('backupCreate', { auth: { token: v.token } })).toMatchObject({
       state: 'active',
@@ -401,9 +384,9 @@ describe('the backup key in custody: escrow to an institution HSM', () => {
 
     const first = await prepare('escrow-1', erin, { pkcs11: hsmE1() });
     const escrowFile = join(work, 'erin.p7m');
-    const made = await vaultCommand(['backup-key', 'create', '--mode', 'escrow', '--escrow-cert', cert, '--out', escrowFile, '--config', first.vaultConfig, '--json'], '', first.env); // prettier-ignore
-    expect(made.code, made.out).toBe(0);
-    expect(JSON.parse(made.out)).toMatchObject({ mode: 'escrow', canDecrypt: false });
+    const made = await vaultCommand(['backup-key', 'create', '--mode', 'escrow', '--escrow-cert', cert, '--out', escrowFile, '--config', first.vaultConfig, '--json'], { env: first.env }); // prettier-ignore
+    expect(made.code, made.stderr).toBe(0);
+    expect(JSON.parse(made.stdout)).toMatchObject({ mode: 'escrow', canDecrypt: false });
     const e1 = await launch(first);
     await e1.call('backupCreate', { auth: { token: e1.token } });
     const roomId = await joinedRoom(bob, e1, erin);
@@ -460,8 +443,8 @@ describe('the backup key in custody: escrow to an institution HSM', () => {
 
     // The new machine, on another TPM: the institution's answer imported, the backup restored.
     const second = await prepare('escrow-2', erin, { pkcs11: hsmE2() });
-    const imported = await vaultCommand(['backup-key', 'import', '--mode', 'escrow', '--config', second.vaultConfig], recoveryKey, second.env); // prettier-ignore
-    expect(imported.code, imported.out).toBe(0);
+    const imported = await vaultCommand(['backup-key', 'import', '--mode', 'escrow', '--config', second.vaultConfig], { stdin: recoveryKey, env: second.env }); // prettier-ignore
+    expect(imported.code, imported.stderr).toBe(0);
     const e2 = await launch(second, true);
     await waitUntil(
       'the room known to the new device',

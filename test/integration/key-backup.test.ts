@@ -1,4 +1,3 @@
-import { execFile } from 'node:child_process';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -23,9 +22,10 @@ import {
   readTimeline,
   startSwtpm,
   startSynapse,
+  vaultCommand,
 } from '../fixtures/index.ts';
 import { useFixture } from '../fixtures/lifecycle.ts';
-import { repoRoot, waitUntil } from '../fixtures/process.ts';
+import { waitUntil } from '../fixtures/process.ts';
 
 // Key backup end to end: our endpoint (a process, keys in a swtpm vault) backs up the room keys
 // of 200 messages in 3 rooms; its machine is then destroyed (vault state, store, the TPM
@@ -41,24 +41,6 @@ const stops: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
   for (const stop of stops.reverse()) await stop().catch(() => undefined);
 });
-
-/** The vault command, as the admin runs it on the vault's machine. */
-async function vaultCommand(
-  args: string[],
-  stdin?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = execFile(
-      process.execPath,
-      [join(repoRoot, 'keyvault', 'main.ts'), ...args],
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-    child.stdin?.end(stdin ?? '');
-  });
-}
 
 interface Machine {
   dir: string;
@@ -439,19 +421,17 @@ describe('key backup and recovery', () => {
         const chars = recoveryKey.split('');
         const i = chars.findIndex((c, n) => n > 4 && c !== ' ');
         chars[i] = chars[i] === 'a' ? 'b' : 'a';
-        const typo = await vaultCommand(
-          ['backup-key', 'import', '--config', vaultConfig],
-          chars.join(''),
-        );
+        const typo = await vaultCommand(['backup-key', 'import', '--config', vaultConfig], {
+          stdin: chars.join(''),
+        });
         expect(typo.code).not.toBe(0);
         expect(typo.stderr.trim().split('\n')).toHaveLength(1);
         expect(typo.stderr).toMatch(/recovery key/);
         expect(typo.stderr).not.toContain(recoveryKey.slice(5, 19));
         // A valid key, but not this backup's: the vault takes it, the restore will refuse.
-        const other = await vaultCommand(
-          ['backup-key', 'import', '--config', vaultConfig],
-          encodeRecoveryKey(generateBackupKey().privateKey),
-        );
+        const other = await vaultCommand(['backup-key', 'import', '--config', vaultConfig], {
+          stdin: encodeRecoveryKey(generateBackupKey().privateKey),
+        });
         expect(other.code, other.stderr).toBe(0);
       },
     });
@@ -468,7 +448,7 @@ describe('key backup and recovery', () => {
     await b.stop();
     const right = await vaultCommand(
       ['backup-key', 'import', '--replace', '--config', b.vaultConfig, '--json'],
-      recoveryKey,
+      { stdin: recoveryKey },
     );
     expect(right.code, right.stderr).toBe(0);
     b = await b.restart();
@@ -521,7 +501,7 @@ describe('key backup and recovery', () => {
     await b.stop();
     const imported = await vaultCommand(
       ['backup-key', 'import', '--replace', '--config', b.vaultConfig],
-      stockRecoveryKey,
+      { stdin: stockRecoveryKey },
     );
     expect(imported.code, imported.stderr).toBe(0);
     b = await b.restart();
